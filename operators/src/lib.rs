@@ -1,0 +1,10 @@
+//! The stages of the webscale-rl pipeline, each a plain function over a timely stream that returns
+//! what passed and what was rejected (as dead letters), plus the records they exchange.
+
+pub mod exact_dedup;
+pub mod normalize;
+pub mod parse;
+pub mod quality_filter;
+pub mod record;
+
+pub use record::{DeadLetter, Document, Emitted, Origin, QaPair, RawMessage, Stage};

@@ -1,0 +1,186 @@
+//! Parse: raw messages into documents. Every malformed message becomes a dead letter with a reason
+//! instead of stopping the engine.
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
+use timely::dataflow::operators::core::OkErr;
+use timely::progress::Timestamp;
+
+use crate::record::{DeadLetter, Document, RawMessage, Stage, stable_id};
+
+/// Limits applied while parsing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ParseConfig {
+    /// Documents whose `text` is longer than this many bytes are dead-lettered (`too_large`).
+    pub max_document_bytes: usize,
+}
+
+impl Default for ParseConfig {
+    fn default() -> Self {
+        ParseConfig {
+            max_document_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct InputDocument {
+    #[serde(default)]
+    id: Option<IdValue>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    meta: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// Ids arrive as strings or numbers.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdValue {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+/// Parses one message. The id is the `id` field, else the Kafka key, else a hash of the text.
+pub fn parse_message(msg: &RawMessage, cfg: &ParseConfig) -> Result<Document, DeadLetter> {
+    let reject =
+        |reason: &str, detail: String| DeadLetter::for_message(msg, Stage::Parse, reason, detail);
+    let payload = match msg.payload.as_deref() {
+        None | Some([]) => {
+            return Err(reject("empty_message", "the message has no payload".into()));
+        }
+        Some(p) => p,
+    };
+    // A size check before parsing keeps a huge message from costing a full JSON parse.
+    if payload.len() > cfg.max_document_bytes + 64 * 1024 {
+        return Err(reject(
+            "too_large",
+            format!(
+                "payload is {} bytes; max_document_bytes is {}",
+                payload.len(),
+                cfg.max_document_bytes
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| reject("invalid_utf8", format!("payload is not UTF-8: {e}")))?;
+    let input: InputDocument = serde_json::from_str(text)
+        .map_err(|e| reject("malformed_json", format!("not a JSON document object: {e}")))?;
+    let body = match input.text {
+        None => {
+            return Err(reject(
+                "missing_text",
+                "the document has no \"text\" field".into(),
+            ));
+        }
+        Some(t) if t.trim().is_empty() => {
+            return Err(reject("empty_text", "the \"text\" field is empty".into()));
+        }
+        Some(t) => t,
+    };
+    if body.len() > cfg.max_document_bytes {
+        return Err(reject(
+            "too_large",
+            format!(
+                "text is {} bytes; max_document_bytes is {}",
+                body.len(),
+                cfg.max_document_bytes
+            ),
+        ));
+    }
+    let id = match input.id {
+        Some(IdValue::Text(s)) if !s.is_empty() => s,
+        Some(IdValue::Number(n)) => n.to_string(),
+        _ => match msg.key.as_deref().map(std::str::from_utf8) {
+            Some(Ok(k)) if !k.is_empty() => k.to_string(),
+            _ => stable_id(&[&body]),
+        },
+    };
+    Ok(Document {
+        id,
+        text: body,
+        url: input.url,
+        source: input.source,
+        meta: input.meta.map(|m| m.get().to_string()),
+        origin: msg.origin.clone(),
+    })
+}
+
+/// The parse stage: documents, and dead letters for what could not be parsed.
+pub fn parse<'s, T: Timestamp>(
+    messages: StreamVec<'s, T, RawMessage>,
+    cfg: ParseConfig,
+) -> (StreamVec<'s, T, Document>, StreamVec<'s, T, DeadLetter>) {
+    messages.ok_err(move |msg| parse_message(&msg, &cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Origin;
+
+    fn msg(key: Option<&str>, payload: Option<&[u8]>) -> RawMessage {
+        RawMessage {
+            key: key.map(|k| k.as_bytes().to_vec()),
+            payload: payload.map(|p| p.to_vec()),
+            origin: Origin {
+                topic: "in".into(),
+                partition: 0,
+                offset: 3,
+            },
+        }
+    }
+
+    fn reason(m: RawMessage) -> String {
+        parse_message(&m, &ParseConfig::default())
+            .unwrap_err()
+            .reason
+    }
+
+    #[test]
+    fn parses_fields_and_falls_back_to_key_then_hash() {
+        let cfg = ParseConfig::default();
+        let d = parse_message(
+            &msg(
+                Some("k"),
+                Some(br#"{"id":"a","text":"hi","url":"u","meta":{"x":1}}"#),
+            ),
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(
+            (d.id.as_str(), d.url.as_deref(), d.meta.as_deref()),
+            ("a", Some("u"), Some(r#"{"x":1}"#))
+        );
+        let d = parse_message(&msg(Some("k"), Some(br#"{"text":"hi"}"#)), &cfg).unwrap();
+        assert_eq!(d.id, "k");
+        let d = parse_message(&msg(None, Some(br#"{"id":17,"text":"hi"}"#)), &cfg).unwrap();
+        assert_eq!(d.id, "17");
+        let d = parse_message(&msg(None, Some(br#"{"text":"hi"}"#)), &cfg).unwrap();
+        assert_eq!(d.id, stable_id(&["hi"]));
+    }
+
+    #[test]
+    fn bad_input_gets_a_reason() {
+        assert_eq!(reason(msg(None, None)), "empty_message");
+        assert_eq!(reason(msg(None, Some(b""))), "empty_message");
+        assert_eq!(
+            reason(msg(None, Some(b"{\"text\": \"a\xff\"}"))),
+            "invalid_utf8"
+        );
+        assert_eq!(reason(msg(None, Some(b"{not json"))), "malformed_json");
+        assert_eq!(reason(msg(None, Some(b"[1,2]"))), "malformed_json");
+        assert_eq!(reason(msg(None, Some(br#"{"id":"x"}"#))), "missing_text");
+        assert_eq!(
+            reason(msg(None, Some(br#"{"id":"x","text":"  "}"#))),
+            "empty_text"
+        );
+        let big = format!(r#"{{"id":"x","text":"{}"}}"#, "a".repeat(10 << 20));
+        assert_eq!(reason(msg(None, Some(big.as_bytes()))), "too_large");
+    }
+}

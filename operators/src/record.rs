@@ -1,0 +1,304 @@
+//! The records that flow through the engine: raw input messages, parsed documents, the QA pairs
+//! trainers read, and the dead-letter records that account for everything else.
+//!
+//! Every record that leaves the engine has a stable `id` (a content hash), so a replay after a
+//! crash rewrites the same keys instead of adding new ones.
+
+use serde::{Deserialize, Serialize};
+
+/// Version stamped on every emitted record, so consumers can tell outputs of different builds apart.
+pub const PIPELINE_VERSION: &str = concat!("webscale-rl/", env!("CARGO_PKG_VERSION"));
+
+/// Bytes of the raw payload kept in a dead-letter record.
+pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 1024;
+
+/// Where a message came from: a Kafka (topic, partition, offset), or a file (path, 0, line number).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A message as a source read it, before any parsing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RawMessage {
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub origin: Origin,
+}
+
+/// A parsed input document. `meta` is kept as JSON text: the inter-worker encoding (bincode) cannot
+/// carry self-describing values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    pub id: String,
+    pub text: String,
+    pub url: Option<String>,
+    pub source: Option<String>,
+    pub meta: Option<String>,
+    pub origin: Origin,
+}
+
+/// The record emitted for a document that passed every stage, while the pipeline runs without
+/// the LLM stages (`--no-llm`): the document itself, ready for a later QA pass.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AcceptedDocument {
+    pub id: String,
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Box<serde_json::value::RawValue>>,
+    pub pipeline_version: String,
+}
+
+impl AcceptedDocument {
+    pub fn from_document(doc: Document) -> Self {
+        let meta = doc
+            .meta
+            .and_then(|m| serde_json::value::RawValue::from_string(m).ok());
+        AcceptedDocument {
+            id: doc.id,
+            text: doc.text,
+            url: doc.url,
+            source: doc.source,
+            meta,
+            pipeline_version: PIPELINE_VERSION.to_string(),
+        }
+    }
+}
+
+/// Names of the models that produced a QA pair, one per LLM stage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Models {
+    pub filter: Option<String>,
+    pub classifier: Option<String>,
+    pub generator: Option<String>,
+    pub verifier: Option<String>,
+}
+
+/// A verifiable question–answer pair, the engine's product.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QaPair {
+    /// `qa_id(doc_id, persona, question)`: stable across replays.
+    pub id: String,
+    pub doc_id: String,
+    pub question: String,
+    pub answer: String,
+    pub domain: String,
+    pub persona: String,
+    pub source: Option<String>,
+    pub url: Option<String>,
+    pub models: Models,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    pub pipeline_version: String,
+    /// The source text, only when configured (it can be large).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain_text: Option<String>,
+}
+
+/// The id of a QA pair: a hash of what makes it distinct, so a replay yields the same id.
+pub fn qa_id(doc_id: &str, persona: &str, question: &str) -> String {
+    stable_id(&[doc_id, persona, question])
+}
+
+/// A hex xxh3-128 of the parts, separated so that ("ab","c") and ("a","bc") differ.
+pub fn stable_id(parts: &[&str]) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    format!("{:032x}", h.digest128())
+}
+
+/// A stage of the pipeline, as named in dead-letter records and summaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Parse,
+    QualityFilter,
+    ExactDedup,
+    NearDedup,
+    Decontaminate,
+    LlmFilter,
+    Classify,
+    Generate,
+    Verify,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Parse => "parse",
+            Stage::QualityFilter => "quality_filter",
+            Stage::ExactDedup => "exact_dedup",
+            Stage::NearDedup => "near_dedup",
+            Stage::Decontaminate => "decontaminate",
+            Stage::LlmFilter => "llm_filter",
+            Stage::Classify => "classify",
+            Stage::Generate => "generate",
+            Stage::Verify => "verify",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a document (or a QA pair) left the pipeline. Every consumed document that produces no
+/// output produces one of these.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Stable over replays: a hash of the origin and the stage.
+    pub id: String,
+    pub doc_id: Option<String>,
+    pub stage: Stage,
+    /// A short machine-readable reason, e.g. `min_words` or `duplicate_of`.
+    pub reason: String,
+    /// Human-readable detail: the measured value and threshold, the id it duplicates, ...
+    pub detail: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The first `DEAD_LETTER_PAYLOAD_BYTES` of the raw payload (lossy UTF-8).
+    pub payload_head: String,
+    pub created_at: u64,
+    pub pipeline_version: String,
+}
+
+impl DeadLetter {
+    /// A dead letter for a message that never became a document.
+    pub fn for_message(
+        msg: &RawMessage,
+        stage: Stage,
+        reason: &str,
+        detail: impl Into<String>,
+    ) -> Self {
+        let head = msg.payload.as_deref().map(payload_head).unwrap_or_default();
+        Self::new(None, &msg.origin, stage, reason, detail.into(), head)
+    }
+
+    /// A dead letter for a parsed document that a stage rejected.
+    pub fn for_document(
+        doc: &Document,
+        stage: Stage,
+        reason: &str,
+        detail: impl Into<String>,
+    ) -> Self {
+        let head = payload_head(doc.text.as_bytes());
+        Self::new(
+            Some(doc.id.clone()),
+            &doc.origin,
+            stage,
+            reason,
+            detail.into(),
+            head,
+        )
+    }
+
+    fn new(
+        doc_id: Option<String>,
+        origin: &Origin,
+        stage: Stage,
+        reason: &str,
+        detail: String,
+        payload_head: String,
+    ) -> Self {
+        let id = stable_id(&[
+            &origin.topic,
+            &origin.partition.to_string(),
+            &origin.offset.to_string(),
+            doc_id.as_deref().unwrap_or(""),
+            stage.as_str(),
+            reason,
+        ]);
+        DeadLetter {
+            id,
+            doc_id,
+            stage,
+            reason: reason.to_string(),
+            detail,
+            topic: origin.topic.clone(),
+            partition: origin.partition,
+            offset: origin.offset,
+            payload_head,
+            created_at: now_millis(),
+            pipeline_version: PIPELINE_VERSION.to_string(),
+        }
+    }
+}
+
+/// The first bytes of a payload as text, cut at a character boundary.
+pub fn payload_head(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(DEAD_LETTER_PAYLOAD_BYTES)];
+    let text = String::from_utf8_lossy(cut);
+    text.into_owned()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What a sink writes: a key (the record id) and the JSON payload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Emitted {
+    pub key: String,
+    pub payload: Vec<u8>,
+}
+
+impl Emitted {
+    pub fn json<T: Serialize>(key: &str, record: &T) -> Self {
+        Emitted {
+            key: key.to_string(),
+            payload: serde_json::to_vec(record).expect("records serialize to JSON"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_separated() {
+        assert_eq!(qa_id("d", "p", "q"), qa_id("d", "p", "q"));
+        assert_ne!(stable_id(&["ab", "c"]), stable_id(&["a", "bc"]));
+        assert_eq!(qa_id("d", "p", "q").len(), 32);
+    }
+
+    #[test]
+    fn payload_head_is_bounded_and_lossy() {
+        let big = vec![b'a'; 5000];
+        assert_eq!(payload_head(&big).len(), DEAD_LETTER_PAYLOAD_BYTES);
+        assert_eq!(payload_head(&[0xff, b'x']), "\u{fffd}x");
+    }
+
+    #[test]
+    fn dead_letter_id_is_stable_over_replays() {
+        let msg = RawMessage {
+            key: None,
+            payload: Some(b"{".to_vec()),
+            origin: Origin {
+                topic: "t".into(),
+                partition: 1,
+                offset: 7,
+            },
+        };
+        let a = DeadLetter::for_message(&msg, Stage::Parse, "malformed_json", "x");
+        let b = DeadLetter::for_message(&msg, Stage::Parse, "malformed_json", "y");
+        assert_eq!(a.id, b.id);
+        assert_eq!(a.payload_head, "{");
+    }
+}
