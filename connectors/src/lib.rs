@@ -1,1 +1,3 @@
-//! placeholder
+//! Sources and sinks of webscale-rl: Kafka topics, JSONL files, and (later) the LLM HTTP client.
+
+pub mod file;
