@@ -1,1 +1,146 @@
-fn main() {}
+//! The `webscale-rl` command.
+
+mod cli;
+mod demo;
+mod shutdown;
+mod summary;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use webscale_rl_connectors::kafka::{KafkaConfig, tools};
+use webscale_rl_dataflow::file_mode::{FileRun, run_files};
+use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
+use webscale_rl_dataflow::{Funnel, PipelineConfig};
+
+use cli::{Cli, Command, RunArgs};
+use summary::Summary;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.quiet);
+    match dispatch(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(quiet: bool) {
+    let default = if quiet { "error" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn dispatch(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Run(args) => run(cli, args),
+        Command::Demo(args) => demo::demo(cli, args),
+        Command::Produce(args) => {
+            let cfg = KafkaConfig {
+                brokers: args.brokers.clone(),
+                ..Default::default()
+            };
+            let input = webscale_rl_connectors::file::JsonlInput::open(&args.file)?;
+            let n = tools::produce_lines(&cfg, &args.topic, lines(input))?;
+            if !cli.quiet {
+                eprintln!("produced {n} messages to '{}'", args.topic);
+            }
+            Ok(())
+        }
+        Command::Tail(args) => {
+            let cfg = KafkaConfig {
+                brokers: args.brokers.clone(),
+                ..Default::default()
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            tools::tail(&cfg, &args.topic, args.max, Duration::from_secs(args.idle_secs), &mut out)?;
+            Ok(())
+        }
+    }
+}
+
+/// The lines of a JSONL input, for `produce`.
+fn lines(mut input: webscale_rl_connectors::file::JsonlInput) -> impl Iterator<Item = Vec<u8>> {
+    let mut buf = Vec::new();
+    std::iter::from_fn(move || match input.next_line(&mut buf) {
+        Ok(Some(_)) => Some(std::mem::take(&mut buf)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "reading input");
+            None
+        }
+    })
+}
+
+/// Loads the config file (or defaults) and applies the command-line overrides.
+pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<PipelineConfig> {
+    match path {
+        Some(p) => PipelineConfig::load(p),
+        None => Ok(PipelineConfig::default()),
+    }
+}
+
+fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
+    let mut cfg = load_config(args.config.as_deref())?;
+    let k = &mut cfg.kafka;
+    for (field, value) in [
+        (&mut k.brokers, &args.brokers),
+        (&mut k.input_topic, &args.input_topic),
+        (&mut k.output_topic, &args.output_topic),
+        (&mut k.dead_letter_topic, &args.dead_letter_topic),
+        (&mut k.group, &args.group),
+    ] {
+        if let Some(v) = value {
+            *field = v.clone();
+        }
+    }
+    let timely_config = args.cluster.options().timely_config()?;
+    let stop = shutdown::install()?;
+    let control = RunControl {
+        stop,
+        until_caught_up: args.until_caught_up,
+    };
+    let funnel = Funnel::default();
+    let started = Instant::now();
+    let mode = if let (Some(input), Some(output)) = (&args.input, &args.output) {
+        let run = FileRun {
+            input: input.clone(),
+            output: output.clone(),
+            rejects: args.rejects.clone(),
+            progress: !cli.quiet,
+        };
+        run_files(cfg, timely_config, run, control, funnel.clone())?;
+        "file"
+    } else {
+        if cfg.kafka.brokers.is_empty() {
+            bail!(
+                "no input: give --brokers (Kafka mode) or --input FILE --output FILE (file mode); \
+                 try `webscale-rl demo` for a run with no setup"
+            );
+        }
+        run_kafka(cfg, timely_config, control, funnel.clone()).context("Kafka run failed")?;
+        "kafka"
+    };
+    report(cli, Summary::new(mode, started.elapsed(), funnel.snapshot()));
+    Ok(())
+}
+
+pub fn report(cli: &Cli, summary: Summary) {
+    if cli.json_summary {
+        summary.print_json();
+    }
+    if !cli.quiet {
+        summary.print_table();
+    }
+}
+

@@ -1,1 +1,15 @@
-//! placeholder
+//! Graph assembly, worker runtime and offset tracking of webscale-rl.
+//!
+//! [`graph`] wires the stages; [`runtime`] runs the graph on timely workers between Kafka (or
+//! files) and commits input offsets only behind the durable frontier; [`funnel`] counts what each
+//! stage passed and rejected.
+
+pub mod cluster;
+pub mod config;
+pub mod file_mode;
+pub mod funnel;
+pub mod graph;
+pub mod runtime;
+
+pub use config::PipelineConfig;
+pub use funnel::{Funnel, FunnelSnapshot};

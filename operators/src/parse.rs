@@ -57,6 +57,12 @@ pub fn parse_message(msg: &RawMessage, cfg: &ParseConfig) -> Result<Document, De
         Some(p) => p,
     };
     // A size check before parsing keeps a huge message from costing a full JSON parse.
+    if msg.truncated {
+        return Err(reject(
+            "too_large",
+            format!("the line exceeds the reader's limit; kept its first {} bytes", payload.len()),
+        ));
+    }
     if payload.len() > cfg.max_document_bytes + 64 * 1024 {
         return Err(reject(
             "too_large",

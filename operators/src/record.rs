@@ -26,6 +26,8 @@ pub struct RawMessage {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub origin: Origin,
+    /// The source cut the payload short (a line over the file reader's limit): too large.
+    pub truncated: bool,
 }
 
 /// A parsed input document. `meta` is kept as JSON text: the inter-worker encoding (bincode) cannot

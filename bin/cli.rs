@@ -1,0 +1,144 @@
+//! Command-line interface: `run` (Kafka or file mode), `demo`, `produce`, `tail`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "webscale-rl",
+    version,
+    about = "Turns web-scale pre-training text into verifiable question-answer data for RL",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Print only errors (no progress bar, no summary table).
+    #[arg(long, global = true)]
+    pub quiet: bool,
+    /// Print the run summary as one JSON object on stdout.
+    #[arg(long, global = true)]
+    pub json_summary: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the pipeline: Kafka mode (--brokers ...) or file mode (--input FILE --output FILE).
+    #[command(disable_help_flag = true)]
+    Run(RunArgs),
+    /// Start an in-process Kafka cluster, load the bundled corpus (or --corpus), run the pipeline
+    /// and print a summary. Needs no Kafka installation.
+    #[command(disable_help_flag = true)]
+    Demo(DemoArgs),
+    /// Write a JSONL file (or stdin, `-`) to a topic, one message per line, key = the "id" field.
+    Produce(ProduceArgs),
+    /// Print a topic's messages from the beginning, one per line.
+    Tail(TailArgs),
+}
+
+/// Where timely workers run. `-h` is the host file, as in timely; help is `--help`.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Worker threads per process.
+    #[arg(short = 'w', long = "workers", default_value_t = 1)]
+    pub workers: usize,
+    /// Number of processes in the cluster.
+    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    pub processes: usize,
+    /// Index of this process, 0..processes.
+    #[arg(short = 'p', long = "process", default_value_t = 0)]
+    pub process: usize,
+    /// Host file: one host:port per line, line i is process i (default 127.0.0.1:2101+i).
+    #[arg(short = 'h', long = "hostfile")]
+    pub hostfile: Option<PathBuf>,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Pipeline config file (TOML); see pipeline.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers (host:port,...). Overrides [kafka] brokers.
+    #[arg(long, env = "WEBSCALE_BROKERS")]
+    pub brokers: Option<String>,
+    #[arg(long)]
+    pub input_topic: Option<String>,
+    #[arg(long)]
+    pub output_topic: Option<String>,
+    #[arg(long)]
+    pub dead_letter_topic: Option<String>,
+    /// Consumer group whose committed offsets track progress.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Exit once the input partitions are consumed to the end offsets they had at start.
+    #[arg(long)]
+    pub until_caught_up: bool,
+    /// File mode: input JSONL (plain, .gz, .zst) or `-` for stdin.
+    #[arg(long, conflicts_with_all = ["brokers", "until_caught_up"], requires = "output")]
+    pub input: Option<String>,
+    /// File mode: output JSONL (`.gz`/`.zst` compress; `-` for stdout).
+    #[arg(long, requires = "input")]
+    pub output: Option<String>,
+    /// File mode: dead-letter JSONL (default: next to the output, `NAME.rejects.jsonl`).
+    #[arg(long, requires = "input")]
+    pub rejects: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// JSONL corpus to load instead of the bundled one.
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// Pipeline config file (TOML).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Partitions of the demo's input topic.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Keep the in-process Kafka cluster up after the run (for kcat / `tail`) until Ctrl-C.
+    #[arg(long)]
+    pub keep_running: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ProduceArgs {
+    #[arg(long, env = "WEBSCALE_BROKERS")]
+    pub brokers: String,
+    #[arg(long)]
+    pub topic: String,
+    /// JSONL file (plain, .gz, .zst) or `-` for stdin.
+    pub file: String,
+}
+
+#[derive(Args, Debug)]
+pub struct TailArgs {
+    #[arg(long, env = "WEBSCALE_BROKERS")]
+    pub brokers: String,
+    #[arg(long)]
+    pub topic: String,
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub max: Option<u64>,
+    /// Stop after this many seconds without a message once the end is reached.
+    #[arg(long, default_value_t = 2)]
+    pub idle_secs: u64,
+}
+
+impl ClusterArgs {
+    pub fn options(&self) -> webscale_rl_dataflow::cluster::ClusterOptions {
+        webscale_rl_dataflow::cluster::ClusterOptions {
+            workers: self.workers,
+            processes: self.processes,
+            process: self.process,
+            hostfile: self.hostfile.clone(),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! `webscale-rl demo`: the whole engine with nothing installed. An in-process Kafka cluster
+//! (librdkafka's mock cluster: the real Kafka protocol over TCP) receives the bundled corpus, the
+//! pipeline runs until it has caught up, and a summary says what passed and why the rest was dropped.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::mocking::MockCluster;
+use webscale_rl_connectors::file::JsonlInput;
+use webscale_rl_connectors::kafka::{KafkaConfig, tools};
+use webscale_rl_dataflow::Funnel;
+use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
+
+use crate::cli::{Cli, DemoArgs};
+use crate::summary::Summary;
+
+/// 100 documents from the shared web sample; sources and licences in data/demo/README.md.
+const BUNDLED_CORPUS: &[u8] = include_bytes!("../data/demo/corpus.jsonl");
+
+pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
+    let mut cfg = crate::load_config(args.config.as_deref())?;
+    let cluster = MockCluster::new(1).context("starting the in-process Kafka cluster")?;
+    let brokers = cluster.bootstrap_servers();
+    let k = &mut cfg.kafka;
+    k.brokers = brokers.clone();
+    for topic in [&k.input_topic, &k.output_topic, &k.dead_letter_topic] {
+        cluster
+            .create_topic(topic, args.partitions, 1)
+            .with_context(|| format!("creating topic '{topic}'"))?;
+    }
+    let say = |s: String| {
+        if !cli.quiet {
+            eprintln!("{s}");
+        }
+    };
+    say(format!(
+        "in-process Kafka cluster at {brokers} (any Kafka client can connect, e.g. `kcat -b {brokers} -L`)"
+    ));
+
+    let lines: Vec<Vec<u8>> = match &args.corpus {
+        Some(path) => {
+            let mut input = JsonlInput::open(&path.to_string_lossy())?;
+            let mut lines = Vec::new();
+            let mut buf = Vec::new();
+            while input.next_line(&mut buf)?.is_some() {
+                lines.push(std::mem::take(&mut buf));
+            }
+            lines
+        }
+        None => BUNDLED_CORPUS
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect(),
+    };
+    let source = args
+        .corpus
+        .as_ref()
+        .map_or("the bundled corpus".to_string(), |p| format!("'{}'", p.display()));
+    let n = tools::produce_lines(&cfg.kafka, &cfg.kafka.input_topic, lines)?;
+    say(format!(
+        "loaded {n} documents from {source} into topic '{}' ({} partitions)",
+        cfg.kafka.input_topic, args.partitions
+    ));
+
+    let funnel = Funnel::default();
+    let control = RunControl {
+        stop: crate::shutdown::install()?,
+        until_caught_up: true,
+    };
+    let started = Instant::now();
+    let kafka = cfg.kafka.clone();
+    run_kafka(cfg, args.cluster.options().timely_config()?, control.clone(), funnel.clone())?;
+    crate::report(cli, Summary::new("demo", started.elapsed(), funnel.snapshot()));
+
+    if !cli.quiet {
+        show_samples(&kafka)?;
+        eprintln!(
+            "outputs: topic '{}' ({} records), dead letters: topic '{}' ({} records)",
+            kafka.output_topic,
+            funnel.snapshot().emitted,
+            kafka.dead_letter_topic,
+            funnel.snapshot().dead_lettered
+        );
+    }
+    if args.keep_running {
+        say(format!(
+            "cluster stays up at {brokers}; try `webscale-rl tail --brokers {brokers} --topic {}`. Ctrl-C to exit.",
+            kafka.output_topic
+        ));
+        while !control.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    drop(cluster);
+    Ok(())
+}
+
+/// Prints the first accepted record and the first dead letter, shortened.
+fn show_samples(kafka: &KafkaConfig) -> anyhow::Result<()> {
+    for (label, topic) in [
+        ("first output record", &kafka.output_topic),
+        ("first dead letter", &kafka.dead_letter_topic),
+    ] {
+        let mut buf = Vec::new();
+        tools::tail(kafka, topic, Some(1), Duration::from_millis(200), &mut buf)?;
+        let text = String::from_utf8_lossy(&buf);
+        let shown: String = text.trim().chars().take(400).collect();
+        eprintln!("{label}: {shown}{}", if text.trim().len() > 400 { "…" } else { "" });
+    }
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! The Kafka sink: produces records with an idempotent producer and holds each epoch's capability
+//! until the broker has acknowledged every record of that epoch.
+//!
+//! The sink's output carries no data; its frontier is the *durable frontier*. A probe after the
+//! sinks tells the worker loop which epochs' input offsets may be committed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::{Scope, StreamVec};
+use timely::scheduling::SyncActivator;
+use webscale_rl_operators::record::Emitted;
+
+use super::config::KafkaConfig;
+
+/// Delivery bookkeeping shared between the producer's delivery callbacks (on librdkafka's thread)
+/// and the sink operator (on the worker).
+#[derive(Default)]
+struct Deliveries {
+    /// Epoch -> records handed to the producer and not yet acknowledged.
+    pending: BTreeMap<u64, usize>,
+    /// Records acknowledged by the broker.
+    delivered: u64,
+    /// The first permanent delivery failure; the engine stops without committing past it.
+    failure: Option<String>,
+    activator: Option<SyncActivator>,
+}
+
+/// The producer's context: counts acknowledgements per epoch and wakes the sink.
+#[derive(Clone, Default)]
+pub struct DeliveryContext {
+    state: Arc<Mutex<Deliveries>>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, epoch: usize) {
+        let mut state = self.state.lock().expect("delivery state");
+        match result {
+            Ok(_) => {
+                state.delivered += 1;
+                let epoch = epoch as u64;
+                if let Some(n) = state.pending.get_mut(&epoch) {
+                    *n -= 1;
+                    if *n == 0 {
+                        state.pending.remove(&epoch);
+                    }
+                }
+            }
+            Err((e, _)) => {
+                // The idempotent producer already retried; what reaches here is permanent.
+                state.failure.get_or_insert_with(|| format!("delivery failed: {e}"));
+            }
+        }
+        if let Some(a) = &state.activator {
+            let _ = a.activate();
+        }
+    }
+}
+
+/// A producer for one topic, shared by nothing: each worker has its own.
+pub struct KafkaSink {
+    producer: ThreadedProducer<DeliveryContext>,
+    context: DeliveryContext,
+    topic: String,
+}
+
+impl KafkaSink {
+    /// An idempotent producer (acks=all, ordered, no duplicates on retry) for `topic`.
+    pub fn new(cfg: &KafkaConfig, topic: &str) -> anyhow::Result<Self> {
+        let context = DeliveryContext::default();
+        let client = cfg.client_config_with(&[
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("message.max.bytes", "8388608"),
+        ])?;
+        let producer: ThreadedProducer<DeliveryContext> = client
+            .create_with_context(context.clone())
+            .with_context(|| format!("creating a Kafka producer for topic '{topic}'"))?;
+        Ok(KafkaSink {
+            producer,
+            context,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Records acknowledged by the broker so far.
+    pub fn delivered(&self) -> u64 {
+        self.context.state.lock().expect("delivery state").delivered
+    }
+
+    /// The first permanent delivery failure, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.context.state.lock().expect("delivery state").failure.clone()
+    }
+
+    /// Waits for every queued record to be acknowledged (shutdown).
+    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.producer.flush(timeout).context("flushing the Kafka producer")?;
+        Ok(())
+    }
+}
+
+/// Writes `records` to the sink's topic; the returned stream's frontier passes an epoch once all
+/// of its records are acknowledged.
+pub fn kafka_sink<'s>(
+    records: StreamVec<'s, u64, Emitted>,
+    sink: Arc<KafkaSink>,
+) -> StreamVec<'s, u64, ()> {
+    let scope: Scope<'s, u64> = records.scope();
+    records.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "KafkaSink", move |default_cap, info| {
+        drop(default_cap);
+        let activator = scope.worker().sync_activator_for(info.address.to_vec());
+        sink.context.state.lock().expect("delivery state").activator = Some(activator);
+        let retry = scope.activator_for(info.address.clone());
+        // Epochs with records not yet acknowledged (or not yet handed over): their capabilities.
+        let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+        // Records the producer's queue refused (QueueFull): retried on the next activation.
+        let mut backlog: VecDeque<(u64, Emitted)> = VecDeque::new();
+        move |(input, frontier), _output| {
+            input.for_each_stamp(|cap, data| {
+                let epoch = *cap.least().expect("a stamp has a time");
+                held.entry(epoch)
+                    .or_insert_with(|| cap.retain_least(0).expect("output 0"));
+                for batch in data {
+                    backlog.extend(batch.drain(..).map(|r| (epoch, r)));
+                }
+            });
+            while let Some((epoch, record)) = backlog.pop_front() {
+                sink.context
+                    .state
+                    .lock()
+                    .expect("delivery state")
+                    .pending
+                    .entry(epoch)
+                    .and_modify(|n| *n += 1)
+                    .or_insert(1);
+                let sent = sink.producer.send(
+                    BaseRecord::with_opaque_to(&sink.topic, epoch as usize)
+                        .key(record.key.as_bytes())
+                        .payload(&record.payload),
+                );
+                if let Err((e, _)) = sent {
+                    let mut state = sink.context.state.lock().expect("delivery state");
+                    if let Some(n) = state.pending.get_mut(&epoch) {
+                        *n -= 1;
+                        if *n == 0 {
+                            state.pending.remove(&epoch);
+                        }
+                    }
+                    drop(state);
+                    if matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) {
+                        backlog.push_front((epoch, record));
+                        retry.activate_after(Duration::from_millis(2));
+                        break;
+                    }
+                    sink.context
+                        .state
+                        .lock()
+                        .expect("delivery state")
+                        .failure
+                        .get_or_insert_with(|| format!("cannot produce to '{}': {e}", sink.topic));
+                }
+            }
+            // Release every epoch that is complete at the input and fully acknowledged.
+            let state = sink.context.state.lock().expect("delivery state");
+            if state.failure.is_none() {
+                let unfinished = |epoch: &u64| {
+                    frontier.less_equal(epoch)
+                        || state.pending.contains_key(epoch)
+                        || backlog.iter().any(|(e, _)| e == epoch)
+                };
+                held.retain(|epoch, _| unfinished(epoch));
+            }
+        }
+    })
+}

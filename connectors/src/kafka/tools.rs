@@ -1,0 +1,119 @@
+//! Small Kafka clients behind `webscale-rl produce` and `webscale-rl tail`, also used by the demo
+//! and the tests: write JSONL lines to a topic; read a topic from the beginning.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::config::KafkaConfig;
+
+/// Checks that the brokers answer and `topic` exists; returns its partition ids.
+pub fn topic_partitions(
+    consumer: &BaseConsumer,
+    cfg: &KafkaConfig,
+    topic: &str,
+) -> anyhow::Result<Vec<i32>> {
+    let timeout = cfg.connect_timeout();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("cannot reach Kafka brokers '{}' within {timeout:?}", cfg.brokers))?;
+    match metadata.topics().iter().find(|t| t.name() == topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            Ok(t.partitions().iter().map(|p| p.id()).collect())
+        }
+        _ => bail!("topic '{topic}' not found on brokers '{}'", cfg.brokers),
+    }
+}
+
+/// Produces each line as one message (key = the line's `"id"` field when it has one) and waits
+/// until all are acknowledged. Returns the number of messages.
+pub fn produce_lines<I>(cfg: &KafkaConfig, topic: &str, lines: I) -> anyhow::Result<u64>
+where
+    I: IntoIterator<Item = Vec<u8>>,
+{
+    let producer: BaseProducer = cfg
+        .client_config_with(&[("enable.idempotence", "true"), ("message.max.bytes", "16777216")])?
+        .create()
+        .context("creating a Kafka producer")?;
+    let probe: BaseConsumer = cfg.client_config()?.create()?;
+    topic_partitions(&probe, cfg, topic)?;
+    let mut sent = 0u64;
+    for line in lines {
+        let key = serde_json::from_slice::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| match v.get("id") {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            });
+        loop {
+            let mut record = BaseRecord::<str, [u8]>::to(topic).payload(&line[..]);
+            if let Some(k) = key.as_deref() {
+                record = record.key(k);
+            }
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ), _)) => {
+                    producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => return Err(e).context(format!("producing to '{topic}'")),
+            }
+        }
+        sent += 1;
+        producer.poll(Duration::ZERO);
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .with_context(|| format!("waiting for '{topic}' to acknowledge {sent} messages"))?;
+    Ok(sent)
+}
+
+/// Reads `topic` from the beginning and writes each message's payload as one line to `out`.
+/// Stops after `max` messages, or once no message arrived for `idle` after reaching the end
+/// offsets the topic had when reading began. Returns the number of messages written.
+pub fn tail(
+    cfg: &KafkaConfig,
+    topic: &str,
+    max: Option<u64>,
+    idle: Duration,
+    out: &mut dyn Write,
+) -> anyhow::Result<u64> {
+    let consumer: BaseConsumer = cfg
+        .client_config_with(&[("group.id", "webscale-rl-tail"), ("enable.auto.commit", "false")])?
+        .create()
+        .context("creating a Kafka consumer")?;
+    let partitions = topic_partitions(&consumer, cfg, topic)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    for &p in &partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        let (low, high) = consumer.fetch_watermarks(topic, p, cfg.connect_timeout())?;
+        remaining += high - low;
+    }
+    consumer.assign(&tpl)?;
+    let mut written = 0u64;
+    let mut last = Instant::now();
+    while max.is_none_or(|m| written < m) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                out.write_all(m.payload().unwrap_or_default())?;
+                out.write_all(b"\n")?;
+                written += 1;
+                remaining -= 1;
+                last = Instant::now();
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
+            None if remaining <= 0 && last.elapsed() >= idle => break,
+            None => {}
+        }
+    }
+    out.flush()?;
+    Ok(written)
+}

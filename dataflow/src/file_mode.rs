@@ -1,0 +1,171 @@
+//! File mode: the same graph from a JSONL file (plain, `.gz`, `.zst`) or stdin to JSONL files,
+//! for back-fills and for users without Kafka. Outputs appear atomically when the run completes.
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::anyhow;
+use timely::dataflow::ProbeHandle;
+use timely::dataflow::operators::core::Probe;
+use timely::dataflow::operators::core::Concat;
+use webscale_rl_connectors::file::{JsonlInput, JsonlOutput, Progress};
+use webscale_rl_connectors::file_sink::file_sink;
+use webscale_rl_connectors::file_source::{FileProgress, FileSourceConfig, file_source};
+
+use crate::config::PipelineConfig;
+use crate::funnel::{DEAD_LETTERED, EMITTED, Funnel};
+use crate::graph;
+use crate::runtime::RunControl;
+
+/// Paths of a file-mode run.
+#[derive(Clone, Debug)]
+pub struct FileRun {
+    /// Input JSONL (`-` for stdin).
+    pub input: String,
+    /// Output JSONL (`-` for stdout); `.gz`/`.zst` compress.
+    pub output: String,
+    /// Dead letters; by default next to the output (`out.jsonl` -> `out.rejects.jsonl`).
+    pub rejects: Option<String>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// `out.jsonl.gz` -> `out.rejects.jsonl.gz`; stdout's rejects go to `rejects.jsonl`.
+pub fn default_rejects_path(output: &str) -> String {
+    if output == "-" {
+        return "rejects.jsonl".into();
+    }
+    let path = Path::new(output);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("output");
+    let (stem, ext) = match name.find('.') {
+        Some(i) => (&name[..i], &name[i..]),
+        None => (name, ".jsonl"),
+    };
+    path.with_file_name(format!("{stem}.rejects{ext}"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Runs the pipeline over files. The input is opened before the workers start, so a missing or
+/// unreadable file fails at once with its path in the error.
+pub fn run_files(
+    cfg: PipelineConfig,
+    timely_config: timely::Config,
+    run: FileRun,
+    control: RunControl,
+    funnel: Funnel,
+) -> anyhow::Result<()> {
+    let max_line = cfg.parse.max_document_bytes + 64 * 1024;
+    let input = JsonlInput::open(&run.input)?.with_max_line_bytes(max_line);
+    let rejects = run.rejects.clone().unwrap_or_else(|| default_rejects_path(&run.output));
+    let outputs = (JsonlOutput::create(&run.output)?, JsonlOutput::create(&rejects)?);
+    // Handed to worker 0 only; the closure below runs on every worker thread.
+    let worker0 = Arc::new(Mutex::new(Some((input, outputs))));
+    let guards = timely::execute(timely_config, move |worker| {
+        let mine = if worker.index() == 0 {
+            worker0.lock().expect("worker 0 state").take()
+        } else {
+            None
+        };
+        file_worker(worker, &cfg, mine, &run, &control, &funnel).map_err(|e| format!("{e:#}"))
+    })
+    .map_err(|e| anyhow!("starting timely workers: {e}"))?;
+    let mut errors = Vec::new();
+    for result in guards.join() {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(format!("worker panicked: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!(errors.join("; ")))
+    }
+}
+
+type Worker0 = (JsonlInput, (JsonlOutput, JsonlOutput));
+
+fn file_worker(
+    worker: &mut timely::worker::Worker,
+    cfg: &PipelineConfig,
+    mine: Option<Worker0>,
+    run: &FileRun,
+    control: &RunControl,
+    funnel: &Funnel,
+) -> anyhow::Result<()> {
+    let (input, outputs) = match mine {
+        Some((i, (o, r))) => (Some(i), Some((o, r))),
+        None => (None, None),
+    };
+    let (out, rej) = match outputs {
+        Some((o, r)) => (Some(o), Some(r)),
+        None => (None, None),
+    };
+    let out = Rc::new(RefCell::new(out));
+    let rej = Rc::new(RefCell::new(rej));
+    let sink_error = Rc::new(RefCell::new(None));
+    let progress = Rc::new(RefCell::new(FileProgress::default()));
+    let durable = ProbeHandle::new();
+    let source_cfg = FileSourceConfig {
+        epoch_lines: cfg.source.epoch_max_records.max(1) as u64,
+        batch_max: cfg.source.batch_max.max(1),
+        max_open_epochs: (cfg.source.max_in_flight_docs / cfg.source.epoch_max_records.max(1)).max(2) as u64,
+    };
+    let is_reader = input.is_some();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let messages = file_source(scope, input, source_cfg, durable.clone(), progress.clone());
+        let outs = graph::build(messages, cfg, funnel);
+        let counted_out = count_written(outs.output, funnel, EMITTED);
+        let counted_dead = count_written(outs.dead_letters, funnel, DEAD_LETTERED);
+        file_sink(counted_out.clone(), out.clone(), sink_error.clone());
+        file_sink(counted_dead.clone(), rej.clone(), sink_error.clone());
+        counted_out.concat(counted_dead).probe_with(&durable);
+    });
+    let mut bar = is_reader.then(|| Progress::new(progress.borrow().total_bytes, run.progress));
+    while !durable.done() {
+        worker.step_or_park(Some(Duration::from_millis(50)));
+        if let Some(e) = sink_error.borrow().as_ref() {
+            return Err(anyhow!("writing output: {e}"));
+        }
+        if let Some(e) = progress.borrow().error.as_ref() {
+            return Err(anyhow!("{e}"));
+        }
+        if let Some(bar) = bar.as_mut() {
+            let p = progress.borrow();
+            bar.update(p.bytes_read, p.lines, funnel.get(EMITTED.0, EMITTED.1));
+        }
+        if control.stop.load(std::sync::atomic::Ordering::Relaxed) && is_reader {
+            // File mode has no offsets to resume from: a stop abandons the temp outputs.
+            return Err(anyhow!("interrupted; no output written"));
+        }
+    }
+    if let Some(mut bar) = bar {
+        bar.finish();
+    }
+    for shared in [out, rej] {
+        if let Some(writer) = shared.borrow_mut().take() {
+            writer.finish()?;
+        }
+    }
+    Ok(())
+}
+
+/// Counts records on their way into a sink (the funnel's `emitted` / `dead_lettered`).
+fn count_written<'s>(
+    stream: timely::dataflow::StreamVec<'s, u64, webscale_rl_operators::record::Emitted>,
+    funnel: &Funnel,
+    key: (&'static str, &'static str),
+) -> timely::dataflow::StreamVec<'s, u64, webscale_rl_operators::record::Emitted> {
+    use timely::dataflow::operators::core::Inspect;
+    let funnel = funnel.clone();
+    stream.inspect_core(move |event| {
+        if let Ok((_, batch)) = event {
+            funnel.add(key.0, key.1, batch.len() as u64);
+        }
+    })
+}
