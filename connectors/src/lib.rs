@@ -4,3 +4,4 @@ pub mod file;
 pub mod kafka;
 pub mod file_sink;
 pub mod file_source;
+pub mod llm;

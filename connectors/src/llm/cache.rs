@@ -1,0 +1,386 @@
+//! Persistent response cache of the LLM client (a redb file).
+//!
+//! The key is the xxh3-128 hash of a canonical serialization (object keys
+//! sorted, no whitespace) of everything that determines an answer: model,
+//! messages, sampling parameters, response schema and any extra parameters
+//! (see `ChatRequest::cache_key`). The value is the answer's text and the
+//! usage it cost, so a restart or a replay never pays twice for one call.
+//!
+//! Reads go straight to the database (redb readers never block the writer).
+//! Writes are queued to one writer thread that commits whatever has piled up
+//! in a single transaction, so a busy pipeline pays one fsync per batch, not
+//! per answer; until committed, entries are served from an in-memory map.
+//! [`ResponseCache::flush`] waits for the queue to be committed, and dropping
+//! the cache commits the rest before closing the file.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Table of answers: key = xxh3-128 of the canonical request, value = JSON of
+/// a [`CachedAnswer`].
+const ANSWERS: TableDefinition<u128, &[u8]> = TableDefinition::new("llm_answers_v1");
+
+/// What the cache keeps of one successful call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedAnswer {
+    /// The answer's text, as the server returned it.
+    pub content: String,
+    /// Model named by the server's answer.
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub finish_reason: Option<String>,
+}
+
+/// Failure to open, read or write the cache file.
+#[derive(Debug)]
+pub struct CacheError(String);
+
+impl std::fmt::Display for CacheError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "llm response cache: {}", self.0)
+    }
+}
+
+impl std::error::Error for CacheError {}
+
+fn err(context: &str, e: impl std::fmt::Display) -> CacheError {
+    CacheError(format!("{context}: {e}"))
+}
+
+enum Msg {
+    Put(u128, Arc<CachedAnswer>),
+    Flush(mpsc::Sender<Result<(), String>>),
+}
+
+type Pending = Arc<Mutex<HashMap<u128, Arc<CachedAnswer>>>>;
+
+/// Handle on the cache file; share it behind an `Arc`.
+pub struct ResponseCache {
+    path: PathBuf,
+    db: Arc<Database>,
+    pending: Pending,
+    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResponseCache {
+    /// Opens the cache file, creating it (and its table) when absent.
+    pub fn open(path: &Path) -> Result<Self, CacheError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| err("creating its directory", e))?;
+        }
+        let db = Database::create(path).map_err(|e| err("opening", e))?;
+        let txn = db.begin_write().map_err(|e| err("opening", e))?;
+        txn.open_table(ANSWERS).map_err(|e| err("opening", e))?;
+        txn.commit().map_err(|e| err("opening", e))?;
+        let db = Arc::new(db);
+        let pending: Pending = Arc::default();
+        let (tx, rx) = mpsc::channel();
+        let writer = {
+            let db = Arc::clone(&db);
+            let pending = Arc::clone(&pending);
+            std::thread::Builder::new()
+                .name("llm-cache-writer".to_owned())
+                .spawn(move || writer_loop(&db, &pending, &rx))
+                .map_err(|e| err("starting the writer thread", e))?
+        };
+        Ok(ResponseCache {
+            path: path.to_owned(),
+            db,
+            pending,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Path of the cache file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The answer stored under `key`, if any.
+    pub fn get(&self, key: u128) -> Result<Option<CachedAnswer>, CacheError> {
+        if let Some(a) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(Some(CachedAnswer::clone(a)));
+        }
+        let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
+        let table = txn.open_table(ANSWERS).map_err(|e| err("reading", e))?;
+        let Some(v) = table.get(key).map_err(|e| err("reading", e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| err("decoding an entry", e))
+    }
+
+    /// Queues `answer` for storage under `key`; visible to [`get`] at once,
+    /// durable after the writer's next commit.
+    ///
+    /// [`get`]: ResponseCache::get
+    pub fn put(&self, key: u128, answer: CachedAnswer) {
+        let answer = Arc::new(answer);
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = tx.as_ref() else { return };
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, Arc::clone(&answer));
+        if tx.send(Msg::Put(key, answer)).is_err() {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        }
+    }
+
+    /// Blocks until every answer queued so far is committed to the file.
+    pub fn flush(&self) -> Result<(), CacheError> {
+        let (ack_tx, ack_rx) = mpsc::channel();
+        {
+            let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(tx) = tx.as_ref() else {
+                return Err(CacheError("closed".to_owned()));
+            };
+            tx.send(Msg::Flush(ack_tx))
+                .map_err(|_| CacheError("writer thread is gone".to_owned()))?;
+        }
+        match ack_rx.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(CacheError(e)),
+            Err(_) => Err(CacheError("writer thread is gone".to_owned())),
+        }
+    }
+
+    /// Number of committed entries.
+    pub fn len(&self) -> Result<u64, CacheError> {
+        let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
+        let table = txn.open_table(ANSWERS).map_err(|e| err("reading", e))?;
+        table.len().map_err(|e| err("reading", e))
+    }
+
+    /// Whether no entry is committed.
+    pub fn is_empty(&self) -> Result<bool, CacheError> {
+        Ok(self.len()? == 0)
+    }
+}
+
+impl Drop for ResponseCache {
+    fn drop(&mut self) {
+        // Closing the channel makes the writer commit what is queued and exit.
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn writer_loop(db: &Database, pending: &Pending, rx: &mpsc::Receiver<Msg>) {
+    while let Ok(first) = rx.recv() {
+        let mut puts: Vec<(u128, Arc<CachedAnswer>)> = Vec::new();
+        let mut acks: Vec<mpsc::Sender<Result<(), String>>> = Vec::new();
+        let mut take = |m: Msg| match m {
+            Msg::Put(k, a) => puts.push((k, a)),
+            Msg::Flush(ack) => acks.push(ack),
+        };
+        take(first);
+        while let Ok(m) = rx.try_recv() {
+            take(m);
+        }
+        let result = if puts.is_empty() {
+            Ok(())
+        } else {
+            commit(db, &puts)
+        };
+        if let Err(e) = &result {
+            tracing::warn!(entries = puts.len(), "llm response cache: {e}");
+        }
+        {
+            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, a) in &puts {
+                // Keep a newer answer queued meanwhile under the same key.
+                if p.get(k).is_some_and(|cur| Arc::ptr_eq(cur, a)) {
+                    p.remove(k);
+                }
+            }
+        }
+        for ack in acks {
+            let _ = ack.send(result.clone());
+        }
+    }
+}
+
+fn commit(db: &Database, puts: &[(u128, Arc<CachedAnswer>)]) -> Result<(), String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut table = txn.open_table(ANSWERS).map_err(|e| e.to_string())?;
+        for (k, a) in puts {
+            let bytes = serde_json::to_vec(&**a).map_err(|e| e.to_string())?;
+            table
+                .insert(*k, bytes.as_slice())
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
+
+/// Writes `v` canonically: object keys sorted, no insignificant whitespace.
+/// Independent of serde_json's `preserve_order` feature.
+pub fn write_canonical_json(v: &Value, out: &mut String) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::String(s) => write_json_string(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json_string(k, out);
+                out.push(':');
+                write_canonical_json(&map[k], out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn write_json_string(s: &str, out: &mut String) {
+    // serde_json's string escaping is canonical (shortest form).
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+}
+
+/// Cache key of a canonical request text.
+pub fn key_of(canonical: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(canonical.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn answer(s: &str) -> CachedAnswer {
+        CachedAnswer {
+            content: s.to_owned(),
+            model: "m".to_owned(),
+            prompt_tokens: 3,
+            completion_tokens: 4,
+            finish_reason: Some("stop".to_owned()),
+        }
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_recursively() {
+        let a = json!({"b": 1, "a": {"y": [1, {"d": null, "c": "x\"y"}], "x": true}});
+        let mut out = String::new();
+        write_canonical_json(&a, &mut out);
+        assert_eq!(
+            out,
+            r#"{"a":{"x":true,"y":[1,{"c":"x\"y","d":null}]},"b":1}"#
+        );
+        let b: Value =
+            serde_json::from_str(r#"{"a":{"y":[1,{"c":"x\"y","d":null}],"x":true},"b":1}"#)
+                .unwrap();
+        let mut out2 = String::new();
+        write_canonical_json(&b, &mut out2);
+        assert_eq!(out, out2);
+        assert_eq!(key_of(&out), key_of(&out2));
+        assert_ne!(key_of(&out), key_of("{}"));
+    }
+
+    #[test]
+    fn put_get_flush_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/cache.redb");
+        {
+            let c = ResponseCache::open(&path).unwrap();
+            assert_eq!(c.get(1).unwrap(), None);
+            c.put(1, answer("one"));
+            // Visible before the commit.
+            assert_eq!(c.get(1).unwrap(), Some(answer("one")));
+            c.flush().unwrap();
+            assert_eq!(c.len().unwrap(), 1);
+            c.put(2, answer("two"));
+            // Not flushed: dropping commits it.
+        }
+        let c = ResponseCache::open(&path).unwrap();
+        assert_eq!(c.get(1).unwrap(), Some(answer("one")));
+        assert_eq!(c.get(2).unwrap(), Some(answer("two")));
+        assert_eq!(c.len().unwrap(), 2);
+        assert!(!c.is_empty().unwrap());
+    }
+
+    #[test]
+    fn many_puts_from_threads_are_batched_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.redb");
+        let c = Arc::new(ResponseCache::open(&path).unwrap());
+        let threads: Vec<_> = (0..4u128)
+            .map(|t| {
+                let c = Arc::clone(&c);
+                std::thread::spawn(move || {
+                    for i in 0..250u128 {
+                        c.put(t * 1000 + i, answer(&format!("{t}-{i}")));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        c.flush().unwrap();
+        assert_eq!(c.len().unwrap(), 1000);
+        assert_eq!(c.get(3249).unwrap(), Some(answer("3-249")));
+        assert!(c.pending.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn open_fails_cleanly_on_a_non_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-a-db");
+        std::fs::write(&path, b"this is not a redb file, just some text").unwrap();
+        let e = ResponseCache::open(&path).unwrap_err();
+        assert!(
+            e.to_string().starts_with("llm response cache: opening"),
+            "{e}"
+        );
+    }
+}

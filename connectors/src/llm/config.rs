@@ -1,0 +1,189 @@
+//! Configuration of the LLM client (`[llm]` section of the engine config).
+//!
+//! Every field has a default, unknown fields are rejected. The API key is
+//! never part of the configuration: only the *name* of the environment
+//! variable that holds it ([`LlmConfig::api_key_env`]), read once when the
+//! client is built.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Price of a model, in currency units (USD) per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Price of one million prompt (input) tokens.
+    pub prompt_per_million: f64,
+    /// Price of one million completion (output) tokens.
+    pub completion_per_million: f64,
+}
+
+impl Price {
+    /// Cost of one call with the given token counts.
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.prompt_per_million
+            + completion_tokens as f64 * self.completion_per_million)
+            / 1_000_000.0
+    }
+}
+
+/// Settings of the OpenAI-compatible chat-completions client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Base URLs of the OpenAI-compatible servers, e.g. `http://host:8000/v1`;
+    /// requests go to `<base>/chat/completions`, spread over all of them.
+    pub endpoints: Vec<String>,
+    /// Model used when a request leaves its model empty.
+    pub model: Option<String>,
+    /// Name of the environment variable holding the API key (sent as
+    /// `Authorization: Bearer …`). Empty string: send no key. A variable that
+    /// is unset or empty also means no key (local vLLM/SGLang servers).
+    pub api_key_env: String,
+    /// Maximum number of HTTP requests in flight for the whole process.
+    pub concurrency: usize,
+    /// Requests-per-minute limit (token bucket); none when unset.
+    pub requests_per_minute: Option<u32>,
+    /// Tokens-per-minute limit (prompt estimated as chars/4 before the call,
+    /// corrected with the reported usage after); none when unset.
+    pub tokens_per_minute: Option<u32>,
+    /// Timeout of one HTTP request (connect + answer), in seconds.
+    pub timeout_secs: u64,
+    /// Retries after the first attempt (429, 5xx, timeouts, connection errors,
+    /// malformed answers).
+    pub max_retries: u32,
+    /// Of those, at most this many for malformed answers (no JSON found).
+    pub max_malformed_retries: u32,
+    /// Base of the exponential backoff (full jitter), in milliseconds.
+    pub backoff_base_ms: u64,
+    /// Cap of one backoff delay, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Global pause after a 429 that carries no `Retry-After`, in seconds.
+    pub cooldown_secs_after_429: u64,
+    /// Send `response_format: {type: "json_schema", …}` when a request carries
+    /// a schema. An endpoint answering 400 about `response_format` is
+    /// remembered as not supporting it and gets plain requests from then on.
+    pub json_schema: bool,
+    /// Price per model name, for cost accounting.
+    pub prices: HashMap<String, Price>,
+    /// Response cache (redb file); no cache when unset.
+    pub cache_path: Option<PathBuf>,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            endpoints: vec!["http://127.0.0.1:8000/v1".to_owned()],
+            model: None,
+            api_key_env: "OPENAI_API_KEY".to_owned(),
+            concurrency: 64,
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            timeout_secs: 120,
+            max_retries: 5,
+            max_malformed_retries: 2,
+            backoff_base_ms: 500,
+            backoff_max_ms: 30_000,
+            cooldown_secs_after_429: 10,
+            json_schema: true,
+            prices: HashMap::new(),
+            cache_path: None,
+        }
+    }
+}
+
+impl LlmConfig {
+    /// Checks the settings that have no meaningful value of zero and the
+    /// endpoint URLs. The message names the offending setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.endpoints.is_empty() {
+            return Err("llm.endpoints: at least one endpoint is required".to_owned());
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let url = reqwest::Url::parse(e)
+                .map_err(|err| format!("llm.endpoints[{i}]: not a URL ({err})"))?;
+            if url.scheme() != "http" && url.scheme() != "https" {
+                return Err(format!(
+                    "llm.endpoints[{i}]: scheme must be http or https, not {}",
+                    url.scheme()
+                ));
+            }
+        }
+        if self.concurrency == 0 {
+            return Err("llm.concurrency must be at least 1".to_owned());
+        }
+        if self.requests_per_minute == Some(0) {
+            return Err("llm.requests_per_minute must be at least 1 (or unset)".to_owned());
+        }
+        if self.tokens_per_minute == Some(0) {
+            return Err("llm.tokens_per_minute must be at least 1 (or unset)".to_owned());
+        }
+        if self.timeout_secs == 0 {
+            return Err("llm.timeout_secs must be at least 1".to_owned());
+        }
+        if self.backoff_max_ms < self.backoff_base_ms {
+            return Err("llm.backoff_max_ms must be >= llm.backoff_base_ms".to_owned());
+        }
+        for (model, price) in &self.prices {
+            if !(price.prompt_per_million >= 0.0 && price.completion_per_million >= 0.0) {
+                return Err(format!("llm.prices.{model}: prices must be >= 0"));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`LlmConfig::timeout_secs`] as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_from_empty_toml_section() {
+        let c: LlmConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, LlmConfig::default());
+        assert_eq!(c.concurrency, 64);
+        assert_eq!(c.api_key_env, "OPENAI_API_KEY");
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_rejected() {
+        let err = serde_json::from_str::<LlmConfig>(r#"{"api_key": "sk-x"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn prices_parse_and_cost() {
+        let c: LlmConfig = serde_json::from_str(
+            r#"{"prices": {"m": {"prompt_per_million": 2.0, "completion_per_million": 8.0}}}"#,
+        )
+        .unwrap();
+        let p = c.prices["m"];
+        assert!((p.cost(1_000_000, 500_000) - 6.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn validation_errors() {
+        let bad = |f: fn(&mut LlmConfig)| {
+            let mut c = LlmConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(bad(|c| c.endpoints.clear()).contains("endpoints"));
+        assert!(bad(|c| c.endpoints = vec!["not a url".into()]).contains("endpoints[0]"));
+        assert!(bad(|c| c.endpoints = vec!["ftp://x/v1".into()]).contains("scheme"));
+        assert!(bad(|c| c.concurrency = 0).contains("concurrency"));
+        assert!(bad(|c| c.requests_per_minute = Some(0)).contains("requests_per_minute"));
+        assert!(bad(|c| c.tokens_per_minute = Some(0)).contains("tokens_per_minute"));
+        assert!(bad(|c| c.timeout_secs = 0).contains("timeout_secs"));
+        assert!(bad(|c| c.backoff_max_ms = 1).contains("backoff_max_ms"));
+    }
+}

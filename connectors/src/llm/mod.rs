@@ -1,0 +1,33 @@
+//! LLM client for the pipeline's LLM stages: OpenAI-compatible
+//! `/v1/chat/completions` (vLLM, SGLang, llama.cpp server, OpenAI, …).
+//!
+//! * [`client`]: [`LlmClient`] — endpoints with load spreading, concurrency
+//!   and rate limits, retries with backoff, JSON answers, non-blocking
+//!   [`LlmClient::submit`] for timely workers.
+//! * [`config`]: [`LlmConfig`], the `[llm]` configuration section.
+//! * [`request`]: [`ChatRequest`] / [`ChatResponse`] and the cache key.
+//! * [`parse`]: tolerant extraction of the JSON in an answer.
+//! * [`rate_limit`]: token buckets, global cool-down, `Retry-After`, backoff.
+//! * [`cache`]: the persistent (redb) response cache.
+//! * [`usage`]: tokens, requests, errors and cost per (stage, model).
+//! * [`error`]: [`LlmError`] and its kinds.
+//! * `scripted_server` (feature `scripted-server`): a scripted
+//!   OpenAI-compatible server for tests and benchmarks.
+
+pub mod cache;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod parse;
+pub mod rate_limit;
+pub mod request;
+#[cfg(feature = "scripted-server")]
+pub mod scripted_server;
+pub mod usage;
+
+pub use client::{EndpointStats, LlmClient};
+pub use config::{LlmConfig, Price};
+pub use error::LlmError;
+pub use parse::parse_json_answer;
+pub use request::{ChatMessage, ChatRequest, ChatResponse, ResponseSchema, Usage};
+pub use usage::{StageUsage, UsageCounters, UsageSnapshot};

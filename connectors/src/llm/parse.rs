@@ -1,0 +1,410 @@
+//! Tolerant extraction of a JSON answer from an LLM's text reply.
+//!
+//! Servers that honour `response_format` return bare JSON; the others (and
+//! models that ignore the instruction) wrap it in Markdown code fences, put
+//! prose before or after it, or prefix a `<think>…</think>` reasoning block.
+//! [`parse_json_answer`] tries, in order:
+//!
+//! 1. the whole reply (after stripping reasoning blocks) as JSON;
+//! 2. the body of each Markdown code fence (```` ```json ```` or bare ```` ``` ````);
+//! 3. every balanced `{…}` / `[…]` span found by bracket matching that respects
+//!    JSON strings and escapes, first one that parses wins.
+//!
+//! Each candidate that fails strict parsing gets one repair attempt that drops
+//! trailing commas before `}` / `]` (a frequent model slip). Only objects and
+//! arrays are accepted: a bare number or string is not an answer.
+
+use serde_json::Value;
+
+/// Parses the JSON object (or array) contained in `text`, tolerating code
+/// fences, reasoning blocks, surrounding prose and trailing commas.
+///
+/// Returns `None` when no JSON object or array can be found.
+pub fn parse_json_answer(text: &str) -> Option<Value> {
+    let text = strip_reasoning(text.trim_start_matches('\u{feff}'));
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return None;
+    }
+    if let Some(v) = parse_candidate(trimmed) {
+        return Some(v);
+    }
+    for body in code_fence_bodies(trimmed) {
+        let body = body.trim();
+        if let Some(v) = parse_candidate(body) {
+            return Some(v);
+        }
+        if let Some(v) = first_balanced_json(body) {
+            return Some(v);
+        }
+    }
+    first_balanced_json(trimmed)
+}
+
+/// Strict parse of one candidate, then a retry with trailing commas removed.
+fn parse_candidate(s: &str) -> Option<Value> {
+    let first = s.as_bytes().first()?;
+    if *first != b'{' && *first != b'[' {
+        return None;
+    }
+    match serde_json::from_str::<Value>(s) {
+        Ok(v) if v.is_object() || v.is_array() => Some(v),
+        Ok(_) => None,
+        Err(_) => {
+            let repaired = remove_trailing_commas(s)?;
+            match serde_json::from_str::<Value>(&repaired) {
+                Ok(v) if v.is_object() || v.is_array() => Some(v),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// Removes `<think>…</think>` (and `<thinking>…</thinking>`) blocks; an
+/// unterminated block swallows the rest of the text.
+fn strip_reasoning(text: &str) -> std::borrow::Cow<'_, str> {
+    const TAGS: [(&str, &str); 2] = [("<think>", "</think>"), ("<thinking>", "</thinking>")];
+    if !TAGS.iter().any(|(open, _)| text.contains(open)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    'outer: loop {
+        // Earliest opening tag of any kind.
+        let next = TAGS
+            .iter()
+            .filter_map(|(open, close)| rest.find(open).map(|i| (i, *open, *close)))
+            .min_by_key(|(i, _, _)| *i);
+        match next {
+            None => {
+                out.push_str(rest);
+                break 'outer;
+            }
+            Some((i, open, close)) => {
+                out.push_str(&rest[..i]);
+                let after = &rest[i + open.len()..];
+                match after.find(close) {
+                    Some(j) => rest = &after[j + close.len()..],
+                    None => break 'outer,
+                }
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Bodies of Markdown code fences (```` ``` ```` with an optional info string
+/// such as `json`). An unterminated fence yields the rest of the text.
+fn code_fence_bodies(text: &str) -> Vec<&str> {
+    let mut bodies = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("```") {
+        let after_ticks = &rest[start + 3..];
+        // The info string runs to the end of the line; a fence written on one
+        // line (```{"a":1}```) has no info string.
+        let body_start = match after_ticks.find('\n') {
+            Some(nl) if !after_ticks[..nl].contains('{') && !after_ticks[..nl].contains('[') => {
+                nl + 1
+            }
+            _ => after_ticks
+                .bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
+                .count(),
+        };
+        let body = &after_ticks[body_start..];
+        match body.find("```") {
+            Some(end) => {
+                bodies.push(&body[..end]);
+                rest = &body[end + 3..];
+            }
+            None => {
+                bodies.push(body);
+                break;
+            }
+        }
+    }
+    bodies
+}
+
+/// Scans `text` for balanced `{…}` / `[…]` spans (bracket matching that skips
+/// over JSON strings and their escapes) and returns the first one that
+/// parses. Objects are preferred: arrays are only tried when no object span
+/// parses, so `see [1] below: {"a": 1}` yields the object.
+///
+/// A bracket still open at the end of the text means the answer was cut off
+/// (e.g. `finish_reason = "length"`): the scan stops there rather than return
+/// a fragment nested inside the truncated value.
+fn first_balanced_json(text: &str) -> Option<Value> {
+    let bytes = text.as_bytes();
+    let mut first_array: Option<Value> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'{' || b == b'[' {
+            match matching_close(bytes, i) {
+                Span::Closed(end) => {
+                    if let Some(v) = parse_candidate(&text[i..=end]) {
+                        if v.is_object() {
+                            return Some(v);
+                        }
+                        if first_array.is_none() {
+                            first_array = Some(v);
+                        }
+                        // Skip over the array: objects nested in it are part of it.
+                        i = end + 1;
+                        continue;
+                    }
+                }
+                Span::Mismatched => {}
+                Span::Unterminated => break,
+            }
+        }
+        i += 1;
+    }
+    first_array
+}
+
+/// Outcome of bracket matching from an opening bracket.
+#[derive(Debug, PartialEq, Eq)]
+enum Span {
+    /// Index of the matching closing bracket.
+    Closed(usize),
+    /// A closing bracket of the wrong kind came first.
+    Mismatched,
+    /// The text ended with the bracket (or a string inside it) still open.
+    Unterminated,
+}
+
+/// Matches the bracket at `open`. Brackets inside strings do not count; a
+/// backslash escapes the next character inside a string.
+fn matching_close(bytes: &[u8], open: usize) -> Span {
+    let mut stack: Vec<u8> = Vec::with_capacity(8);
+    let mut in_string = false;
+    let mut escaped = false;
+    for (k, &b) in bytes.iter().enumerate().skip(open) {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' => stack.push(b'}'),
+            b'[' => stack.push(b']'),
+            b'}' | b']' => {
+                if stack.pop() != Some(b) {
+                    return Span::Mismatched;
+                }
+                if stack.is_empty() {
+                    return Span::Closed(k);
+                }
+            }
+            _ => {}
+        }
+    }
+    Span::Unterminated
+}
+
+/// Drops commas that are followed (after whitespace) by `}` or `]`, outside
+/// strings. Returns `None` when there was nothing to remove.
+fn remove_trailing_commas(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut changed = false;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut last = 0;
+    for (k, &b) in bytes.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+        } else if b == b',' {
+            let next = bytes[k + 1..].iter().find(|c| !c.is_ascii_whitespace());
+            if matches!(next, Some(b'}') | Some(b']')) {
+                out.push_str(&s[last..k]);
+                last = k + 1;
+                changed = true;
+            }
+        }
+    }
+    if !changed {
+        return None;
+    }
+    out.push_str(&s[last..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn p(s: &str) -> Option<Value> {
+        parse_json_answer(s)
+    }
+
+    #[test]
+    fn raw_object_and_array() {
+        assert_eq!(p(r#"{"a": 1}"#), Some(json!({"a": 1})));
+        assert_eq!(p("  \n{\"a\": [1, 2]}\n "), Some(json!({"a": [1, 2]})));
+        assert_eq!(p(r#"[{"q": "x"}]"#), Some(json!([{"q": "x"}])));
+        assert_eq!(p("\u{feff}{\"a\":1}"), Some(json!({"a": 1})));
+    }
+
+    #[test]
+    fn scalars_and_empty_are_not_answers() {
+        assert_eq!(p(""), None);
+        assert_eq!(p("   "), None);
+        assert_eq!(p("42"), None);
+        assert_eq!(p("\"just a string\""), None);
+        assert_eq!(p("true"), None);
+        assert_eq!(p("I cannot answer that."), None);
+    }
+
+    #[test]
+    fn fenced_json() {
+        let s = "Here you go:\n```json\n{\"question\": \"2+2?\", \"answer\": \"4\"}\n```\nHope it helps!";
+        assert_eq!(p(s), Some(json!({"question": "2+2?", "answer": "4"})));
+        let s = "```\n{\"a\": 1}\n```";
+        assert_eq!(p(s), Some(json!({"a": 1})));
+        let s = "```JSON\r\n{\"a\": 1}\r\n```";
+        assert_eq!(p(s), Some(json!({"a": 1})));
+        // One-line fence without info string.
+        assert_eq!(p("```{\"a\": 1}```"), Some(json!({"a": 1})));
+        // Unterminated fence.
+        assert_eq!(p("```json\n{\"a\": 1}\n"), Some(json!({"a": 1})));
+    }
+
+    #[test]
+    fn second_fence_when_first_is_not_json() {
+        let s = "```python\nprint('hi')\n```\nand\n```json\n{\"b\": 2}\n```";
+        assert_eq!(p(s), Some(json!({"b": 2})));
+    }
+
+    #[test]
+    fn fence_with_prose_inside() {
+        let s = "```json\n// the answer\n{\"a\": 1}\n```";
+        assert_eq!(p(s), Some(json!({"a": 1})));
+    }
+
+    #[test]
+    fn prose_before_and_after() {
+        let s = "Sure! The answer is {\"a\": {\"b\": [1, 2, {\"c\": null}]}} as requested.";
+        assert_eq!(p(s), Some(json!({"a": {"b": [1, 2, {"c": null}]}})));
+        let s = "{\"a\": 1}\n\nNote: I used the passage above.";
+        assert_eq!(p(s), Some(json!({"a": 1})));
+    }
+
+    #[test]
+    fn braces_and_escapes_inside_strings() {
+        let s = r#"Result: {"text": "a } tricky { string with \"quotes\" and \\", "n": 1} done"#;
+        assert_eq!(
+            p(s),
+            Some(json!({"text": "a } tricky { string with \"quotes\" and \\", "n": 1}))
+        );
+        let s = r#"x {"a": "\\\"}"} y"#;
+        assert_eq!(p(s), Some(json!({"a": "\\\"}"})));
+        let s = r#"{"a": "[not an array"}"#;
+        assert_eq!(p(s), Some(json!({"a": "[not an array"})));
+    }
+
+    #[test]
+    fn skips_non_json_brace_spans() {
+        let s = "In set notation {x | x > 0}; the JSON: {\"answer\": 3}";
+        assert_eq!(p(s), Some(json!({"answer": 3})));
+        let s = "Use {placeholders} like {this}. {\"k\": \"v\"}";
+        assert_eq!(p(s), Some(json!({"k": "v"})));
+    }
+
+    #[test]
+    fn prefers_object_over_earlier_array() {
+        let s = "See reference [1] and [2]. Answer: {\"a\": 1}";
+        assert_eq!(p(s), Some(json!({"a": 1})));
+        // An array alone is accepted.
+        assert_eq!(p("The list: [1, 2, 3]."), Some(json!([1, 2, 3])));
+    }
+
+    #[test]
+    fn first_of_several_objects() {
+        let s = "{\"a\": 1} and then {\"b\": 2}";
+        // Not valid as a whole; the first balanced object wins.
+        assert_eq!(p(s), Some(json!({"a": 1})));
+    }
+
+    #[test]
+    fn unbalanced_or_truncated_is_none() {
+        assert_eq!(p("{\"a\": 1"), None);
+        assert_eq!(p("{\"a\": [1, 2}"), None);
+        assert_eq!(p("```json\n{\"a\": \"unterminated}\n```"), None);
+    }
+
+    #[test]
+    fn truncated_answer_yields_no_inner_fragment() {
+        // The outer object is cut off: its complete inner objects are fragments.
+        let s = "{\"items\": [{\"a\": 1}, {\"b\": ";
+        assert_eq!(p(s), None);
+        // But a complete object before a cut-off one is fine.
+        let s = "{\"a\": 1} {\"b\": ";
+        assert_eq!(p(s), Some(json!({"a": 1})));
+    }
+
+    #[test]
+    fn trailing_commas_are_repaired() {
+        assert_eq!(p("{\"a\": [1, 2,], }"), Some(json!({"a": [1, 2]})));
+        assert_eq!(p("text {\"a\": 1,\n} text"), Some(json!({"a": 1})));
+        // Commas inside strings are untouched.
+        assert_eq!(p("{\"a\": \"x,}\",}"), Some(json!({"a": "x,}"})));
+    }
+
+    #[test]
+    fn reasoning_blocks_are_ignored() {
+        let s = "<think>Maybe {\"a\": 0}? No wait...</think>\n{\"a\": 1}";
+        assert_eq!(p(s), Some(json!({"a": 1})));
+        let s = "<thinking>{\"draft\": true}</thinking>```json\n{\"final\": true}\n```";
+        assert_eq!(p(s), Some(json!({"final": true})));
+        // Unterminated reasoning: nothing after it is trusted.
+        assert_eq!(p("<think>{\"a\": 1}"), None);
+    }
+
+    #[test]
+    fn unicode_content() {
+        let s = "Réponse : {\"question\": \"Qu'est-ce que π ?\", \"réponse\": \"≈ 3.14159\"} — fin";
+        assert_eq!(
+            p(s),
+            Some(json!({"question": "Qu'est-ce que π ?", "réponse": "≈ 3.14159"}))
+        );
+    }
+
+    #[test]
+    fn matching_close_edge_cases() {
+        assert_eq!(matching_close(b"{}", 0), Span::Closed(1));
+        assert_eq!(matching_close(b"{[}]", 0), Span::Mismatched);
+        assert_eq!(matching_close(b"{\"}\"}", 0), Span::Closed(4));
+        assert_eq!(matching_close(b"{\"\\\\\"}", 0), Span::Closed(5));
+        assert_eq!(matching_close(b"[[]", 0), Span::Unterminated);
+        assert_eq!(matching_close(b"x{}", 1), Span::Closed(2));
+    }
+
+    #[test]
+    fn remove_trailing_commas_only_when_needed() {
+        assert_eq!(remove_trailing_commas("{\"a\": 1}"), None);
+        assert_eq!(
+            remove_trailing_commas("[1, 2 ,\n ]").as_deref(),
+            Some("[1, 2 \n ]")
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! A scripted OpenAI-compatible chat-completions server for tests and
+//! benchmarks (cargo feature `scripted-server`).
+//!
+//! It listens on `127.0.0.1:<free port>` and answers `POST /v1/chat/completions`
+//! after a configurable latency. By default the answer is a deterministic
+//! function of the request (see [`default_answer`], or supply your own with
+//! [`ScriptedServerConfig::answer`]), with usage = characters / 4. Faults are
+//! scripted per test:
+//!
+//! * [`ScriptedServer::push_reply`] queues replies for the next requests, in
+//!   arrival order;
+//! * [`ScriptedServer::on_prompt`] replies to requests whose messages contain
+//!   a substring (deterministic under concurrency), a given number of times;
+//! * [`ScriptedServerConfig::supports_response_format`] `= false` makes every
+//!   request carrying `response_format` fail with a 400 naming it, as servers
+//!   without structured output do.
+//!
+//! The server counts requests, the maximum number in flight at once, and
+//! keeps a log of what it received (arrival time, `Authorization` header,
+//! body, status returned).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Response, StatusCode, header};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+/// Computes the answer text from the request body.
+pub type AnswerFn = Arc<dyn Fn(&Value) -> String + Send + Sync>;
+
+/// What the server does with one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// 200 with the configured answer for this request.
+    Answer,
+    /// 200 with this text as the answer.
+    Content(String),
+    /// 200 with the configured answer inside a ```` ```json ```` fence,
+    /// between prose.
+    Fenced,
+    /// 200 with a text answer that holds no JSON.
+    Malformed,
+    /// 429, with this `Retry-After` header value when given.
+    RateLimited { retry_after: Option<String> },
+    /// This status code with this body.
+    Status(u16, String),
+    /// Waits this long (on top of the latency), then answers normally.
+    Hang(Duration),
+    /// 200 whose body is not a chat completion.
+    InvalidBody,
+}
+
+/// Settings of a [`ScriptedServer`].
+#[derive(Clone)]
+pub struct ScriptedServerConfig {
+    /// Delay before every reply.
+    pub latency: Duration,
+    /// Whether `response_format` is accepted (otherwise: 400 naming it).
+    pub supports_response_format: bool,
+    /// Answer text as a function of the request body; [`default_answer`]
+    /// when unset.
+    pub answer: Option<AnswerFn>,
+    /// Keep request bodies in the log (off for long benchmark runs).
+    pub log_bodies: bool,
+}
+
+impl Default for ScriptedServerConfig {
+    fn default() -> Self {
+        ScriptedServerConfig {
+            latency: Duration::ZERO,
+            supports_response_format: true,
+            answer: None,
+            log_bodies: true,
+        }
+    }
+}
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct LoggedRequest {
+    pub received: Instant,
+    pub authorization: Option<String>,
+    /// Request body (`Value::Null` when bodies are not logged).
+    pub body: Value,
+    pub has_response_format: bool,
+    pub status: u16,
+}
+
+struct Rule {
+    needle: String,
+    reply: Reply,
+    remaining: usize,
+}
+
+struct Shared {
+    config: ScriptedServerConfig,
+    latency_us: AtomicU64,
+    queue: Mutex<VecDeque<Reply>>,
+    rules: Mutex<Vec<Rule>>,
+    requests: AtomicU64,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    log: Mutex<Vec<LoggedRequest>>,
+}
+
+/// A running scripted server; stops when dropped.
+pub struct ScriptedServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedServer {
+    /// Starts a server with default settings (no latency, answers by
+    /// [`default_answer`]) on the current tokio runtime.
+    pub async fn start() -> std::io::Result<Self> {
+        Self::start_with(ScriptedServerConfig::default()).await
+    }
+
+    /// Starts a server with `config` on the current tokio runtime.
+    pub async fn start_with(config: ScriptedServerConfig) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            latency_us: AtomicU64::new(
+                u64::try_from(config.latency.as_micros()).unwrap_or(u64::MAX),
+            ),
+            config,
+            queue: Mutex::default(),
+            rules: Mutex::default(),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            log: Mutex::default(),
+        });
+        let app = Router::new()
+            .route("/v1/chat/completions", post(handle))
+            .with_state(Arc::clone(&shared));
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::warn!("scripted LLM server stopped: {e}");
+            }
+        });
+        Ok(ScriptedServer { addr, shared, task })
+    }
+
+    /// Base URL to configure as an endpoint: `http://127.0.0.1:<port>/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Queues `reply` for the next request not matched by a rule.
+    pub fn push_reply(&self, reply: Reply) {
+        lock(&self.shared.queue).push_back(reply);
+    }
+
+    /// Replies with `reply` to the next `times` requests whose messages
+    /// contain `needle`.
+    pub fn on_prompt(&self, needle: &str, reply: Reply, times: usize) {
+        lock(&self.shared.rules).push(Rule {
+            needle: needle.to_owned(),
+            reply,
+            remaining: times,
+        });
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.latency_us.store(
+            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Most requests ever in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Everything received so far, in arrival order.
+    pub fn log(&self) -> Vec<LoggedRequest> {
+        lock(&self.shared.log).clone()
+    }
+}
+
+impl Drop for ScriptedServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The default answer: `{"echo": <last user message>, "digest": <hex>}` where
+/// the digest is xxh3-64 of the messages' JSON.
+pub fn default_answer(body: &Value) -> String {
+    let messages = body.get("messages").cloned().unwrap_or(Value::Null);
+    let last_user = messages
+        .as_array()
+        .and_then(|ms| {
+            ms.iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        })
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let digest = xxhash_rust::xxh3::xxh3_64(messages.to_string().as_bytes());
+    json!({"echo": last_user, "digest": format!("{digest:016x}")}).to_string()
+}
+
+/// All message contents of a request, concatenated.
+fn prompt_text(body: &Value) -> String {
+    body.get("messages")
+        .and_then(Value::as_array)
+        .map(|ms| {
+            ms.iter()
+                .filter_map(|m| m.get("content").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+struct InFlightGuard<'a>(&'a Shared);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response<Body> {
+    let received = Instant::now();
+    let n = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    let _guard = InFlightGuard(&s);
+    s.max_in_flight.fetch_max(n, Ordering::SeqCst);
+    let id = s.requests.fetch_add(1, Ordering::SeqCst);
+
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let prompt = prompt_text(&parsed);
+    let has_response_format = parsed.get("response_format").is_some();
+
+    let reply = {
+        let mut rules = lock(&s.rules);
+        let hit = rules
+            .iter_mut()
+            .find(|r| r.remaining > 0 && prompt.contains(&r.needle));
+        match hit {
+            Some(r) => {
+                r.remaining -= 1;
+                Some(r.reply.clone())
+            }
+            None => None,
+        }
+    }
+    .or_else(|| lock(&s.queue).pop_front())
+    .unwrap_or(Reply::Answer);
+
+    let latency = Duration::from_micros(s.latency_us.load(Ordering::Relaxed));
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+
+    let answer = |body: &Value| match &s.config.answer {
+        Some(f) => f(body),
+        None => default_answer(body),
+    };
+    let (status, extra_header, text) = if parsed.is_null() {
+        (400, None, error_body("request body is not JSON"))
+    } else if has_response_format && !s.config.supports_response_format {
+        (
+            400,
+            None,
+            error_body("response_format of type json_schema is not supported by this server"),
+        )
+    } else {
+        match reply {
+            Reply::Answer => (
+                200,
+                None,
+                completion(&parsed, &prompt, &answer(&parsed), id),
+            ),
+            Reply::Content(c) => (200, None, completion(&parsed, &prompt, &c, id)),
+            Reply::Fenced => {
+                let c = format!(
+                    "Sure, here it is:\n```json\n{}\n```\nLet me know if you need more.",
+                    answer(&parsed)
+                );
+                (200, None, completion(&parsed, &prompt, &c, id))
+            }
+            Reply::Malformed => (
+                200,
+                None,
+                completion(&parsed, &prompt, "I am sorry, I cannot help with that.", id),
+            ),
+            Reply::RateLimited { retry_after } => (
+                429,
+                retry_after.map(|v| (header::RETRY_AFTER, v)),
+                error_body("Rate limit reached, please slow down"),
+            ),
+            Reply::Status(code, text) => (code, None, text),
+            Reply::Hang(d) => {
+                tokio::time::sleep(d).await;
+                (
+                    200,
+                    None,
+                    completion(&parsed, &prompt, &answer(&parsed), id),
+                )
+            }
+            Reply::InvalidBody => (200, None, "<html>bad gateway</html>".to_owned()),
+        }
+    };
+
+    lock(&s.log).push(LoggedRequest {
+        received,
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        body: if s.config.log_bodies {
+            parsed
+        } else {
+            Value::Null
+        },
+        has_response_format,
+        status,
+    });
+
+    let mut builder = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some((name, value)) = extra_header {
+        builder = builder.header(name, value);
+    }
+    builder
+        .body(Body::from(text))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+fn error_body(message: &str) -> String {
+    json!({"error": {"message": message, "type": "invalid_request_error"}}).to_string()
+}
+
+fn completion(request: &Value, prompt: &str, content: &str, id: u64) -> String {
+    let prompt_tokens = (prompt.chars().count() as u64).div_ceil(4);
+    let completion_tokens = (content.chars().count() as u64).div_ceil(4);
+    let model = request.get("model").cloned().unwrap_or(json!("scripted"));
+    json!({
+        "id": format!("chatcmpl-{id}"),
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": "stop",
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    })
+    .to_string()
+}
