@@ -56,7 +56,9 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     let source = args
         .corpus
         .as_ref()
-        .map_or("the bundled corpus".to_string(), |p| format!("'{}'", p.display()));
+        .map_or("the bundled corpus".to_string(), |p| {
+            format!("'{}'", p.display())
+        });
     let n = tools::produce_lines(&cfg.kafka, &cfg.kafka.input_topic, lines)?;
     say(format!(
         "loaded {n} documents from {source} into topic '{}' ({} partitions)",
@@ -70,8 +72,16 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let kafka = cfg.kafka.clone();
-    run_kafka(cfg, args.cluster.options().timely_config()?, control.clone(), funnel.clone())?;
-    crate::report(cli, Summary::new("demo", started.elapsed(), funnel.snapshot()));
+    run_kafka(
+        cfg,
+        args.cluster.options().timely_config()?,
+        control.clone(),
+        funnel.clone(),
+    )?;
+    crate::report(
+        cli,
+        Summary::new("demo", started.elapsed(), funnel.snapshot()),
+    );
 
     if !cli.quiet {
         show_samples(&kafka)?;
@@ -106,7 +116,10 @@ fn show_samples(kafka: &KafkaConfig) -> anyhow::Result<()> {
         tools::tail(kafka, topic, Some(1), Duration::from_millis(200), &mut buf)?;
         let text = String::from_utf8_lossy(&buf);
         let shown: String = text.trim().chars().take(400).collect();
-        eprintln!("{label}: {shown}{}", if text.trim().len() > 400 { "…" } else { "" });
+        eprintln!(
+            "{label}: {shown}{}",
+            if text.trim().len() > 400 { "…" } else { "" }
+        );
     }
     Ok(())
 }

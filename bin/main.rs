@@ -63,7 +63,13 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
             };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            tools::tail(&cfg, &args.topic, args.max, Duration::from_secs(args.idle_secs), &mut out)?;
+            tools::tail(
+                &cfg,
+                &args.topic,
+                args.max,
+                Duration::from_secs(args.idle_secs),
+                &mut out,
+            )?;
             Ok(())
         }
     }
@@ -131,7 +137,10 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         run_kafka(cfg, timely_config, control, funnel.clone()).context("Kafka run failed")?;
         "kafka"
     };
-    report(cli, Summary::new(mode, started.elapsed(), funnel.snapshot()));
+    report(
+        cli,
+        Summary::new(mode, started.elapsed(), funnel.snapshot()),
+    );
     Ok(())
 }
 
@@ -143,4 +152,3 @@ pub fn report(cli: &Cli, summary: Summary) {
         summary.print_table();
     }
 }
-

@@ -31,7 +31,10 @@ impl Summary {
             0.0
         };
         eprintln!();
-        eprintln!("── webscale-rl {} summary ─────────────────────────────", self.mode);
+        eprintln!(
+            "── webscale-rl {} summary ─────────────────────────────",
+            self.mode
+        );
         eprintln!("{:<28}{:>10}", "documents consumed", f.consumed);
         for (stage, outcomes) in &f.stages {
             let passed = outcomes.get("passed").copied().unwrap_or(0);
@@ -51,13 +54,13 @@ impl Summary {
                 eprintln!("  {n:>8}  {stage}: {reason}");
             }
         }
-        eprintln!(
-            "wall time {:.2} s ({rate:.0} documents/s)",
-            self.wall_secs
-        );
+        eprintln!("wall time {:.2} s ({rate:.0} documents/s)", self.wall_secs);
     }
 
     pub fn print_json(&self) {
-        println!("{}", serde_json::to_string(self).expect("summary serializes"));
+        println!(
+            "{}",
+            serde_json::to_string(self).expect("summary serializes")
+        );
     }
 }

@@ -90,3 +90,23 @@ impl ClusterOptions {
         self.workers * self.processes
     }
 }
+
+/// Runs `f` (timely's start-up) with stdout pointed at stderr: timely's cluster handshake prints
+/// "awaiting connections" on stdout, which would corrupt `--output -` and `--json-summary`.
+pub fn with_stdout_on_stderr<R>(f: impl FnOnce() -> R) -> R {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: dup/dup2 on the process's own standard descriptors; restored below.
+    let saved = unsafe { libc::dup(1) };
+    if saved < 0 {
+        return f();
+    }
+    unsafe { libc::dup2(2, 1) };
+    let result = f();
+    let _ = std::io::stdout().flush();
+    unsafe {
+        libc::dup2(saved, 1);
+        libc::close(saved);
+    }
+    result
+}

@@ -45,7 +45,10 @@ mod tests {
         let mut defaults = PipelineConfig::default();
         // The example names a broker so that it is complete; everything else is the default.
         defaults.kafka.brokers = cfg.kafka.brokers.clone();
-        assert_eq!(cfg, defaults, "pipeline.toml drifted from the defaults in code");
+        assert_eq!(
+            cfg, defaults,
+            "pipeline.toml drifted from the defaults in code"
+        );
     }
 
     #[test]

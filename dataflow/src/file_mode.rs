@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use timely::dataflow::ProbeHandle;
-use timely::dataflow::operators::core::Probe;
 use timely::dataflow::operators::core::Concat;
+use timely::dataflow::operators::core::Probe;
 use webscale_rl_connectors::file::{JsonlInput, JsonlOutput, Progress};
 use webscale_rl_connectors::file_sink::file_sink;
 use webscale_rl_connectors::file_source::{FileProgress, FileSourceConfig, file_source};
@@ -39,7 +39,10 @@ pub fn default_rejects_path(output: &str) -> String {
         return "rejects.jsonl".into();
     }
     let path = Path::new(output);
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("output");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("output");
     let (stem, ext) = match name.find('.') {
         Some(i) => (&name[..i], &name[i..]),
         None => (name, ".jsonl"),
@@ -60,17 +63,25 @@ pub fn run_files(
 ) -> anyhow::Result<()> {
     let max_line = cfg.parse.max_document_bytes + 64 * 1024;
     let input = JsonlInput::open(&run.input)?.with_max_line_bytes(max_line);
-    let rejects = run.rejects.clone().unwrap_or_else(|| default_rejects_path(&run.output));
-    let outputs = (JsonlOutput::create(&run.output)?, JsonlOutput::create(&rejects)?);
+    let rejects = run
+        .rejects
+        .clone()
+        .unwrap_or_else(|| default_rejects_path(&run.output));
+    let outputs = (
+        JsonlOutput::create(&run.output)?,
+        JsonlOutput::create(&rejects)?,
+    );
     // Handed to worker 0 only; the closure below runs on every worker thread.
     let worker0 = Arc::new(Mutex::new(Some((input, outputs))));
-    let guards = timely::execute(timely_config, move |worker| {
-        let mine = if worker.index() == 0 {
-            worker0.lock().expect("worker 0 state").take()
-        } else {
-            None
-        };
-        file_worker(worker, &cfg, mine, &run, &control, &funnel).map_err(|e| format!("{e:#}"))
+    let guards = crate::cluster::with_stdout_on_stderr(|| {
+        timely::execute(timely_config, move |worker| {
+            let mine = if worker.index() == 0 {
+                worker0.lock().expect("worker 0 state").take()
+            } else {
+                None
+            };
+            file_worker(worker, &cfg, mine, &run, &control, &funnel).map_err(|e| format!("{e:#}"))
+        })
     })
     .map_err(|e| anyhow!("starting timely workers: {e}"))?;
     let mut errors = Vec::new();
@@ -114,7 +125,8 @@ fn file_worker(
     let source_cfg = FileSourceConfig {
         epoch_lines: cfg.source.epoch_max_records.max(1) as u64,
         batch_max: cfg.source.batch_max.max(1),
-        max_open_epochs: (cfg.source.max_in_flight_docs / cfg.source.epoch_max_records.max(1)).max(2) as u64,
+        max_open_epochs: (cfg.source.max_in_flight_docs / cfg.source.epoch_max_records.max(1))
+            .max(2) as u64,
     };
     let is_reader = input.is_some();
     worker.dataflow::<u64, _, _>(|scope| {

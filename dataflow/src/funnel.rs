@@ -32,7 +32,9 @@ impl Funnel {
             return;
         }
         let mut counts = self.counts.lock().expect("funnel");
-        *counts.entry((stage.to_string(), outcome.to_string())).or_default() += n;
+        *counts
+            .entry((stage.to_string(), outcome.to_string()))
+            .or_default() += n;
     }
 
     pub fn get(&self, stage: &str, outcome: &str) -> u64 {

@@ -42,8 +42,10 @@ pub fn run_kafka(
 ) -> anyhow::Result<()> {
     // Fail fast, before the cluster starts, when the brokers or the input topic are unreachable.
     cfg.kafka.client_config()?;
-    let guards = timely::execute(timely_config, move |worker| {
-        kafka_worker(worker, &cfg, &control, &funnel).map_err(|e| format!("{e:#}"))
+    let guards = crate::cluster::with_stdout_on_stderr(|| {
+        timely::execute(timely_config, move |worker| {
+            kafka_worker(worker, &cfg, &control, &funnel).map_err(|e| format!("{e:#}"))
+        })
     })
     .map_err(|e| anyhow!("starting timely workers: {e}"))?;
     let mut errors = Vec::new();
@@ -81,7 +83,8 @@ fn kafka_worker(
         .create()
         .context("creating the Kafka consumer")?;
     let consumer = Rc::new(consumer);
-    let assignment = assign_partitions(&consumer, &cfg.kafka, index, peers, control.until_caught_up)?;
+    let assignment =
+        assign_partitions(&consumer, &cfg.kafka, index, peers, control.until_caught_up)?;
     let topic = assignment.topic.clone();
     tracing::info!(worker = index, partitions = ?assignment.partitions, topic = %topic, "assigned input partitions");
 
@@ -111,7 +114,9 @@ fn kafka_worker(
         for sink in [&output, &dead_letter] {
             if let Some(failure) = sink.failure() {
                 // Nothing past the failed epoch is committed: a restart replays it.
-                return Err(anyhow!("{failure}; stopping without committing the affected offsets"));
+                return Err(anyhow!(
+                    "{failure}; stopping without committing the affected offsets"
+                ));
             }
         }
         let frontier = durable.with_frontier(|f| f.first().copied());

@@ -112,19 +112,25 @@ mod tests {
             brokers: "localhost:9092".into(),
             ..Default::default()
         };
-        cfg.properties.insert("sasl.password".into(), "hunter2".into());
+        cfg.properties
+            .insert("sasl.password".into(), "hunter2".into());
         let err = cfg.client_config().unwrap_err().to_string();
         assert!(err.contains("secret_env"), "{err}");
-        assert!(!err.contains("hunter2"), "the secret leaked into the error: {err}");
+        assert!(
+            !err.contains("hunter2"),
+            "the secret leaked into the error: {err}"
+        );
 
         cfg.properties.clear();
-        cfg.secret_env.insert("sasl.password".into(), "WEBSCALE_TEST_UNSET_VAR_X".into());
+        cfg.secret_env
+            .insert("sasl.password".into(), "WEBSCALE_TEST_UNSET_VAR_X".into());
         let err = cfg.client_config().unwrap_err().to_string();
         assert!(err.contains("WEBSCALE_TEST_UNSET_VAR_X"), "{err}");
 
         // SAFETY: the test owns this variable name; no other test reads it.
         unsafe { std::env::set_var("WEBSCALE_TEST_SET_VAR_Y", "s3cret") };
-        cfg.secret_env.insert("sasl.password".into(), "WEBSCALE_TEST_SET_VAR_Y".into());
+        cfg.secret_env
+            .insert("sasl.password".into(), "WEBSCALE_TEST_SET_VAR_Y".into());
         let client = cfg.client_config().unwrap();
         assert_eq!(client.get("sasl.password"), Some("s3cret"));
         assert!(!format!("{cfg:?}").contains("s3cret"));
@@ -132,7 +138,10 @@ mod tests {
 
     #[test]
     fn missing_brokers_is_a_clear_error() {
-        let err = KafkaConfig::default().client_config().unwrap_err().to_string();
+        let err = KafkaConfig::default()
+            .client_config()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--brokers"), "{err}");
     }
 }

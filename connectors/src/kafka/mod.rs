@@ -6,5 +6,7 @@ pub mod source;
 
 pub use config::KafkaConfig;
 pub use sink::{KafkaSink, kafka_sink};
-pub use source::{Assignment, SourceConfig, SourceProgress, assign_partitions, commit_offsets, kafka_source};
+pub use source::{
+    Assignment, SourceConfig, SourceProgress, assign_partitions, commit_offsets, kafka_source,
+};
 pub mod tools;

@@ -62,7 +62,9 @@ impl ProducerContext for DeliveryContext {
             }
             Err((e, _)) => {
                 // The idempotent producer already retried; what reaches here is permanent.
-                state.failure.get_or_insert_with(|| format!("delivery failed: {e}"));
+                state
+                    .failure
+                    .get_or_insert_with(|| format!("delivery failed: {e}"));
             }
         }
         if let Some(a) = &state.activator {
@@ -104,12 +106,19 @@ impl KafkaSink {
 
     /// The first permanent delivery failure, if any.
     pub fn failure(&self) -> Option<String> {
-        self.context.state.lock().expect("delivery state").failure.clone()
+        self.context
+            .state
+            .lock()
+            .expect("delivery state")
+            .failure
+            .clone()
     }
 
     /// Waits for every queued record to be acknowledged (shutdown).
     pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
-        self.producer.flush(timeout).context("flushing the Kafka producer")?;
+        self.producer
+            .flush(timeout)
+            .context("flushing the Kafka producer")?;
         Ok(())
     }
 }
@@ -121,70 +130,79 @@ pub fn kafka_sink<'s>(
     sink: Arc<KafkaSink>,
 ) -> StreamVec<'s, u64, ()> {
     let scope: Scope<'s, u64> = records.scope();
-    records.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "KafkaSink", move |default_cap, info| {
-        drop(default_cap);
-        let activator = scope.worker().sync_activator_for(info.address.to_vec());
-        sink.context.state.lock().expect("delivery state").activator = Some(activator);
-        let retry = scope.activator_for(info.address.clone());
-        // Epochs with records not yet acknowledged (or not yet handed over): their capabilities.
-        let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
-        // Records the producer's queue refused (QueueFull): retried on the next activation.
-        let mut backlog: VecDeque<(u64, Emitted)> = VecDeque::new();
-        move |(input, frontier), _output| {
-            input.for_each_stamp(|cap, data| {
-                let epoch = *cap.least().expect("a stamp has a time");
-                held.entry(epoch)
-                    .or_insert_with(|| cap.retain_least(0).expect("output 0"));
-                for batch in data {
-                    backlog.extend(batch.drain(..).map(|r| (epoch, r)));
-                }
-            });
-            while let Some((epoch, record)) = backlog.pop_front() {
-                sink.context
-                    .state
-                    .lock()
-                    .expect("delivery state")
-                    .pending
-                    .entry(epoch)
-                    .and_modify(|n| *n += 1)
-                    .or_insert(1);
-                let sent = sink.producer.send(
-                    BaseRecord::with_opaque_to(&sink.topic, epoch as usize)
-                        .key(record.key.as_bytes())
-                        .payload(&record.payload),
-                );
-                if let Err((e, _)) = sent {
-                    let mut state = sink.context.state.lock().expect("delivery state");
-                    if let Some(n) = state.pending.get_mut(&epoch) {
-                        *n -= 1;
-                        if *n == 0 {
-                            state.pending.remove(&epoch);
-                        }
+    records.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Pipeline,
+        "KafkaSink",
+        move |default_cap, info| {
+            drop(default_cap);
+            let activator = scope.worker().sync_activator_for(info.address.to_vec());
+            sink.context.state.lock().expect("delivery state").activator = Some(activator);
+            let retry = scope.activator_for(info.address.clone());
+            // Epochs with records not yet acknowledged (or not yet handed over): their capabilities.
+            let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+            // Records the producer's queue refused (QueueFull): retried on the next activation.
+            let mut backlog: VecDeque<(u64, Emitted)> = VecDeque::new();
+            move |(input, frontier), _output| {
+                input.for_each_stamp(|cap, data| {
+                    let epoch = *cap.least().expect("a stamp has a time");
+                    held.entry(epoch)
+                        .or_insert_with(|| cap.retain_least(0).expect("output 0"));
+                    for batch in data {
+                        backlog.extend(batch.drain(..).map(|r| (epoch, r)));
                     }
-                    drop(state);
-                    if matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) {
-                        backlog.push_front((epoch, record));
-                        retry.activate_after(Duration::from_millis(2));
-                        break;
-                    }
+                });
+                while let Some((epoch, record)) = backlog.pop_front() {
                     sink.context
                         .state
                         .lock()
                         .expect("delivery state")
-                        .failure
-                        .get_or_insert_with(|| format!("cannot produce to '{}': {e}", sink.topic));
+                        .pending
+                        .entry(epoch)
+                        .and_modify(|n| *n += 1)
+                        .or_insert(1);
+                    let sent = sink.producer.send(
+                        BaseRecord::with_opaque_to(&sink.topic, epoch as usize)
+                            .key(record.key.as_bytes())
+                            .payload(&record.payload),
+                    );
+                    if let Err((e, _)) = sent {
+                        let mut state = sink.context.state.lock().expect("delivery state");
+                        if let Some(n) = state.pending.get_mut(&epoch) {
+                            *n -= 1;
+                            if *n == 0 {
+                                state.pending.remove(&epoch);
+                            }
+                        }
+                        drop(state);
+                        if matches!(
+                            e,
+                            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                        ) {
+                            backlog.push_front((epoch, record));
+                            retry.activate_after(Duration::from_millis(2));
+                            break;
+                        }
+                        sink.context
+                            .state
+                            .lock()
+                            .expect("delivery state")
+                            .failure
+                            .get_or_insert_with(|| {
+                                format!("cannot produce to '{}': {e}", sink.topic)
+                            });
+                    }
+                }
+                // Release every epoch that is complete at the input and fully acknowledged.
+                let state = sink.context.state.lock().expect("delivery state");
+                if state.failure.is_none() {
+                    let unfinished = |epoch: &u64| {
+                        frontier.less_equal(epoch)
+                            || state.pending.contains_key(epoch)
+                            || backlog.iter().any(|(e, _)| e == epoch)
+                    };
+                    held.retain(|epoch, _| unfinished(epoch));
                 }
             }
-            // Release every epoch that is complete at the input and fully acknowledged.
-            let state = sink.context.state.lock().expect("delivery state");
-            if state.failure.is_none() {
-                let unfinished = |epoch: &u64| {
-                    frontier.less_equal(epoch)
-                        || state.pending.contains_key(epoch)
-                        || backlog.iter().any(|(e, _)| e == epoch)
-                };
-                held.retain(|epoch, _| unfinished(epoch));
-            }
-        }
-    })
+        },
+    )
 }

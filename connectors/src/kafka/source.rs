@@ -121,12 +121,23 @@ pub fn assign_partitions(
     let topic = cfg.input_topic.as_str();
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
-        .with_context(|| format!("cannot reach Kafka brokers '{}' within {timeout:?}", cfg.brokers))?;
+        .with_context(|| {
+            format!(
+                "cannot reach Kafka brokers '{}' within {timeout:?}",
+                cfg.brokers
+            )
+        })?;
     let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
-        bail!("input topic '{topic}' not found on brokers '{}'", cfg.brokers);
+        bail!(
+            "input topic '{topic}' not found on brokers '{}'",
+            cfg.brokers
+        );
     };
     if let Some(err) = meta.error() {
-        bail!("input topic '{topic}' is not available: {:?}", rdkafka::types::RDKafkaRespErr::from(err));
+        bail!(
+            "input topic '{topic}' is not available: {:?}",
+            rdkafka::types::RDKafkaRespErr::from(err)
+        );
     }
     let mut partitions: Vec<i32> = meta
         .partitions()
@@ -140,7 +151,9 @@ pub fn assign_partitions(
     for &p in &partitions {
         tpl.add_partition_offset(topic, p, Offset::Stored)?;
     }
-    consumer.assign(&tpl).context("assigning input partitions")?;
+    consumer
+        .assign(&tpl)
+        .context("assigning input partitions")?;
 
     let stop_at = if until_caught_up && !partitions.is_empty() {
         let committed = consumer
@@ -196,7 +209,10 @@ pub fn kafka_source<'s>(
         move |output| {
             let Some(c) = cap.as_mut() else { return };
             let caught_up = stop_at.as_ref().is_some_and(|s| s.is_empty());
-            if stop.load(Ordering::Relaxed) || caught_up || partitions.is_empty() && stop_at.is_some() {
+            if stop.load(Ordering::Relaxed)
+                || caught_up
+                || partitions.is_empty() && stop_at.is_some()
+            {
                 progress.borrow_mut().finished = true;
                 cap = None;
                 return;
@@ -231,7 +247,9 @@ pub fn kafka_source<'s>(
                             };
                             progress.record(epoch, origin.partition, origin.offset);
                             if let Some(stops) = stop_at.as_mut()
-                                && stops.get(&origin.partition).is_some_and(|h| origin.offset + 1 >= *h)
+                                && stops
+                                    .get(&origin.partition)
+                                    .is_some_and(|h| origin.offset + 1 >= *h)
                             {
                                 stops.remove(&origin.partition);
                             }
@@ -273,7 +291,9 @@ pub fn commit_offsets(
     for (&p, &o) in offsets {
         tpl.add_partition_offset(topic, p, Offset::Offset(o))?;
     }
-    consumer.commit(&tpl, mode).context("committing input offsets")?;
+    consumer
+        .commit(&tpl, mode)
+        .context("committing input offsets")?;
     Ok(())
 }
 
@@ -289,7 +309,10 @@ mod tests {
         p.record(10, 1, 2);
         p.record(20, 0, 9);
         assert_eq!(p.in_flight(), 4);
-        assert!(p.take_durable(Some(10)).is_empty(), "epoch 10 is not durable yet");
+        assert!(
+            p.take_durable(Some(10)).is_empty(),
+            "epoch 10 is not durable yet"
+        );
         let c = p.take_durable(Some(11));
         assert_eq!(c, BTreeMap::from([(0, 8), (1, 3)]));
         assert_eq!(p.in_flight(), 1);

@@ -21,7 +21,12 @@ pub fn topic_partitions(
     let timeout = cfg.connect_timeout();
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
-        .with_context(|| format!("cannot reach Kafka brokers '{}' within {timeout:?}", cfg.brokers))?;
+        .with_context(|| {
+            format!(
+                "cannot reach Kafka brokers '{}' within {timeout:?}",
+                cfg.brokers
+            )
+        })?;
     match metadata.topics().iter().find(|t| t.name() == topic) {
         Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
             Ok(t.partitions().iter().map(|p| p.id()).collect())
@@ -37,7 +42,10 @@ where
     I: IntoIterator<Item = Vec<u8>>,
 {
     let producer: BaseProducer = cfg
-        .client_config_with(&[("enable.idempotence", "true"), ("message.max.bytes", "16777216")])?
+        .client_config_with(&[
+            ("enable.idempotence", "true"),
+            ("message.max.bytes", "16777216"),
+        ])?
         .create()
         .context("creating a Kafka producer")?;
     let probe: BaseConsumer = cfg.client_config()?.create()?;
@@ -58,9 +66,12 @@ where
             }
             match producer.send(record) {
                 Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ), _)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => {
                     producer.poll(Duration::from_millis(50));
                 }
                 Err((e, _)) => return Err(e).context(format!("producing to '{topic}'")),
@@ -86,7 +97,10 @@ pub fn tail(
     out: &mut dyn Write,
 ) -> anyhow::Result<u64> {
     let consumer: BaseConsumer = cfg
-        .client_config_with(&[("group.id", "webscale-rl-tail"), ("enable.auto.commit", "false")])?
+        .client_config_with(&[
+            ("group.id", "webscale-rl-tail"),
+            ("enable.auto.commit", "false"),
+        ])?
         .create()
         .context("creating a Kafka consumer")?;
     let partitions = topic_partitions(&consumer, cfg, topic)?;

@@ -1,0 +1,99 @@
+//! The command line: clear errors for wrong flags, unreachable brokers and unreadable files.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::BIN;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_wrong_flag_is_named() {
+    let (ok, err) = run(&["run", "--brokerz", "x"]);
+    assert!(!ok);
+    assert!(err.contains("--brokerz"), "{err}");
+}
+
+#[test]
+fn an_unreachable_broker_fails_within_seconds() {
+    // Nothing listens on port 1.
+    let started = Instant::now();
+    let (ok, err) = run(&["run", "--brokers", "127.0.0.1:1", "--until-caught-up"]);
+    assert!(!ok);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains("cannot reach Kafka brokers '127.0.0.1:1'"),
+        "{err}"
+    );
+    let (ok, err) = run(&["tail", "--brokers", "127.0.0.1:1", "--topic", "t"]);
+    assert!(!ok && err.contains("cannot reach Kafka brokers"), "{err}");
+}
+
+#[test]
+fn an_unreadable_file_is_named() {
+    let (ok, err) = run(&[
+        "run",
+        "--input",
+        "/nonexistent/in.jsonl",
+        "--output",
+        "/tmp/out.jsonl",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/in.jsonl"), "{err}");
+}
+
+#[test]
+fn run_without_input_says_what_to_give() {
+    let (ok, err) = run(&["run"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--brokers") && err.contains("--input"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_demo_runs_with_nothing_installed() {
+    let out = Command::new(BIN)
+        .args(["demo", "-w", "2", "--json-summary"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("in-process Kafka cluster at 127.0.0.1:"),
+        "{stderr}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let consumed = summary["consumed"].as_u64().unwrap();
+    assert_eq!(consumed, 100, "the bundled corpus has 100 documents");
+    assert_eq!(
+        summary["emitted"].as_u64().unwrap() + summary["dead_lettered"].as_u64().unwrap(),
+        consumed
+    );
+    // The bundled corpus holds exact copies and low-quality pages: both show up as reasons.
+    assert!(
+        summary["stages"]["exact_dedup"]["duplicate_of"]
+            .as_u64()
+            .unwrap()
+            >= 2,
+        "{summary}"
+    );
+    assert!(
+        summary["stages"]["quality_filter"]["min_words"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{summary}"
+    );
+}

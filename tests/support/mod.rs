@@ -1,0 +1,162 @@
+//! Shared helpers: a mock Kafka cluster with the engine's topics, raw producing, reading topics
+//! back, and the shared sample.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+use webscale_rl_connectors::kafka::{KafkaConfig, tools};
+
+pub const SAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/data/web/sample.jsonl"
+);
+pub const BIN: &str = env!("CARGO_BIN_EXE_webscale-rl");
+
+pub fn sample_lines() -> Vec<Vec<u8>> {
+    std::fs::read(SAMPLE)
+        .expect("the shared sample at ../shared/data/web/sample.jsonl")
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+pub struct Kafka {
+    pub cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    pub cfg: KafkaConfig,
+}
+
+impl Kafka {
+    /// A mock cluster with the input (`partitions` partitions), output and dead-letter topics.
+    pub fn start(partitions: i32, group: &str) -> Kafka {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        let cfg = KafkaConfig {
+            brokers: cluster.bootstrap_servers(),
+            group: group.to_string(),
+            connect_timeout_secs: 5,
+            ..Default::default()
+        };
+        cluster
+            .create_topic(&cfg.input_topic, partitions, 1)
+            .unwrap();
+        cluster.create_topic(&cfg.output_topic, 2, 1).unwrap();
+        cluster.create_topic(&cfg.dead_letter_topic, 2, 1).unwrap();
+        Kafka { cluster, cfg }
+    }
+
+    /// Produces messages as given: `None` payloads are empty messages.
+    pub fn produce_raw(&self, messages: &[(Option<&str>, Option<Vec<u8>>)]) {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.cfg.brokers)
+            .set("message.max.bytes", "16777216")
+            .create()
+            .unwrap();
+        for (key, payload) in messages {
+            let mut r = BaseRecord::<str, [u8]>::to(&self.cfg.input_topic);
+            if let Some(k) = key {
+                r = r.key(k);
+            }
+            if let Some(p) = payload {
+                r = r.payload(p);
+            }
+            producer.send(r).map_err(|(e, _)| e).unwrap();
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    pub fn produce_lines(&self, lines: Vec<Vec<u8>>) -> u64 {
+        tools::produce_lines(&self.cfg, &self.cfg.input_topic, lines).unwrap()
+    }
+
+    /// Every message of `topic` as JSON.
+    pub fn read(&self, topic: &str) -> Vec<Value> {
+        let mut buf = Vec::new();
+        tools::tail(&self.cfg, topic, None, Duration::from_millis(300), &mut buf).unwrap();
+        String::from_utf8(buf)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("records are JSON"))
+            .collect()
+    }
+
+    pub fn outputs(&self) -> Vec<Value> {
+        self.read(&self.cfg.output_topic)
+    }
+
+    pub fn dead_letters(&self) -> Vec<Value> {
+        self.read(&self.cfg.dead_letter_topic)
+    }
+
+    /// The group's committed offset per input partition.
+    pub fn committed(&self) -> BTreeMap<i32, i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.cfg.brokers)
+            .set("group.id", &self.cfg.group)
+            .create()
+            .unwrap();
+        let meta = consumer
+            .fetch_metadata(Some(&self.cfg.input_topic), Duration::from_secs(5))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in meta.topics()[0].partitions() {
+            tpl.add_partition(&self.cfg.input_topic, p.id());
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .unwrap();
+        committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let o = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                };
+                (e.partition(), o)
+            })
+            .collect()
+    }
+
+    /// The end offset per input partition.
+    pub fn end_offsets(&self) -> BTreeMap<i32, i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.cfg.brokers)
+            .create()
+            .unwrap();
+        let meta = consumer
+            .fetch_metadata(Some(&self.cfg.input_topic), Duration::from_secs(5))
+            .unwrap();
+        meta.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(&self.cfg.input_topic, p.id(), Duration::from_secs(5))
+                    .unwrap();
+                (p.id(), high)
+            })
+            .collect()
+    }
+}
+
+/// The (topic, partition, offset) a record accounts for: outputs carry no origin, so they are
+/// matched by document id; dead letters carry their origin.
+pub fn ids(records: &[Value]) -> std::collections::BTreeSet<String> {
+    records
+        .iter()
+        .map(|r| {
+            r["id"]
+                .as_str()
+                .expect("every record has an id")
+                .to_string()
+        })
+        .collect()
+}
