@@ -15,17 +15,25 @@ use crate::file::JsonlOutput;
 pub type SharedOutput = Rc<RefCell<Option<JsonlOutput>>>;
 
 /// Appends `records` to `out` on worker 0. A write error is kept in `error` and fails the run.
-pub fn file_sink(records: StreamVec<'_, u64, Emitted>, out: SharedOutput, error: Rc<RefCell<Option<String>>>) {
-    records.sink(Exchange::new(|_: &Emitted| 0), "FileSink", move |(input, _frontier)| {
-        input.for_each(|_cap, data| {
-            let mut out = out.borrow_mut();
-            let Some(writer) = out.as_mut() else { return };
-            for record in data.drain(..) {
-                if let Err(e) = writer.write_record(&record.payload) {
-                    error.borrow_mut().get_or_insert_with(|| format!("{e:#}"));
-                    return;
+pub fn file_sink(
+    records: StreamVec<'_, u64, Emitted>,
+    out: SharedOutput,
+    error: Rc<RefCell<Option<String>>>,
+) {
+    records.sink(
+        Exchange::new(|_: &Emitted| 0),
+        "FileSink",
+        move |(input, _frontier)| {
+            input.for_each(|_cap, data| {
+                let mut out = out.borrow_mut();
+                let Some(writer) = out.as_mut() else { return };
+                for record in data.drain(..) {
+                    if let Err(e) = writer.write_record(&record.payload) {
+                        error.borrow_mut().get_or_insert_with(|| format!("{e:#}"));
+                        return;
+                    }
                 }
-            }
-        });
-    });
+            });
+        },
+    );
 }

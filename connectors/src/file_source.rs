@@ -52,7 +52,10 @@ pub fn file_source<'s>(
         if let Some(i) = input.as_ref() {
             progress.borrow_mut().total_bytes = i.total_bytes();
         }
-        let topic: String = input.as_ref().map(|i| i.path().to_string()).unwrap_or_default();
+        let topic: String = input
+            .as_ref()
+            .map(|i| i.path().to_string())
+            .unwrap_or_default();
         let mut buf = Vec::new();
         move |output| {
             let Some(reader) = input.as_mut() else {

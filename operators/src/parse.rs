@@ -60,7 +60,10 @@ pub fn parse_message(msg: &RawMessage, cfg: &ParseConfig) -> Result<Document, De
     if msg.truncated {
         return Err(reject(
             "too_large",
-            format!("the line exceeds the reader's limit; kept its first {} bytes", payload.len()),
+            format!(
+                "the line exceeds the reader's limit; kept its first {} bytes",
+                payload.len()
+            ),
         ));
     }
     if payload.len() > cfg.max_document_bytes + 64 * 1024 {
