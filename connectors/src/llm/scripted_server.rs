@@ -197,9 +197,11 @@ impl ScriptedServer {
         self.shared.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Everything received so far, in arrival order.
+    /// Every request answered so far, in arrival order.
     pub fn log(&self) -> Vec<LoggedRequest> {
-        lock(&self.shared.log).clone()
+        let mut log = lock(&self.shared.log).clone();
+        log.sort_by_key(|l| l.received);
+        log
     }
 }
 

@@ -1,0 +1,723 @@
+//! LLM client against the scripted OpenAI-compatible server
+//! (`llm::scripted_server`, enabled for this crate's tests by the self
+//! dev-dependency with feature `scripted-server`).
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::runtime::Handle;
+use webscale_rl_connectors::llm::scripted_server::{
+    Reply, ScriptedServer, ScriptedServerConfig, default_answer,
+};
+use webscale_rl_connectors::llm::{
+    ChatRequest, ChatResponse, LlmClient, LlmConfig, LlmError, Price, ResponseSchema,
+};
+
+/// Fast-failing settings for tests: small backoff, no API key.
+fn config(endpoints: &[&ScriptedServer]) -> LlmConfig {
+    LlmConfig {
+        endpoints: endpoints.iter().map(|s| s.base_url()).collect(),
+        api_key_env: String::new(),
+        concurrency: 16,
+        timeout_secs: 5,
+        max_retries: 5,
+        backoff_base_ms: 10,
+        backoff_max_ms: 100,
+        cooldown_secs_after_429: 1,
+        ..LlmConfig::default()
+    }
+}
+
+fn client(config: LlmConfig) -> LlmClient {
+    LlmClient::new(config, Handle::current()).expect("client")
+}
+
+fn req(prompt: &str) -> ChatRequest {
+    ChatRequest::new("test-model")
+        .system("Answer in JSON.")
+        .user(prompt)
+        .temperature(0.0)
+        .max_tokens(64)
+}
+
+/// The value the scripted server's default answer parses to for `r`.
+fn expected_value(r: &ChatRequest) -> Value {
+    let body = json!({"messages": r.messages});
+    serde_json::from_str(&default_answer(&body)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_counts_usage_and_cost() {
+    let server = ScriptedServer::start().await.unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.prices.insert(
+        "test-model".to_owned(),
+        Price {
+            prompt_per_million: 1000.0,
+            completion_per_million: 2000.0,
+        },
+    );
+    let c = client(cfg);
+    let r = req("What is the capital of France?");
+    let resp = c.chat_json("qa_gen", r.clone()).await.unwrap();
+
+    assert_eq!(resp.value, expected_value(&r));
+    assert_eq!(resp.value["echo"], "What is the capital of France?");
+    assert!(!resp.cached);
+    assert_eq!(resp.attempts, 1);
+    assert_eq!(resp.model, "test-model");
+    assert_eq!(resp.endpoint.as_deref(), Some(server.base_url().as_str()));
+    assert_eq!(resp.finish_reason.as_deref(), Some("stop"));
+    // Server usage: characters / 4, rounded up.
+    let prompt_chars = "Answer in JSON.\nWhat is the capital of France?"
+        .chars()
+        .count() as u64;
+    assert_eq!(resp.usage.prompt_tokens, prompt_chars.div_ceil(4));
+    assert_eq!(
+        resp.usage.completion_tokens,
+        (resp.content.chars().count() as u64).div_ceil(4)
+    );
+
+    let u = c.usage();
+    let s = u.get("qa_gen", "test-model").unwrap();
+    assert_eq!(
+        (s.calls, s.successes, s.http_requests, s.retries),
+        (1, 1, 1, 0)
+    );
+    assert_eq!(s.prompt_tokens, resp.usage.prompt_tokens);
+    assert_eq!(s.completion_tokens, resp.usage.completion_tokens);
+    let cost = (resp.usage.prompt_tokens as f64 * 1000.0
+        + resp.usage.completion_tokens as f64 * 2000.0)
+        / 1e6;
+    assert!((s.cost - cost).abs() < 1e-12, "{} vs {cost}", s.cost);
+    assert!(s.cost > 0.0);
+    assert!(s.latency_ms_sum > 0.0);
+    assert_eq!(u.total.calls, 1);
+    assert_eq!(server.requests(), 1);
+
+    // The request body is OpenAI-shaped.
+    let log = server.log();
+    assert_eq!(log[0].body["model"], "test-model");
+    assert_eq!(log[0].body["messages"][1]["role"], "user");
+    assert_eq!(log[0].body["temperature"], 0.0);
+    assert_eq!(log[0].body["max_tokens"], 64);
+    assert!(log[0].authorization.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_in_fences_is_parsed() {
+    let server = ScriptedServer::start().await.unwrap();
+    let c = client(config(&[&server]));
+    server.push_reply(Reply::Fenced);
+    let r = req("fenced please");
+    let resp = c.chat_json("s", r.clone()).await.unwrap();
+    assert!(resp.content.contains("```json"), "{}", resp.content);
+    assert!(resp.content.starts_with("Sure"));
+    assert_eq!(resp.value, expected_value(&r));
+
+    server.push_reply(Reply::Content(
+        "<think>{\"draft\": 1}</think>The answer: {\"a\": \"}\"} — done".to_owned(),
+    ));
+    let resp = c.chat_json("s", req("prose")).await.unwrap();
+    assert_eq!(resp.value, json!({"a": "}"}));
+    assert_eq!(resp.attempts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_honours_retry_after_and_pauses_everyone() {
+    let server = ScriptedServer::start().await.unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.cooldown_secs_after_429 = 30; // must not be used: Retry-After is given
+    let c = client(cfg);
+    server.on_prompt(
+        "first",
+        Reply::RateLimited {
+            retry_after: Some("1".to_owned()),
+        },
+        1,
+    );
+
+    let t0 = Instant::now();
+    let a = {
+        let c = c.clone();
+        tokio::spawn(async move { c.chat_json("s", req("first")).await })
+    };
+    // Wait until the client has seen the 429.
+    while c.cooldown_remaining().is_zero() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "no 429 seen");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let remaining = c.cooldown_remaining();
+    assert!(remaining <= Duration::from_secs(1), "{remaining:?}");
+    let tb = Instant::now();
+    let b = c.chat_json("s", req("second")).await.unwrap();
+    assert_eq!(b.attempts, 1);
+    // B waited for the global cool-down although its own call never failed.
+    assert!(
+        tb.elapsed() + Duration::from_millis(5) >= remaining,
+        "{:?} < {remaining:?}",
+        tb.elapsed()
+    );
+    let a = a.await.unwrap().unwrap();
+    assert!(t0.elapsed() >= Duration::from_secs(1));
+    assert_eq!(a.attempts, 2);
+
+    // Server view: nothing arrived within Retry-After of the 429.
+    let log = server.log();
+    assert_eq!(log.len(), 3);
+    assert_eq!(log[0].status, 429);
+    for later in &log[1..] {
+        assert_eq!(later.status, 200);
+        assert!(
+            later.received.duration_since(log[0].received) >= Duration::from_secs(1),
+            "request {:?} after the 429",
+            later.received.duration_since(log[0].received)
+        );
+    }
+    let u = c.usage();
+    let s = u.get("s", "test-model").unwrap();
+    assert_eq!(s.errors["rate_limited"], 1);
+    assert_eq!(s.retries, 1);
+    assert_eq!(s.successes, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_without_retry_after_uses_configured_cooldown() {
+    let server = ScriptedServer::start().await.unwrap();
+    let c = client(config(&[&server])); // cooldown_secs_after_429 = 1
+    server.push_reply(Reply::RateLimited { retry_after: None });
+    let t0 = Instant::now();
+    let r = c.chat_json("s", req("x")).await.unwrap();
+    assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert_eq!(r.attempts, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_after_all_retries() {
+    let server = ScriptedServer::start().await.unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.max_retries = 1;
+    let c = client(cfg);
+    server.on_prompt(
+        "x",
+        Reply::RateLimited {
+            retry_after: Some("0".to_owned()),
+        },
+        5,
+    );
+    let e = c.chat_json("s", req("x")).await.unwrap_err();
+    assert_eq!(e.kind(), "rate_limited");
+    assert!(e.to_string().contains("Rate limit reached"), "{e}");
+    assert_eq!(server.requests(), 2);
+    assert_eq!(c.usage().total.failures["rate_limited"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_then_succeed() {
+    let server = ScriptedServer::start().await.unwrap();
+    let c = client(config(&[&server]));
+    server.push_reply(Reply::Status(500, "boom".to_owned()));
+    server.push_reply(Reply::Status(503, "overloaded".to_owned()));
+    server.push_reply(Reply::InvalidBody);
+    let r = req("retry me");
+    let resp = c.chat_json("s", r.clone()).await.unwrap();
+    assert_eq!(resp.value, expected_value(&r));
+    assert_eq!(resp.attempts, 4);
+    assert_eq!(server.requests(), 4);
+    let u = c.usage();
+    let s = u.get("s", "test-model").unwrap();
+    assert_eq!(s.errors["server_error"], 3);
+    assert_eq!(s.retries, 3);
+    assert_eq!(s.http_requests, 4);
+    assert_eq!(s.failed_calls(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_exhaust_retries() {
+    let server = ScriptedServer::start().await.unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.max_retries = 2;
+    let c = client(cfg);
+    server.on_prompt("x", Reply::Status(502, "bad gateway".to_owned()), 10);
+    let e = c.chat_json("s", req("x")).await.unwrap_err();
+    assert_eq!(e.kind(), "server_error");
+    assert!(matches!(e, LlmError::ServerError { status: 502, .. }));
+    assert_eq!(server.requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_are_retried() {
+    let server = ScriptedServer::start().await.unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.timeout_secs = 1;
+    let c = client(cfg);
+    server.push_reply(Reply::Hang(Duration::from_secs(3)));
+    let t0 = Instant::now();
+    let resp = c.chat_json("s", req("slow")).await.unwrap();
+    let elapsed = t0.elapsed();
+    assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert_eq!(resp.attempts, 2);
+    assert_eq!(c.usage().total.errors["timeout"], 1);
+
+    // Every attempt hangs: the call ends as a timeout.
+    let mut cfg = config(&[&server]);
+    cfg.timeout_secs = 1;
+    cfg.max_retries = 1;
+    let c = client(cfg);
+    server.on_prompt("always slow", Reply::Hang(Duration::from_secs(3)), 2);
+    let e = c.chat_json("s", req("always slow")).await.unwrap_err();
+    assert_eq!(e.kind(), "timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_answer_is_retried_then_dead_lettered() {
+    let server = ScriptedServer::start().await.unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.max_malformed_retries = 2;
+    let c = client(cfg);
+
+    // Once malformed, then fine.
+    server.push_reply(Reply::Malformed);
+    let resp = c.chat_json("s", req("ok")).await.unwrap();
+    assert_eq!(resp.attempts, 2);
+
+    // Always malformed: 1 + 2 attempts, then malformed_answer.
+    server.on_prompt("never json", Reply::Malformed, 100);
+    let before = server.requests();
+    let e = c.chat_json("s", req("never json")).await.unwrap_err();
+    assert_eq!(e.kind(), "malformed_answer");
+    assert_eq!(server.requests() - before, 3);
+    match &e {
+        LlmError::MalformedAnswer {
+            content,
+            finish_reason,
+        } => {
+            assert!(content.contains("cannot help"), "{content}");
+            assert_eq!(finish_reason.as_deref(), Some("stop"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let u = c.usage();
+    let s = u.get("s", "test-model").unwrap();
+    assert_eq!(s.errors["malformed_answer"], 4);
+    assert_eq!(s.failures["malformed_answer"], 1);
+    // Malformed answers still cost tokens.
+    assert_eq!(s.http_requests, 5);
+    let per_answer_prompt = ("Answer in JSON.\nnever json".len() as u64).div_ceil(4);
+    assert!(s.prompt_tokens >= 3 * per_answer_prompt);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_are_not_retried() {
+    let server = ScriptedServer::start().await.unwrap();
+    let c = client(config(&[&server]));
+    server.push_reply(Reply::Status(422, "{\"error\": \"bad field\"}".to_owned()));
+    let e = c.chat_json("s", req("x")).await.unwrap_err();
+    assert_eq!(e.kind(), "client_error");
+    assert!(matches!(e, LlmError::ClientError { status: 422, .. }));
+    assert_eq!(server.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_errors_are_retried_then_reported() {
+    // A port with no listener.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cfg = LlmConfig {
+        endpoints: vec![format!("http://user:secretpw@127.0.0.1:{port}/v1")],
+        api_key_env: String::new(),
+        max_retries: 2,
+        backoff_base_ms: 5,
+        backoff_max_ms: 20,
+        ..LlmConfig::default()
+    };
+    let c = client(cfg);
+    let e = c.chat_json("s", req("x")).await.unwrap_err();
+    assert_eq!(e.kind(), "connection");
+    let text = format!("{e} {e:?}");
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(!text.contains("secretpw"), "{text}");
+    let u = c.usage();
+    assert_eq!(u.total.errors["connection"], 3);
+    assert_eq!(u.total.retries, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_format_sent_and_fallback_when_unsupported() {
+    let schema = ResponseSchema::new(
+        "qa",
+        json!({"type": "object", "properties": {"echo": {"type": "string"}}}),
+    );
+
+    // Supported: response_format is sent.
+    let server = ScriptedServer::start().await.unwrap();
+    let c = client(config(&[&server]));
+    c.chat_json("s", req("a").schema(schema.clone()))
+        .await
+        .unwrap();
+    let log = server.log();
+    assert!(log[0].has_response_format);
+    assert_eq!(log[0].body["response_format"]["type"], "json_schema");
+    assert_eq!(
+        log[0].body["response_format"]["json_schema"]["schema"]["properties"]["echo"]["type"],
+        "string"
+    );
+
+    // Unsupported: a 400 naming response_format, then plain requests.
+    let server = ScriptedServer::start_with(ScriptedServerConfig {
+        supports_response_format: false,
+        ..ScriptedServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let c = client(config(&[&server]));
+    let r = req("b").schema(schema.clone());
+    let resp = c.chat_json("s", r.clone()).await.unwrap();
+    assert_eq!(resp.value, expected_value(&r));
+    assert_eq!(resp.attempts, 2);
+    assert!(!c.endpoint_stats()[0].supports_response_format);
+    c.chat_json("s", req("c").schema(schema)).await.unwrap();
+    let log = server.log();
+    let flags: Vec<(bool, u16)> = log
+        .iter()
+        .map(|l| (l.has_response_format, l.status))
+        .collect();
+    assert_eq!(flags, vec![(true, 400), (false, 200), (false, 200)]);
+
+    // json_schema = false: never sent.
+    let server = ScriptedServer::start().await.unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.json_schema = false;
+    let c = client(cfg);
+    c.chat_json("s", req("d").schema(ResponseSchema::new("qa", json!({}))))
+        .await
+        .unwrap();
+    assert!(!server.log()[0].has_response_format);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_never_exceeds_the_cap() {
+    let server = ScriptedServer::start_with(ScriptedServerConfig {
+        latency: Duration::from_millis(40),
+        ..ScriptedServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.concurrency = 8;
+    let c = client(cfg);
+    let (tx, rx) = mpsc::channel();
+    for i in 0..120 {
+        let tx = tx.clone();
+        c.submit("s", req(&format!("q{i}")), move |r| {
+            tx.send((i, r)).unwrap();
+        });
+    }
+    drop(tx);
+    let results: Vec<(usize, Result<ChatResponse, LlmError>)> =
+        tokio::task::spawn_blocking(move || rx.iter().collect())
+            .await
+            .unwrap();
+    assert_eq!(results.len(), 120);
+    for (i, r) in results {
+        assert_eq!(r.unwrap().value["echo"], format!("q{i}"));
+    }
+    assert_eq!(server.requests(), 120);
+    assert_eq!(server.max_in_flight(), 8, "cap reached but never exceeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_endpoints_both_get_traffic() {
+    let cfg_server = || ScriptedServerConfig {
+        latency: Duration::from_millis(10),
+        ..ScriptedServerConfig::default()
+    };
+    let s1 = ScriptedServer::start_with(cfg_server()).await.unwrap();
+    let s2 = ScriptedServer::start_with(cfg_server()).await.unwrap();
+    let c = client(config(&[&s1, &s2]));
+    let calls: Vec<_> = (0..60)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.chat_json("s", req(&format!("q{i}"))).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let (n1, n2) = (s1.requests(), s2.requests());
+    assert_eq!(n1 + n2, 60);
+    assert!(n1 >= 15 && n2 >= 15, "unbalanced: {n1} / {n2}");
+    let stats = c.endpoint_stats();
+    assert_eq!(stats[0].requests + stats[1].requests, 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_endpoint_is_avoided() {
+    let good = ScriptedServer::start().await.unwrap();
+    let bad = ScriptedServer::start().await.unwrap();
+    for _ in 0..100 {
+        bad.push_reply(Reply::Status(500, "down".to_owned()));
+    }
+    let mut cfg = config(&[&bad, &good]);
+    cfg.backoff_base_ms = 1000; // endpoint cool-down after a failure: up to 1 s
+    cfg.backoff_max_ms = 1000;
+    let c = client(cfg);
+    for i in 0..20 {
+        c.chat_json("s", req(&format!("q{i}"))).await.unwrap();
+    }
+    // The bad endpoint failed once and was then skipped while cooling down.
+    assert!(bad.requests() <= 2, "bad endpoint got {}", bad.requests());
+    assert!(good.requests() >= 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_avoids_repeat_calls_and_survives_reopen() {
+    let server = ScriptedServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.cache_path = Some(dir.path().join("llm-cache.redb"));
+    cfg.prices.insert(
+        "test-model".to_owned(),
+        Price {
+            prompt_per_million: 1.0,
+            completion_per_million: 1.0,
+        },
+    );
+
+    let r = req("cache me");
+    let first = {
+        let c = client(cfg.clone());
+        let first = c.chat_json("s", r.clone()).await.unwrap();
+        assert!(!first.cached);
+        assert_eq!(server.requests(), 1);
+        let second = c.chat_json("s", r.clone()).await.unwrap();
+        assert!(second.cached);
+        assert_eq!(second.attempts, 0);
+        assert_eq!(second.endpoint, None);
+        assert_eq!(second.value, first.value);
+        assert_eq!(second.content, first.content);
+        assert_eq!(second.usage, first.usage);
+        assert_eq!(server.requests(), 1, "a cache hit makes no HTTP request");
+        let u = c.usage();
+        let s = u.get("s", "test-model").unwrap();
+        assert_eq!((s.calls, s.cache_hits, s.http_requests), (2, 1, 1));
+        // Tokens (and cost) are counted once.
+        assert_eq!(s.prompt_tokens, first.usage.prompt_tokens);
+
+        // Another temperature is another request.
+        c.chat_json("s", r.clone().temperature(0.5)).await.unwrap();
+        assert_eq!(server.requests(), 2);
+        // Malformed answers are not cached.
+        server.on_prompt("bad", Reply::Malformed, 100);
+        let mut cfg1 = cfg.clone();
+        cfg1.max_malformed_retries = 0;
+        drop(c);
+        let c = client(cfg1);
+        assert!(c.chat_json("s", req("bad")).await.is_err());
+        assert!(c.chat_json("s", req("bad")).await.is_err());
+        assert_eq!(server.requests(), 4);
+        first
+        // Dropping the client commits the cache and closes the file.
+    };
+
+    let c = client(cfg);
+    let again = c.chat_json("s", r).await.unwrap();
+    assert!(again.cached);
+    assert_eq!(again.value, first.value);
+    assert_eq!(server.requests(), 4, "reopened cache answers without HTTP");
+    assert_eq!(c.usage().total.cache_hits, 1);
+    c.flush_cache().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_is_sent_as_bearer_and_never_shown() {
+    // The key comes from the environment; PATH is set in every test process
+    // (no set_var, which is unsound while other test threads run).
+    let key = std::env::var("PATH")
+        .expect("PATH is set")
+        .trim()
+        .to_owned();
+    assert!(key.len() >= 8);
+    let server = ScriptedServer::start().await.unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.api_key_env = "PATH".to_owned();
+    let c = client(cfg);
+    c.chat_json("s", req("hello")).await.unwrap();
+    assert_eq!(
+        server.log()[0].authorization.as_deref(),
+        Some(format!("Bearer {key}").as_str())
+    );
+
+    // A server echoing the key (whole or truncated) in its error.
+    let truncated: String = key.chars().take(12).collect();
+    server.push_reply(Reply::Status(
+        401,
+        format!("Incorrect API key provided: {key}. Also seen as {truncated}****."),
+    ));
+    let e = c.chat_json("s", req("again")).await.unwrap_err();
+    assert_eq!(e.kind(), "client_error");
+    for shown in [e.to_string(), format!("{e:?}"), format!("{c:?}")] {
+        assert!(!shown.contains(&key), "key leaked: {shown}");
+        assert!(!shown.contains(&truncated), "key prefix leaked: {shown}");
+    }
+    assert!(
+        e.to_string()
+            .contains("Incorrect API key provided: [redacted]"),
+        "{e}"
+    );
+
+    // No key configured: no Authorization header.
+    let mut cfg = config(&[&server]);
+    cfg.api_key_env = "WEBSCALE_RL_TEST_SURELY_UNSET_VARIABLE".to_owned();
+    let c = client(cfg);
+    c.chat_json("s", req("anonymous")).await.unwrap();
+    assert_eq!(server.log().last().unwrap().authorization, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_per_minute_limit_paces_calls() {
+    let server = ScriptedServer::start().await.unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.requests_per_minute = Some(600); // 10/s, burst 10
+    let c = client(cfg);
+    let t0 = Instant::now();
+    let calls: Vec<_> = (0..15)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.chat_json("s", req(&format!("q{i}"))).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    // 10 at once, then 5 more at 10/s.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_per_minute_limit_paces_calls() {
+    let server = ScriptedServer::start().await.unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.tokens_per_minute = Some(60 * 400); // 400 tokens/s, burst 400
+    let c = client(cfg);
+    let long = "x".repeat(400);
+    let t0 = Instant::now();
+    for i in 0..4 {
+        c.chat_json("s", req(&format!("{long}{i}"))).await.unwrap();
+    }
+    // Estimated 104 prompt tokens per call: 4 calls would fit the burst. The
+    // server reports ~105 prompt + ~110 completion tokens per call, and the
+    // correction after each call makes the later ones wait: about
+    // (3 × 215 + 104 − 400) / 400 s ≈ 0.87 s.
+    let elapsed = t0.elapsed();
+    assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
+    let u = c.usage();
+    assert!(u.total.prompt_tokens + u.total.completion_tokens > 800);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_cancels_waiting_and_later_calls() {
+    let server = ScriptedServer::start_with(ScriptedServerConfig {
+        latency: Duration::from_millis(300),
+        ..ScriptedServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.concurrency = 1;
+    let c = client(cfg);
+    let first = {
+        let c = c.clone();
+        tokio::spawn(async move { c.chat_json("s", req("in flight")).await })
+    };
+    while server.requests() == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let waiting = {
+        let c = c.clone();
+        tokio::spawn(async move { c.chat_json("s", req("waiting")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    c.close();
+    assert!(first.await.unwrap().is_ok(), "request on the wire finishes");
+    assert_eq!(waiting.await.unwrap().unwrap_err().kind(), "cancelled");
+    assert_eq!(
+        c.chat_json("s", req("later")).await.unwrap_err().kind(),
+        "cancelled"
+    );
+    assert_eq!(server.requests(), 1);
+}
+
+#[test]
+fn submit_from_a_plain_thread_wakes_the_callback() {
+    // Like a timely worker: no runtime on this thread, only a handle.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt.block_on(ScriptedServer::start()).unwrap();
+    let c = LlmClient::new(
+        LlmConfig {
+            endpoints: vec![server.base_url()],
+            api_key_env: String::new(),
+            ..LlmConfig::default()
+        },
+        rt.handle().clone(),
+    )
+    .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let mut expected = HashMap::new();
+    for i in 0..10 {
+        let r = req(&format!("worker {i}"));
+        expected.insert(i, expected_value(&r));
+        let tx = tx.clone();
+        c.submit("s", r, move |res| tx.send((i, res)).unwrap());
+    }
+    drop(tx);
+    let mut n = 0;
+    while let Ok((i, res)) = rx.recv_timeout(Duration::from_secs(10)) {
+        assert_eq!(res.unwrap().value, expected[&i]);
+        n += 1;
+    }
+    assert_eq!(n, 10);
+    assert_eq!(server.requests(), 10);
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_fail_without_http() {
+    let server = ScriptedServer::start().await.unwrap();
+    let c = client(config(&[&server]));
+    let e = c
+        .chat_json("s", ChatRequest::new("").user("no model"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), "invalid_request");
+    let e = c
+        .chat_json("s", req("x").param("stream", json!(true)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), "invalid_request");
+    assert_eq!(server.requests(), 0);
+
+    // The configured default model fills an empty one.
+    let mut cfg = config(&[&server]);
+    cfg.model = Some("default-model".to_owned());
+    let c = client(cfg);
+    let resp = c
+        .chat_json("s", ChatRequest::new("").user("hi"))
+        .await
+        .unwrap();
+    assert_eq!(resp.model, "default-model");
+    assert!(c.usage().get("s", "default-model").is_some());
+}
