@@ -2,6 +2,9 @@
 //! what passed and what was rejected (as dead letters), plus the records they exchange.
 
 pub mod exact_dedup;
+pub mod lsh_index;
+pub mod minhash;
+pub mod near_dedup;
 pub mod normalize;
 pub mod parse;
 pub mod quality_filter;
