@@ -1,1 +1,103 @@
-fn main() {}
+//! Throughput of the CPU stages (parse + quality filter + exact dedup) on the shared sample, with
+//! 1 and 2 timely workers. Inputs are fed from memory and outputs counted, so Kafka is out of the
+//! measurement. Run: `cargo bench --bench cpu_stages` (figures in BENCHMARKS.md).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use timely::dataflow::InputHandle;
+use timely::dataflow::operators::core::{Concat, Inspect, Probe};
+use timely::dataflow::operators::vec::Input;
+use webscale_rl_dataflow::{Funnel, PipelineConfig, graph};
+use webscale_rl_operators::record::{Origin, RawMessage};
+
+const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/web/sample.jsonl");
+
+/// The sample repeated `copies` times; each copy's texts get a distinct suffix so that exact
+/// dedup sees new documents (a repeated sample would measure only the duplicate path).
+fn corpus(copies: usize) -> Vec<Vec<u8>> {
+    let text = std::fs::read_to_string(SAMPLE).expect("shared sample");
+    let mut out = Vec::new();
+    for c in 0..copies {
+        for line in text.lines() {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let t = v["text"].as_str().unwrap().to_string();
+            v["text"] = format!("{t}\ncopy {c}").into();
+            v["id"] = format!("{}#{c}", v["id"].as_str().unwrap()).into();
+            out.push(serde_json::to_vec(&v).unwrap());
+        }
+    }
+    out
+}
+
+fn run(workers: usize, docs: Arc<Vec<Vec<u8>>>) -> (f64, u64) {
+    let out = Arc::new(AtomicU64::new(0));
+    let out2 = out.clone();
+    let started = Instant::now();
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let mut input = InputHandle::new();
+        let cfg = PipelineConfig::default();
+        let funnel = Funnel::default();
+        let out = out2.clone();
+        let probe = worker.dataflow::<u64, _, _>(|scope| {
+            let outs = graph::build(scope.input_from(&mut input), &cfg, &funnel);
+            let out = out.clone();
+            let (probe, _) = outs
+                .output
+                .concat(outs.dead_letters)
+                .inspect(move |_| {
+                    out.fetch_add(1, Ordering::Relaxed);
+                })
+                .probe();
+            probe
+        });
+        // Each worker reads its share, in epochs of 1,000 documents.
+        for (i, payload) in docs.iter().enumerate().filter(|(i, _)| i % peers == index) {
+            input.send(RawMessage {
+                key: None,
+                payload: Some(payload.clone()),
+                origin: Origin { topic: "bench".into(), partition: 0, offset: i as i64 },
+                truncated: false,
+            });
+            if i % 1000 == 999 {
+                input.advance_to(i as u64 + 1);
+                while probe.less_than(&(input.time().saturating_sub(5_000))) {
+                    worker.step();
+                }
+            }
+        }
+        input.close();
+        while !probe.done() {
+            worker.step();
+        }
+    })
+    .unwrap();
+    (started.elapsed().as_secs_f64(), out.load(Ordering::Relaxed))
+}
+
+fn main() {
+    let copies = std::env::var("COPIES").ok().and_then(|c| c.parse().ok()).unwrap_or(10);
+    let docs = Arc::new(corpus(copies));
+    let bytes: usize = docs.iter().map(Vec::len).sum();
+    println!(
+        "corpus: {} documents, {:.1} MB (shared sample x{copies}, texts made distinct)",
+        docs.len(),
+        bytes as f64 / 1e6
+    );
+    for workers in [1, 2] {
+        // Best of three, after one warm-up run.
+        run(workers, docs.clone());
+        let (secs, out) = (0..3)
+            .map(|_| run(workers, docs.clone()))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap();
+        assert_eq!(out as usize, docs.len(), "every document accounted for");
+        println!(
+            "parse+filter+exact dedup, {workers} worker(s): {:.0} docs/s, {:.1} MB/s ({secs:.3} s)",
+            docs.len() as f64 / secs,
+            bytes as f64 / 1e6 / secs
+        );
+    }
+}
