@@ -1,6 +1,7 @@
 //! Small Kafka clients behind `webscale-rl produce` and `webscale-rl tail`, also used by the demo
 //! and the tests: write JSONL lines to a topic; read a topic from the beginning.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -130,4 +131,111 @@ pub fn tail(
     }
     out.flush()?;
     Ok(written)
+}
+
+/// One message handed to [`read_topic_to`]'s callback.
+#[derive(Clone, Copy, Debug)]
+pub struct TopicMessage<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+}
+
+/// The end offset (high watermark: one past the last message) of each partition of `topic` now.
+/// Reading up to these offsets, rather than until the topic goes quiet, gives a snapshot that can
+/// be read twice with the same result while producers keep appending.
+pub fn end_offsets(cfg: &KafkaConfig, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer = cfg
+        .client_config()?
+        .create()
+        .context("creating a Kafka consumer")?;
+    let mut ends = BTreeMap::new();
+    for p in topic_partitions(&consumer, cfg, topic)? {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, cfg.connect_timeout())
+            .with_context(|| format!("fetching the end offset of '{topic}' partition {p}"))?;
+        ends.insert(p, high);
+    }
+    Ok(ends)
+}
+
+/// Reads each partition of `topic` from its beginning up to (not including) its offset in
+/// `ends`, handing every message to `f` in offset order within a partition; messages appended
+/// after `ends` are not read. Commits nothing. Fails if `f` fails, or if no message arrives for
+/// `max(connect timeout, 30 s)` while partitions are unfinished. Returns the messages read.
+pub fn read_topic_to(
+    cfg: &KafkaConfig,
+    topic: &str,
+    ends: &BTreeMap<i32, i64>,
+    f: &mut dyn FnMut(TopicMessage<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let consumer: BaseConsumer = cfg
+        .client_config_with(&[
+            ("group.id", "webscale-rl-export"),
+            ("enable.auto.commit", "false"),
+            // End of partition as an event: the end of a partition with gaps (compaction,
+            // transaction markers) is found without a message at `end - 1`.
+            ("enable.partition.eof", "true"),
+        ])?
+        .create()
+        .context("creating a Kafka consumer")?;
+    let mut tpl = TopicPartitionList::new();
+    let mut unfinished = BTreeMap::new();
+    for (&p, &end) in ends {
+        let (low, _) = consumer
+            .fetch_watermarks(topic, p, cfg.connect_timeout())
+            .with_context(|| format!("fetching the start offset of '{topic}' partition {p}"))?;
+        if low < end {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+            unfinished.insert(p, end);
+        }
+    }
+    if unfinished.is_empty() {
+        return Ok(0);
+    }
+    consumer.assign(&tpl)?;
+    let stall = cfg.connect_timeout().max(Duration::from_secs(30));
+    let mut read = 0u64;
+    let mut last = Instant::now();
+    let mut last_error = None;
+    while !unfinished.is_empty() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                let p = m.partition();
+                let Some(&end) = unfinished.get(&p) else {
+                    continue;
+                };
+                if m.offset() < end {
+                    f(TopicMessage {
+                        partition: p,
+                        offset: m.offset(),
+                        key: m.key(),
+                        payload: m.payload(),
+                    })?;
+                    read += 1;
+                }
+                if m.offset() + 1 >= end {
+                    unfinished.remove(&p);
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                last = Instant::now();
+                unfinished.remove(&p);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "Kafka consumer error");
+                last_error = Some(e);
+            }
+            None if last.elapsed() >= stall => bail!(
+                "reading '{topic}' stalled: no message for {stall:?} with partitions {:?} \
+                 unfinished (last error: {})",
+                unfinished.keys().collect::<Vec<_>>(),
+                last_error.map_or_else(|| "none".to_string(), |e| e.to_string())
+            ),
+            None => {}
+        }
+    }
+    Ok(read)
 }
