@@ -1,7 +1,8 @@
 //! MinHash signatures for near-duplicate detection.
 //!
-//! Text goes through the normalization exact dedup uses ([`normalize_into`]), is cut into word
-//! n-grams ("shingles", each a slice of the normalized text) and every shingle is hashed with xxh3.
+//! Text goes through the normalization exact dedup uses ([`normalize_into`]) and is cut into word
+//! n-grams ("shingles"); every word is hashed with xxh3 and a shingle's 32-bit hash chains those of
+//! its words.
 //! A signature keeps, for each of `bands × rows` hash functions, the minimum over the shingles:
 //! two documents agree on a position with probability equal to the Jaccard similarity of their
 //! shingle sets. LSH banding hashes each run of `rows` positions into one band key, so documents
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use crate::normalize::{NormalizeConfig, normalize_into};
+use crate::normalize::{NormalizeConfig, normalize_into, normalize_words_into};
 
 /// Bits kept per signature value in a [`sketch`]: enough to estimate Jaccard to within the
 /// sampling error of 112 values, at an eighth of the bytes.
@@ -162,7 +163,8 @@ pub struct MinHasher {
     mul: Box<[u64]>,
     add: Box<[u64]>,
     text: String,
-    word_starts: Vec<u32>,
+    word_starts: Vec<usize>,
+    word_hashes: Vec<u64>,
     shingles: Vec<u32>,
 }
 
@@ -186,6 +188,7 @@ impl MinHasher {
             add: add.into(),
             text: String::new(),
             word_starts: Vec::new(),
+            word_hashes: Vec::new(),
             shingles: Vec::new(),
         }
     }
@@ -215,40 +218,27 @@ impl MinHasher {
     /// The 32-bit hashes of the text's shingles (in text order, repeats kept). A text with fewer
     /// than `ngram` words is one shingle; an empty one has none.
     pub fn shingle_hashes(&mut self, text: &str) -> &[u32] {
-        normalize_into(text, &self.normalize, &mut self.text);
+        normalize_words_into(text, &self.normalize, &mut self.text, &mut self.word_starts);
         self.shingles.clear();
+        self.word_hashes.clear();
         let bytes = self.text.as_bytes();
-        if bytes.is_empty() {
+        // Words are separated by exactly one space. Each is hashed once with xxh3; a shingle's
+        // hash chains the hashes of its n words (order-sensitive), a few multiplies instead of
+        // rehashing n words of bytes per shingle.
+        for (i, &start) in self.word_starts.iter().enumerate() {
+            let end = self
+                .word_starts
+                .get(i + 1)
+                .map_or(bytes.len(), |&next| next - 1);
+            self.word_hashes
+                .push(xxh3_64_with_seed(&bytes[start..end], self.seed));
+        }
+        if self.word_hashes.is_empty() {
             return &self.shingles;
         }
-        // The normalized text has exactly one space between words, so a shingle is the slice from
-        // the start of word i to the space before word i + n.
-        self.word_starts.clear();
-        self.word_starts.push(0);
-        for (i, &b) in bytes.iter().enumerate() {
-            if b == b' ' {
-                self.word_starts.push(i as u32 + 1);
-            }
-        }
-        let words = self.word_starts.len();
-        let n = self.ngram;
-        let hash = |s: &[u8]| {
-            let h = xxh3_64_with_seed(s, self.seed);
-            (h ^ (h >> 32)) as u32
-        };
-        if words < n {
-            self.shingles.push(hash(bytes));
-        } else {
-            self.shingles.reserve(words + 1 - n);
-            for i in 0..=words - n {
-                let start = self.word_starts[i] as usize;
-                let end = match self.word_starts.get(i + n) {
-                    Some(&next) => next as usize - 1,
-                    None => bytes.len(),
-                };
-                self.shingles.push(hash(&bytes[start..end]));
-            }
-        }
+        let n = self.ngram.min(self.word_hashes.len());
+        self.shingles
+            .extend(self.word_hashes.windows(n).map(chain_hash));
         &self.shingles
     }
 
@@ -288,6 +278,20 @@ impl MinHasher {
             })
             .collect()
     }
+}
+
+/// The 32-bit hash of a shingle from the xxh3 hashes of its words.
+#[inline]
+fn chain_hash(words: &[u64]) -> u32 {
+    let mut h = 0x2545_f491_4f6c_dd1du64;
+    for &w in words {
+        h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31);
+    }
+    // murmur3's finalizer: every output bit depends on every word.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    (h ^ (h >> 32)) as u32
 }
 
 /// `out[i] = min over x of (mul[i]·x + add[i]) >> 32`. The inner loop runs over shingles with the
