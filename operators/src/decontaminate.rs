@@ -1,0 +1,797 @@
+//! Decontamination: drops records that share an n-gram with a benchmark test item, so the data
+//! never teaches a model the evaluation it will be measured on.
+//!
+//! Text is normalized as dedup does (lowercase, punctuation stripped, whitespace folded;
+//! [`crate::normalize`]) and split into words. A record overlaps an item when they share `ngram`
+//! consecutive words (13 by default, as GPT-3 and lm-evaluation-harness did). An item shorter than
+//! that matches only as a whole (its every word, in order); one shorter than `min_item_tokens` is
+//! not indexed at all, because a few words ("which of the following is true") occur in ordinary
+//! text. A window is keyed by the xxh3 of its normalized words, so a whole short item and a window
+//! of the same length have the same key.
+//!
+//! The benchmark n-grams are partitioned: worker `w` of `p` keeps the keys with `key % p == w`
+//! ([`NgramIndex`]), so memory per worker shrinks as workers are added. The files are read once
+//! per process ([`Benchmarks`]) and each worker keeps its share. In the stage:
+//! 1. At the record's worker (its home) the record is parked; its window keys (every `ngram`-word
+//!    window, and every window of each short-item length present) travel, batched by owner, to
+//!    the workers owning them.
+//! 2. An owner looks each key up and sends the hits home. The index is read-only, so no epoch
+//!    needs to be complete for this.
+//! 3. Home waits until the epoch is complete on both inputs, then drops each record with a hit
+//!    (`benchmark_overlap`, naming the benchmark, the item and the overlapping words; the hit
+//!    reported is the first in the text), and passes the rest in arrival order.
+//!
+//! A key maps to the first item (in load order) that has it, whatever the partitioning, so
+//! verdicts and details do not depend on the number of workers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::vec::Map;
+use timely::order::TotalOrder;
+use timely::progress::Timestamp;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::benchmarks::{BenchmarkError, BenchmarkSet, BenchmarkSpec, load_all};
+use crate::normalize::{NormalizeConfig, normalize_words_into};
+use crate::record::{DeadLetter, Document, Stage};
+
+/// Settings of decontamination (`[decontaminate]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecontaminateConfig {
+    /// When false, nothing is checked and no benchmark is loaded.
+    pub enabled: bool,
+    /// Words in a shared window that count as an overlap. Default 13 (GPT-3, lm-eval-harness).
+    pub ngram: usize,
+    /// Items (fields) with fewer words are not indexed. Default 8: GPT-3's floor for its
+    /// per-benchmark n, below which common phrases, not copied items, make the matches.
+    pub min_item_tokens: usize,
+    /// Also check whole documents before any LLM stage, dropping a contaminated page before
+    /// money is spent on it. QA pairs are always checked.
+    pub check_documents: bool,
+    /// The test sets (a file or a folder each).
+    pub benchmarks: Vec<BenchmarkSpec>,
+}
+
+impl Default for DecontaminateConfig {
+    fn default() -> Self {
+        DecontaminateConfig {
+            enabled: true,
+            ngram: 13,
+            min_item_tokens: 8,
+            check_documents: true,
+            benchmarks: Vec::new(),
+        }
+    }
+}
+
+impl DecontaminateConfig {
+    /// Rejects settings the stage cannot honour.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ngram == 0 || self.ngram > u16::MAX as usize {
+            return Err(format!(
+                "decontaminate.ngram must be in 1..=65535, got {}",
+                self.ngram
+            ));
+        }
+        if self.min_item_tokens == 0 || self.min_item_tokens > self.ngram {
+            return Err(format!(
+                "decontaminate.min_item_tokens must be in 1..=ngram ({}), got {}",
+                self.ngram, self.min_item_tokens
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How n-gram text is normalized: dedup's rules, digits kept (numbers are content here).
+const NORMALIZE: NormalizeConfig = NormalizeConfig {
+    lowercase: true,
+    strip_punctuation: true,
+    fold_digits: false,
+};
+
+/// A text normalized, with where its words start.
+#[derive(Default)]
+struct Words {
+    norm: String,
+    starts: Vec<usize>,
+}
+
+impl Words {
+    fn fill(&mut self, text: &str) {
+        normalize_words_into(text, &NORMALIZE, &mut self.norm, &mut self.starts);
+    }
+
+    fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Starts of the windows of `len` words.
+    fn positions(&self, len: usize) -> std::ops::Range<usize> {
+        0..(self.len() + 1).saturating_sub(len)
+    }
+
+    /// The normalized text of `len` words from word `pos`.
+    fn window(&self, pos: usize, len: usize) -> &str {
+        let last = pos + len - 1;
+        let end = self
+            .starts
+            .get(last + 1)
+            .map_or(self.norm.len(), |next| next - 1);
+        &self.norm[self.starts[pos]..end]
+    }
+
+    /// A window's key: the xxh3 of its normalized text.
+    fn key(&self, pos: usize, len: usize) -> u64 {
+        xxh3_64(self.window(pos, len).as_bytes())
+    }
+}
+
+/// Benchmark names and item ids, shared by a process's workers.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    names: Vec<String>,
+    /// The global number of each benchmark's first item.
+    starts: Vec<u32>,
+    /// Item ids back to back; `id_ends[i]` is where item i's ends.
+    ids: String,
+    id_ends: Vec<u32>,
+}
+
+impl Catalog {
+    /// (benchmark name, item id) of a global item number.
+    pub fn item(&self, item: u32) -> (&str, &str) {
+        let set = self.starts.partition_point(|&s| s <= item) - 1;
+        let i = item as usize;
+        let start = if i == 0 {
+            0
+        } else {
+            self.id_ends[i - 1] as usize
+        };
+        (&self.names[set], &self.ids[start..self.id_ends[i] as usize])
+    }
+
+    /// Items in all benchmarks.
+    pub fn len(&self) -> usize {
+        self.id_ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.id_ends.is_empty()
+    }
+
+    /// Benchmark names, in load order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.names.iter().map(|n| n.capacity()).sum::<usize>()
+            + self.names.capacity() * size_of::<String>()
+            + self.starts.capacity() * 4
+            + self.ids.capacity()
+            + self.id_ends.capacity() * 4
+    }
+}
+
+/// What went into the benchmark index.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct BenchmarkStats {
+    pub benchmarks: usize,
+    pub items: usize,
+    /// Indexed fields with text.
+    pub segments: usize,
+    /// Segments with at least `ngram` words, indexed by their n-grams.
+    pub long_segments: usize,
+    /// Segments of `min_item_tokens..ngram` words, indexed whole.
+    pub whole_segments: usize,
+    /// Segments under `min_item_tokens` words, not indexed.
+    pub skipped_segments: usize,
+    /// Keys before merging repeats.
+    pub keys_total: usize,
+    /// Distinct keys: the entries of all partitions together.
+    pub keys_distinct: usize,
+}
+
+/// The benchmark sets of a process, hashed once: every key with the first item that has it.
+/// Build each worker's [`NgramIndex`] from it, then drop it.
+pub struct Benchmarks {
+    catalog: Arc<Catalog>,
+    ngram: usize,
+    /// Short-item lengths present, ascending.
+    short_lengths: Vec<usize>,
+    /// (key, global item), sorted by key, one entry per key.
+    entries: Vec<(u64, u32)>,
+    stats: BenchmarkStats,
+}
+
+impl Benchmarks {
+    /// Reads the configured files and hashes their items.
+    pub fn load(cfg: &DecontaminateConfig) -> Result<Benchmarks, BenchmarkError> {
+        let sets = load_all(&cfg.benchmarks)?;
+        Ok(Benchmarks::from_sets(&sets, cfg))
+    }
+
+    /// Hashes already loaded sets; item numbers follow the order of `sets`.
+    pub fn from_sets(sets: &[BenchmarkSet], cfg: &DecontaminateConfig) -> Benchmarks {
+        if let Err(e) = cfg.validate() {
+            panic!("{e}");
+        }
+        let n = cfg.ngram;
+        let mut catalog = Catalog::default();
+        let mut stats = BenchmarkStats {
+            benchmarks: sets.len(),
+            ..BenchmarkStats::default()
+        };
+        let mut entries: Vec<(u64, u32)> = Vec::new();
+        let mut short = vec![false; n];
+        let mut words = Words::default();
+        for set in sets {
+            catalog.names.push(set.name.clone());
+            catalog.starts.push(catalog.id_ends.len() as u32);
+            for item in &set.items {
+                let global = catalog.id_ends.len() as u32;
+                catalog.ids.push_str(&item.id);
+                catalog.id_ends.push(catalog.ids.len() as u32);
+                for segment in &item.segments {
+                    words.fill(segment);
+                    stats.segments += 1;
+                    let len = words.len();
+                    if len >= n {
+                        stats.long_segments += 1;
+                        for pos in words.positions(n) {
+                            entries.push((words.key(pos, n), global));
+                        }
+                    } else if len >= cfg.min_item_tokens {
+                        stats.whole_segments += 1;
+                        short[len] = true;
+                        entries.push((words.key(0, len), global));
+                    } else {
+                        stats.skipped_segments += 1;
+                    }
+                }
+            }
+        }
+        stats.items = catalog.id_ends.len();
+        stats.keys_total = entries.len();
+        // Sorting by (key, item) and keeping each key's first entry keeps its lowest item.
+        entries.sort_unstable();
+        entries.dedup_by_key(|e| e.0);
+        entries.shrink_to_fit();
+        stats.keys_distinct = entries.len();
+        catalog.ids.shrink_to_fit();
+        Benchmarks {
+            catalog: Arc::new(catalog),
+            ngram: n,
+            short_lengths: (0..n).filter(|&l| short[l]).collect(),
+            entries,
+            stats,
+        }
+    }
+
+    pub fn stats(&self) -> &BenchmarkStats {
+        &self.stats
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Heap bytes of the whole hashed set (transient: what one process holds until its workers
+    /// have built their indexes).
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * size_of::<(u64, u32)>() + self.catalog.heap_bytes()
+    }
+}
+
+/// Which worker owns a key.
+fn owner_of(key: u64, peers: usize) -> usize {
+    (key % peers as u64) as usize
+}
+
+/// One worker's share of the benchmark keys: sorted keys and their items in two arrays (12 bytes
+/// an entry), with a directory on the keys' top bits so a lookup searches a handful of entries.
+#[derive(Debug)]
+struct Table {
+    keys: Vec<u64>,
+    items: Vec<u32>,
+    /// `dir[b]..dir[b + 1]`: the entries whose top `bits` bits are `b`.
+    dir: Vec<u32>,
+    bits: u32,
+}
+
+impl Table {
+    fn new(keys: Vec<u64>, items: Vec<u32>) -> Table {
+        // About two entries a bucket: the directory adds 2 bytes an entry.
+        let bits = (keys.len() / 2).max(1).ilog2().min(28);
+        let buckets = 1usize << bits;
+        let mut dir = Vec::with_capacity(buckets + 1);
+        let mut at = 0;
+        for b in 0..buckets {
+            while at < keys.len() && Self::bucket(keys[at], bits) < b {
+                at += 1;
+            }
+            dir.push(at as u32);
+        }
+        dir.push(keys.len() as u32);
+        Table {
+            keys,
+            items,
+            dir,
+            bits,
+        }
+    }
+
+    fn bucket(key: u64, bits: u32) -> usize {
+        if bits == 0 {
+            0
+        } else {
+            (key >> (64 - bits)) as usize
+        }
+    }
+
+    fn get(&self, key: u64) -> Option<u32> {
+        let b = Self::bucket(key, self.bits);
+        let (lo, hi) = (self.dir[b] as usize, self.dir[b + 1] as usize);
+        self.keys[lo..hi]
+            .iter()
+            .position(|&k| k == key)
+            .map(|i| self.items[lo + i])
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.keys.capacity() * 8 + self.items.capacity() * 4 + self.dir.capacity() * 4
+    }
+}
+
+/// Memory of one worker's index.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IndexStats {
+    pub worker: usize,
+    pub peers: usize,
+    /// Keys this worker owns.
+    pub entries: usize,
+    /// Heap bytes of this worker's partition.
+    pub index_bytes: usize,
+    /// Heap bytes of the names and ids, shared by the workers of a process.
+    pub catalog_bytes: usize,
+}
+
+/// A worker's partition of the benchmark keys, with what the stage needs to probe it. Cloning is
+/// cheap (the partition is shared), so one index serves the document and the QA-pair stages.
+#[derive(Clone, Debug)]
+pub struct NgramIndex {
+    worker: usize,
+    peers: usize,
+    ngram: usize,
+    /// Window lengths to probe: `ngram` and every short-item length present.
+    lengths: Vec<usize>,
+    /// Keys of all partitions: with none, every worker skips the stage alike.
+    total_keys: usize,
+    table: Arc<Table>,
+    catalog: Arc<Catalog>,
+}
+
+impl NgramIndex {
+    /// Worker `worker` of `peers`'s share of `benchmarks`.
+    pub fn build(benchmarks: &Benchmarks, worker: usize, peers: usize) -> NgramIndex {
+        assert!(worker < peers, "worker {worker} of {peers}");
+        let owned = benchmarks
+            .entries
+            .iter()
+            .filter(|(k, _)| owner_of(*k, peers) == worker);
+        let (keys, items): (Vec<u64>, Vec<u32>) = owned.copied().unzip();
+        let mut lengths = vec![benchmarks.ngram];
+        lengths.extend(&benchmarks.short_lengths);
+        NgramIndex {
+            worker,
+            peers,
+            ngram: benchmarks.ngram,
+            lengths,
+            total_keys: benchmarks.entries.len(),
+            table: Arc::new(Table::new(keys, items)),
+            catalog: benchmarks.catalog.clone(),
+        }
+    }
+
+    /// The first item whose key this is, if this worker owns it.
+    pub fn lookup(&self, key: u64) -> Option<u32> {
+        self.table.get(key)
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn stats(&self) -> IndexStats {
+        IndexStats {
+            worker: self.worker,
+            peers: self.peers,
+            entries: self.table.keys.len(),
+            index_bytes: self.table.heap_bytes(),
+            catalog_bytes: self.catalog.heap_bytes(),
+        }
+    }
+}
+
+/// A record's overlap with a benchmark item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overlap {
+    pub benchmark: String,
+    pub item: String,
+    /// The shared words, normalized.
+    pub span: String,
+    /// Words in the span.
+    pub words: usize,
+    /// The span is a whole item shorter than `ngram`.
+    pub whole_item: bool,
+}
+
+impl Overlap {
+    /// The dead-letter detail: `benchmark=gsm8k item=17 words=13 whole_item=false span="..."`.
+    pub fn detail(&self) -> String {
+        format!(
+            "benchmark={} item={} words={} whole_item={} span=\"{}\"",
+            self.benchmark, self.item, self.words, self.whole_item, self.span
+        )
+    }
+}
+
+/// Finds the first overlap of `text` with the benchmarks by probing every window against one
+/// index, which must hold every key (built for 1 peer). The reference the stage must agree with,
+/// and a check outside a dataflow.
+pub fn find_overlap(text: &str, index: &NgramIndex) -> Option<Overlap> {
+    assert_eq!(index.peers, 1, "find_overlap needs the whole index");
+    let mut words = Words::default();
+    words.fill(text);
+    let mut best: Option<(u32, std::cmp::Reverse<u16>, u32)> = None;
+    for &len in &index.lengths {
+        for pos in words.positions(len) {
+            if let Some(item) = index.lookup(words.key(pos, len)) {
+                let hit = (pos as u32, std::cmp::Reverse(len as u16), item);
+                if best.is_none_or(|b| hit < b) {
+                    best = Some(hit);
+                }
+            }
+        }
+    }
+    best.map(|(pos, len, item)| overlap(text, pos, len.0, item, index))
+}
+
+/// The overlap a hit names, its span cut again from the record's text.
+fn overlap(text: &str, pos: u32, len: u16, item: u32, index: &NgramIndex) -> Overlap {
+    let mut words = Words::default();
+    words.fill(text);
+    let (pos, len) = (pos as usize, len as usize);
+    let span = words.window(pos, len).to_string();
+    let (benchmark, id) = index.catalog.item(item);
+    Overlap {
+        benchmark: benchmark.to_string(),
+        item: id.to_string(),
+        span,
+        words: len,
+        whole_item: len < index.ngram,
+    }
+}
+
+/// A record's windows owned by one worker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Probe {
+    owner: u32,
+    home: u32,
+    local: u64,
+    /// (key, first word, words).
+    windows: Vec<(u64, u32, u16)>,
+}
+
+/// A window of a record matched an item.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Hit {
+    home: u32,
+    local: u64,
+    pos: u32,
+    len: u16,
+    item: u32,
+}
+
+impl Hit {
+    /// Hits are ranked by position in the text, then longer first, then lower item.
+    fn rank(&self) -> (u32, std::cmp::Reverse<u16>, u32) {
+        (self.pos, std::cmp::Reverse(self.len), self.item)
+    }
+}
+
+/// Epoch state at a record's home.
+struct HomeEpoch<T: Timestamp, R> {
+    cap: Capability<T>,
+    records: Vec<(u64, R)>,
+    hits: HashMap<u64, Hit>,
+}
+
+/// Drops documents overlapping a benchmark item (`benchmark_overlap` dead letters); the
+/// document stage of [`decontaminate`]. `index` is this worker's ([`NgramIndex::build`] with the
+/// scope's index and peers).
+pub fn decontaminate_documents<'s, T: Timestamp + TotalOrder>(
+    docs: StreamVec<'s, T, Document>,
+    index: NgramIndex,
+) -> (StreamVec<'s, T, Document>, StreamVec<'s, T, DeadLetter>) {
+    decontaminate(
+        docs,
+        index,
+        |doc: &Document, out: &mut String| out.push_str(&doc.text),
+        |doc: &Document, overlap: &Overlap| {
+            DeadLetter::for_document(
+                doc,
+                Stage::Decontaminate,
+                "benchmark_overlap",
+                overlap.detail(),
+            )
+        },
+    )
+}
+
+/// Drops records whose text overlaps a benchmark item, for any record type: `text` appends the
+/// text to check (for a QA pair: question, a newline, answer) and `dead_letter` names a dropped
+/// record. Records never leave their worker; only window keys and hits are exchanged.
+pub fn decontaminate<'s, T, R, F, D>(
+    records: StreamVec<'s, T, R>,
+    index: NgramIndex,
+    text: F,
+    dead_letter: D,
+) -> (StreamVec<'s, T, R>, StreamVec<'s, T, DeadLetter>)
+where
+    T: Timestamp + TotalOrder,
+    R: Clone + 'static,
+    F: Fn(&R, &mut String) + 'static,
+    D: Fn(&R, &Overlap) -> DeadLetter + 'static,
+{
+    let scope = records.scope();
+    let (worker, peers) = (scope.index(), scope.peers());
+    assert_eq!(
+        (index.worker, index.peers),
+        (worker, peers),
+        "decontaminate: the index was built for another worker"
+    );
+    if index.total_keys == 0 {
+        return records
+            .map(Ok::<R, DeadLetter>)
+            .container::<Vec<Result<R, DeadLetter>>>()
+            .ok_err(|v| v);
+    }
+
+    let lengths = index.lengths.clone();
+    let text = std::rc::Rc::new(text);
+    let text_at_home = text.clone();
+    let (mut buf, mut words) = (String::new(), Words::default());
+    let mut by_owner: Vec<Vec<(u64, u32, u16)>> = vec![Vec::new(); peers];
+    let mut next_local = 0u64;
+    let text_probe = move |record: R| {
+        let local = next_local;
+        next_local += 1;
+        buf.clear();
+        text(&record, &mut buf);
+        words.fill(&buf);
+        for &len in &lengths {
+            for pos in words.positions(len) {
+                let key = words.key(pos, len);
+                by_owner[owner_of(key, peers)].push((key, pos as u32, len as u16));
+            }
+        }
+        let mut out: Vec<Result<(u64, R), Probe>> = Vec::new();
+        for (owner, windows) in by_owner.iter_mut().enumerate() {
+            if !windows.is_empty() {
+                out.push(Err(Probe {
+                    owner: owner as u32,
+                    home: worker as u32,
+                    local,
+                    windows: std::mem::take(windows),
+                }));
+            }
+        }
+        out.push(Ok((local, record)));
+        out
+    };
+    let (parked, probes) = records
+        .flat_map(text_probe)
+        .container::<Vec<Result<(u64, R), Probe>>>()
+        .ok_err(|v| v);
+
+    let table = index.table.clone();
+    let hits = probes.unary(
+        Exchange::new(|p: &Probe| p.owner as u64),
+        "DecontaminateLookup",
+        move |_default_cap, _info| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    let mut session = output.session(&cap);
+                    for batch in data {
+                        for probe in batch.drain(..) {
+                            for &(key, pos, len) in &probe.windows {
+                                if let Some(item) = table.get(key) {
+                                    session.give(Hit {
+                                        home: probe.home,
+                                        local: probe.local,
+                                        pos,
+                                        len,
+                                        item,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        },
+    );
+
+    let verdicts = parked.binary_frontier(
+        hits,
+        Pipeline,
+        Exchange::new(|h: &Hit| h.home as u64),
+        "DecontaminateVerdict",
+        move |default_cap, _info| {
+            drop(default_cap);
+            let mut pending: BTreeMap<T, HomeEpoch<T, R>> = BTreeMap::new();
+            let mut buf = String::new();
+            move |(records_in, records_frontier), (hits_in, hits_frontier), output| {
+                records_in.for_each_stamp(|cap, data| {
+                    let time = cap.least().expect("a stamp has a time").clone();
+                    let entry = pending.entry(time).or_insert_with(|| HomeEpoch {
+                        cap: cap.retain_least(0).expect("output 0"),
+                        records: Vec::new(),
+                        hits: HashMap::new(),
+                    });
+                    for batch in data {
+                        entry.records.append(batch);
+                    }
+                });
+                hits_in.for_each_stamp(|cap, data| {
+                    let time = cap.least().expect("a stamp has a time").clone();
+                    let entry = pending.entry(time).or_insert_with(|| HomeEpoch {
+                        cap: cap.retain_least(0).expect("output 0"),
+                        records: Vec::new(),
+                        hits: HashMap::new(),
+                    });
+                    for batch in data {
+                        for hit in batch.drain(..) {
+                            match entry.hits.get(&hit.local) {
+                                Some(best) if best.rank() <= hit.rank() => {}
+                                _ => {
+                                    entry.hits.insert(hit.local, hit);
+                                }
+                            }
+                        }
+                    }
+                });
+                while let Some(entry) = pending.first_entry() {
+                    let time = entry.key();
+                    if records_frontier.less_equal(time) || hits_frontier.less_equal(time) {
+                        break;
+                    }
+                    let HomeEpoch {
+                        cap,
+                        records,
+                        mut hits,
+                    } = entry.remove();
+                    let mut session = output.session(&cap);
+                    for (local, record) in records {
+                        let verdict = match hits.remove(&local) {
+                            Some(hit) => {
+                                buf.clear();
+                                text_at_home(&record, &mut buf);
+                                let o = overlap(&buf, hit.pos, hit.len, hit.item, &index);
+                                Err(dead_letter(&record, &o))
+                            }
+                            None => Ok(record),
+                        };
+                        session.give(verdict);
+                    }
+                }
+            }
+        },
+    );
+    verdicts
+        .container::<Vec<Result<R, DeadLetter>>>()
+        .ok_err(|v| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::benchmarks::BenchmarkItem;
+
+    fn set(name: &str, texts: &[&str]) -> BenchmarkSet {
+        BenchmarkSet {
+            name: name.into(),
+            path: name.into(),
+            fields: vec!["q".into()],
+            items: texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| BenchmarkItem {
+                    id: format!("{name}-{i}"),
+                    segments: vec![t.to_string()],
+                })
+                .collect(),
+        }
+    }
+
+    fn cfg(ngram: usize, min: usize) -> DecontaminateConfig {
+        DecontaminateConfig {
+            ngram,
+            min_item_tokens: min,
+            ..DecontaminateConfig::default()
+        }
+    }
+
+    #[test]
+    fn ngrams_whole_short_items_and_skips() {
+        let sets = [set(
+            "b",
+            &[
+                "one two three four five six",
+                "Alpha, beta; gamma delta!",
+                "tiny item",
+            ],
+        )];
+        let b = Benchmarks::from_sets(&sets, &cfg(5, 3));
+        let s = b.stats();
+        assert_eq!(
+            (s.long_segments, s.whole_segments, s.skipped_segments),
+            (1, 1, 1)
+        );
+        assert_eq!(s.keys_distinct, 3);
+        let ix = NgramIndex::build(&b, 0, 1);
+        let o = find_overlap("x y ONE two three four five z", &ix).unwrap();
+        assert_eq!(
+            (o.item.as_str(), o.span.as_str()),
+            ("b-0", "one two three four five")
+        );
+        assert!(!o.whole_item);
+        // Four of the five words are not an overlap.
+        assert!(find_overlap("one two three four", &ix).is_none());
+        let o = find_overlap("intro alpha beta gamma delta outro", &ix).unwrap();
+        assert_eq!((o.item.as_str(), o.words, o.whole_item), ("b-1", 4, true));
+        // Part of a short item is not a match; an item under the floor never is.
+        assert!(find_overlap("alpha beta gamma", &ix).is_none());
+        assert!(find_overlap("a tiny item here", &ix).is_none());
+    }
+
+    #[test]
+    fn a_key_belongs_to_its_first_item_and_partitions_split_keys() {
+        let text = "the same thirteen words appear in two different items of the benchmark";
+        let sets = [
+            set("a", &["unrelated words only here"]),
+            set("b", &[text, text]),
+        ];
+        let b = Benchmarks::from_sets(&sets, &cfg(13, 8));
+        let ix = NgramIndex::build(&b, 0, 1);
+        let o = find_overlap(text, &ix).unwrap();
+        assert_eq!((o.benchmark.as_str(), o.item.as_str()), ("b", "b-0"));
+        assert_eq!(ix.catalog().item(0), ("a", "a-0"));
+        let parts: Vec<usize> = (0..3)
+            .map(|w| NgramIndex::build(&b, w, 3).stats().entries)
+            .collect();
+        assert_eq!(parts.iter().sum::<usize>(), b.stats().keys_distinct);
+    }
+
+    #[test]
+    fn config_is_validated() {
+        assert!(cfg(13, 8).validate().is_ok());
+        assert!(cfg(13, 14).validate().is_err());
+        assert!(cfg(0, 0).validate().is_err());
+        let parsed: DecontaminateConfig =
+            serde_json::from_str(r#"{"benchmarks": [{"path": "x.jsonl"}]}"#).unwrap();
+        assert_eq!(parsed.ngram, 13);
+        assert!(serde_json::from_str::<DecontaminateConfig>(r#"{"ngrams": 3}"#).is_err());
+    }
+}
