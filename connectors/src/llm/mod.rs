@@ -18,6 +18,8 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod error;
+#[cfg(feature = "local-model")]
+pub mod local;
 pub mod parse;
 pub mod rate_limit;
 pub mod request;

