@@ -12,7 +12,10 @@ use timely::dataflow::operators::vec::Input;
 use webscale_rl_dataflow::{Funnel, PipelineConfig, graph};
 use webscale_rl_operators::record::{Origin, RawMessage};
 
-const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/web/sample.jsonl");
+const SAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/data/web/sample.jsonl"
+);
 
 /// The sample repeated `copies` times; each copy's texts get a distinct suffix so that exact
 /// dedup sees new documents (a repeated sample would measure only the duplicate path).
@@ -42,7 +45,7 @@ fn run(workers: usize, docs: Arc<Vec<Vec<u8>>>) -> (f64, u64) {
         let funnel = Funnel::default();
         let out = out2.clone();
         let probe = worker.dataflow::<u64, _, _>(|scope| {
-            let outs = graph::build(scope.input_from(&mut input), &cfg, &funnel);
+            let outs = graph::build(scope.input_from(&mut input), &cfg, &funnel, None).unwrap();
             let out = out.clone();
             let (probe, _) = outs
                 .output
@@ -58,7 +61,11 @@ fn run(workers: usize, docs: Arc<Vec<Vec<u8>>>) -> (f64, u64) {
             input.send(RawMessage {
                 key: None,
                 payload: Some(payload.clone()),
-                origin: Origin { topic: "bench".into(), partition: 0, offset: i as i64 },
+                origin: Origin {
+                    topic: "bench".into(),
+                    partition: 0,
+                    offset: i as i64,
+                },
                 truncated: false,
             });
             if i % 1000 == 999 {
@@ -78,7 +85,10 @@ fn run(workers: usize, docs: Arc<Vec<Vec<u8>>>) -> (f64, u64) {
 }
 
 fn main() {
-    let copies = std::env::var("COPIES").ok().and_then(|c| c.parse().ok()).unwrap_or(10);
+    let copies = std::env::var("COPIES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(10);
     let docs = Arc::new(corpus(copies));
     let bytes: usize = docs.iter().map(Vec::len).sum();
     println!(

@@ -87,6 +87,8 @@ pub struct RunArgs {
     #[arg(long, requires = "input")]
     pub rejects: Option<String>,
     #[command(flatten)]
+    pub llm: crate::llm_args::LlmArgs,
+    #[command(flatten)]
     pub cluster: ClusterArgs,
 }
 
@@ -104,6 +106,11 @@ pub struct DemoArgs {
     /// Keep the in-process Kafka cluster up after the run (for kcat / `tail`) until Ctrl-C.
     #[arg(long)]
     pub keep_running: bool,
+    /// Documents to load (default: all; 3 with the local CPU model, which is slow).
+    #[arg(long)]
+    pub max_docs: Option<usize>,
+    #[command(flatten)]
+    pub llm: crate::llm_args::LlmArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }

@@ -19,6 +19,17 @@ const BUNDLED_CORPUS: &[u8] = include_bytes!("../data/demo/corpus.jsonl");
 
 pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     let mut cfg = crate::load_config(args.config.as_deref())?;
+    let local = args.llm.llm_url.is_empty() && !args.llm.no_llm && cfg.llm.is_none();
+    if local {
+        // The local CPU model is slow and weak: short prompts, one persona, a few documents.
+        cfg.llm_filter.max_document_chars = 1_200;
+        cfg.classify.max_document_chars = 1_200;
+        cfg.classify.max_personas = 1;
+        cfg.generate.max_document_chars = 1_200;
+        cfg.generate.examples_per_call = 1;
+        cfg.verify.max_document_chars = 1_200;
+    }
+    let llm = args.llm.setup(&mut cfg, true)?;
     let cluster = MockCluster::new(1).context("starting the in-process Kafka cluster")?;
     let brokers = cluster.bootstrap_servers();
     let k = &mut cfg.kafka;
@@ -59,6 +70,16 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         .map_or("the bundled corpus".to_string(), |p| {
             format!("'{}'", p.display())
         });
+    let max_docs = args.max_docs.or(local.then_some(3)).unwrap_or(usize::MAX);
+    let lines: Vec<Vec<u8>> = lines.into_iter().take(max_docs).collect();
+    if local && !cli.quiet {
+        eprintln!(
+            "LLM: a small local model on the CPU (slow, weak at following instructions): \
+             the demo runs {} documents through every stage. Use --llm-url URL for a real \
+             server, or --no-llm for the CPU stages on the whole corpus.",
+            lines.len()
+        );
+    }
     let n = tools::produce_lines(&cfg.kafka, &cfg.kafka.input_topic, lines)?;
     say(format!(
         "loaded {n} documents from {source} into topic '{}' ({} partitions)",
@@ -72,15 +93,13 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let kafka = cfg.kafka.clone();
-    run_kafka(
-        cfg,
-        args.cluster.options().timely_config()?,
-        control.clone(),
-        funnel.clone(),
-    )?;
+    let service = llm.as_ref().map(|l| l.service());
+    let timely_config = args.cluster.options().timely_config()?;
+    run_kafka(cfg, timely_config, control.clone(), funnel.clone(), service)?;
+    let usage = llm.as_ref().map(|l| l.backend.client.usage());
     crate::report(
         cli,
-        Summary::new("demo", started.elapsed(), funnel.snapshot()),
+        Summary::new("demo", started.elapsed(), funnel.snapshot(), usage),
     );
 
     if !cli.quiet {

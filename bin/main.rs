@@ -2,6 +2,8 @@
 
 mod cli;
 mod demo;
+mod llm_args;
+mod local_llm;
 mod shutdown;
 mod summary;
 
@@ -111,6 +113,15 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         }
     }
     let timely_config = args.cluster.options().timely_config()?;
+    let file_mode = args.input.is_some() && args.output.is_some();
+    if !file_mode && cfg.kafka.brokers.is_empty() {
+        bail!(
+            "no input: give --brokers (Kafka mode) or --input FILE --output FILE (file mode); \
+             try `webscale-rl demo` for a run with no setup"
+        );
+    }
+    let llm = args.llm.setup(&mut cfg, false)?;
+    let service = llm.as_ref().map(|l| l.service());
     let stop = shutdown::install()?;
     let control = RunControl {
         stop,
@@ -125,21 +136,17 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
             rejects: args.rejects.clone(),
             progress: !cli.quiet,
         };
-        run_files(cfg, timely_config, run, control, funnel.clone())?;
+        run_files(cfg, timely_config, run, control, funnel.clone(), service)?;
         "file"
     } else {
-        if cfg.kafka.brokers.is_empty() {
-            bail!(
-                "no input: give --brokers (Kafka mode) or --input FILE --output FILE (file mode); \
-                 try `webscale-rl demo` for a run with no setup"
-            );
-        }
-        run_kafka(cfg, timely_config, control, funnel.clone()).context("Kafka run failed")?;
+        run_kafka(cfg, timely_config, control, funnel.clone(), service)
+            .context("Kafka run failed")?;
         "kafka"
     };
+    let usage = llm.as_ref().map(|l| l.backend.client.usage());
     report(
         cli,
-        Summary::new(mode, started.elapsed(), funnel.snapshot()),
+        Summary::new(mode, started.elapsed(), funnel.snapshot(), usage),
     );
     Ok(())
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
+use webscale_rl_connectors::llm::UsageSnapshot;
 use webscale_rl_dataflow::FunnelSnapshot;
 
 #[derive(Serialize)]
@@ -11,14 +12,23 @@ pub struct Summary {
     pub wall_secs: f64,
     #[serde(flatten)]
     pub funnel: FunnelSnapshot,
+    /// LLM tokens, requests and cost per stage and model (absent without the LLM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm: Option<UsageSnapshot>,
 }
 
 impl Summary {
-    pub fn new(mode: &'static str, wall: Duration, funnel: FunnelSnapshot) -> Self {
+    pub fn new(
+        mode: &'static str,
+        wall: Duration,
+        funnel: FunnelSnapshot,
+        llm: Option<UsageSnapshot>,
+    ) -> Self {
         Summary {
             mode,
             wall_secs: wall.as_secs_f64(),
             funnel,
+            llm,
         }
     }
 

@@ -24,7 +24,13 @@ fn a_wrong_flag_is_named() {
 fn an_unreachable_broker_fails_within_seconds() {
     // Nothing listens on port 1.
     let started = Instant::now();
-    let (ok, err) = run(&["run", "--brokers", "127.0.0.1:1", "--until-caught-up"]);
+    let (ok, err) = run(&[
+        "run",
+        "--no-llm",
+        "--brokers",
+        "127.0.0.1:1",
+        "--until-caught-up",
+    ]);
     assert!(!ok);
     assert!(
         started.elapsed() < Duration::from_secs(20),
@@ -43,6 +49,7 @@ fn an_unreachable_broker_fails_within_seconds() {
 fn an_unreadable_file_is_named() {
     let (ok, err) = run(&[
         "run",
+        "--no-llm",
         "--input",
         "/nonexistent/in.jsonl",
         "--output",
@@ -65,7 +72,7 @@ fn run_without_input_says_what_to_give() {
 #[test]
 fn the_demo_runs_with_nothing_installed() {
     let out = Command::new(BIN)
-        .args(["demo", "-w", "2", "--json-summary"])
+        .args(["demo", "--no-llm", "-w", "2", "--json-summary"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -96,4 +103,13 @@ fn the_demo_runs_with_nothing_installed() {
             >= 1,
         "{summary}"
     );
+}
+
+#[test]
+fn run_without_an_llm_names_the_flags() {
+    let (ok, err) = run(&["run", "--brokers", "127.0.0.1:1"]);
+    assert!(!ok);
+    for flag in ["--llm-url", "--llm local", "--no-llm"] {
+        assert!(err.contains(flag), "{flag} missing from: {err}");
+    }
 }

@@ -7,3 +7,4 @@ mod support;
 mod cli;
 mod file_mode;
 mod kafka;
+mod llm;

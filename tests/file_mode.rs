@@ -39,7 +39,7 @@ fn a_gzipped_file_becomes_outputs_and_rejects_with_every_line_accounted_for() {
     gz.finish().unwrap();
     let output = dir.path().join("out.jsonl");
     let out = Command::new(BIN)
-        .args(["run", "-w", "2", "--json-summary", "--input"])
+        .args(["run", "--no-llm", "-w", "2", "--json-summary", "--input"])
         .arg(&input)
         .arg("--output")
         .arg(&output)
@@ -88,6 +88,7 @@ fn stdin_to_stdout_with_explicit_rejects_file() {
     let mut child = Command::new(BIN)
         .args([
             "run",
+            "--no-llm",
             "--quiet",
             "--input",
             "-",

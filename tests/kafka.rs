@@ -34,6 +34,7 @@ fn run_with(cfg: PipelineConfig, workers: usize) -> Funnel {
         cluster.timely_config().unwrap(),
         control,
         funnel.clone(),
+        None,
     )
     .unwrap();
     funnel
@@ -199,6 +200,7 @@ fn engine(kafka: &Kafka, config: &std::path::Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args([
         "run",
+        "--no-llm",
         "--quiet",
         "--json-summary",
         "-w",

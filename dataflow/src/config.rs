@@ -7,9 +7,14 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use webscale_rl_connectors::kafka::{KafkaConfig, SourceConfig};
+use webscale_rl_connectors::llm::LlmConfig;
+use webscale_rl_operators::classify::ClassifyConfig;
 use webscale_rl_operators::exact_dedup::ExactDedupConfig;
+use webscale_rl_operators::generate::GenerateConfig;
+use webscale_rl_operators::llm_filter::LlmFilterConfig;
 use webscale_rl_operators::parse::ParseConfig;
 use webscale_rl_operators::quality_filter::QualityFilterConfig;
+use webscale_rl_operators::verify::VerifyConfig;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -19,6 +24,13 @@ pub struct PipelineConfig {
     pub parse: ParseConfig,
     pub quality_filter: QualityFilterConfig,
     pub exact_dedup: ExactDedupConfig,
+    /// The LLM server(s). Absent: no LLM is configured (the CLI's `--llm-url` / `--llm local`
+    /// supply one; `--no-llm` runs the CPU stages only).
+    pub llm: Option<LlmConfig>,
+    pub llm_filter: LlmFilterConfig,
+    pub classify: ClassifyConfig,
+    pub generate: GenerateConfig,
+    pub verify: VerifyConfig,
 }
 
 impl PipelineConfig {
@@ -43,8 +55,10 @@ mod tests {
         let example = include_str!("../../pipeline.toml");
         let cfg = PipelineConfig::parse(example).expect("pipeline.toml parses");
         let mut defaults = PipelineConfig::default();
-        // The example names a broker so that it is complete; everything else is the default.
+        // The example names a broker and an LLM server so that it is complete; everything else
+        // is the default.
         defaults.kafka.brokers = cfg.kafka.brokers.clone();
+        defaults.llm = Some(LlmConfig::default());
         assert_eq!(
             cfg, defaults,
             "pipeline.toml drifted from the defaults in code"

@@ -19,6 +19,7 @@ use crate::config::PipelineConfig;
 use crate::funnel::{DEAD_LETTERED, EMITTED, Funnel};
 use crate::graph;
 use crate::runtime::RunControl;
+use webscale_rl_operators::llm_call::LlmService;
 
 /// Paths of a file-mode run.
 #[derive(Clone, Debug)]
@@ -60,6 +61,7 @@ pub fn run_files(
     run: FileRun,
     control: RunControl,
     funnel: Funnel,
+    llm: Option<Arc<dyn LlmService>>,
 ) -> anyhow::Result<()> {
     let max_line = cfg.parse.max_document_bytes + 64 * 1024;
     let input = JsonlInput::open(&run.input)?.with_max_line_bytes(max_line);
@@ -80,7 +82,8 @@ pub fn run_files(
             } else {
                 None
             };
-            file_worker(worker, &cfg, mine, &run, &control, &funnel).map_err(|e| format!("{e:#}"))
+            file_worker(worker, &cfg, mine, &run, &control, &funnel, &llm)
+                .map_err(|e| format!("{e:#}"))
         })
     })
     .map_err(|e| anyhow!("starting timely workers: {e}"))?;
@@ -108,6 +111,7 @@ fn file_worker(
     run: &FileRun,
     control: &RunControl,
     funnel: &Funnel,
+    llm: &Option<Arc<dyn LlmService>>,
 ) -> anyhow::Result<()> {
     let (input, outputs) = match mine {
         Some((i, (o, r))) => (Some(i), Some((o, r))),
@@ -129,15 +133,16 @@ fn file_worker(
             .max(2) as u64,
     };
     let is_reader = input.is_some();
-    worker.dataflow::<u64, _, _>(|scope| {
+    worker.dataflow::<u64, _, _>(|scope| -> anyhow::Result<()> {
         let messages = file_source(scope, input, source_cfg, durable.clone(), progress.clone());
-        let outs = graph::build(messages, cfg, funnel);
+        let outs = graph::build(messages, cfg, funnel, llm.clone()).map_err(|e| anyhow!(e))?;
         let counted_out = count_written(outs.output, funnel, EMITTED);
         let counted_dead = count_written(outs.dead_letters, funnel, DEAD_LETTERED);
         file_sink(counted_out.clone(), out.clone(), sink_error.clone());
         file_sink(counted_dead.clone(), rej.clone(), sink_error.clone());
         counted_out.concat(counted_dead).probe_with(&durable);
-    });
+        Ok(())
+    })?;
     let mut bar = is_reader.then(|| Progress::new(progress.borrow().total_bytes, run.progress));
     while !durable.done() {
         worker.step_or_park(Some(Duration::from_millis(50)));

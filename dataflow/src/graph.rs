@@ -1,18 +1,31 @@
 //! Graph assembly: wires the stages between a source of raw messages and the two sinks.
 //!
 //! ```text
-//! messages ─► parse ─► quality filter ─► exact dedup (⇄ by text hash) ─► output
-//!               └──────────┴──────────────────┴──── rejections ──────────► dead letters
+//! messages ─► parse ─► quality filter ─► exact dedup (⇄ by text hash) ─┬─► output (no LLM: documents)
+//!                                                                      └─► LLM filter ─► classify ─► generate
+//!                                                                           (per persona) ─► verify ─► accounting ─► output (QA pairs)
+//! every stage's rejections ───────────────────────────────────────────────────────────────────► dead letters
 //! ```
-//! Every consumed message leaves as exactly one output record or one dead letter.
+//! Without the LLM, every consumed message leaves as exactly one output or dead letter. With it,
+//! every consumed document is the `doc_id` of at least one QA pair or has a dead letter.
+
+use std::sync::Arc;
 
 use timely::dataflow::StreamVec;
-use timely::dataflow::operators::core::{Concatenate, Inspect};
+use timely::dataflow::operators::core::{Concat, Concatenate, Inspect};
 use timely::dataflow::operators::vec::Map;
+use webscale_rl_operators::classify::classify;
 use webscale_rl_operators::exact_dedup::exact_dedup;
+use webscale_rl_operators::generate::generate;
+use webscale_rl_operators::llm_call::LlmService;
+use webscale_rl_operators::llm_filter::llm_filter;
 use webscale_rl_operators::parse::parse;
+use webscale_rl_operators::qa_accounting::qa_accounting;
 use webscale_rl_operators::quality_filter::quality_filter;
-use webscale_rl_operators::record::{AcceptedDocument, DeadLetter, Document, Emitted, RawMessage};
+use webscale_rl_operators::record::{
+    AcceptedDocument, DeadLetter, Document, Emitted, Origin, PairOutcome, RawMessage,
+};
+use webscale_rl_operators::verify::verify;
 
 use crate::config::PipelineConfig;
 use crate::funnel::{CONSUMED, Funnel};
@@ -38,12 +51,14 @@ fn count<'s, D: 'static>(
     })
 }
 
-/// Builds the stage graph over `messages`.
+/// Builds the stage graph over `messages`. With `llm`, the LLM stages turn the surviving
+/// documents into QA pairs; without, the surviving documents are the output.
 pub fn build<'s>(
     messages: StreamVec<'s, u64, RawMessage>,
     cfg: &PipelineConfig,
     funnel: &Funnel,
-) -> Outputs<'s> {
+    llm: Option<Arc<dyn LlmService>>,
+) -> Result<Outputs<'s>, String> {
     let scope = messages.scope();
     let messages = count(messages, funnel, CONSUMED.0, CONSUMED.1);
     let mut rejected: Vec<StreamVec<'s, u64, DeadLetter>> = Vec::new();
@@ -63,17 +78,69 @@ pub fn build<'s>(
         docs = count(passed, funnel, "exact_dedup", "passed");
     }
 
-    let output = docs.map(|doc| {
-        let id = doc.id.clone();
-        Emitted::json(&id, &AcceptedDocument::from_document(doc))
-    });
+    let output = match llm {
+        None => docs.map(|doc| {
+            let id = doc.id.clone();
+            Emitted::json(&id, &AcceptedDocument::from_document(doc))
+        }),
+        Some(service) => {
+            let pairs = qa_stages(docs, cfg, funnel, service, &mut rejected)?;
+            count(pairs, funnel, "output", "qa_pairs")
+        }
+    };
     let funnel_dl = funnel.clone();
     let dead_letters = scope
         .concatenate(rejected)
         .inspect(move |dl: &DeadLetter| funnel_dl.add(dl.stage.as_str(), &dl.reason, 1))
         .map(|dl| Emitted::json(&dl.id, &dl));
-    Outputs {
+    Ok(Outputs {
         output,
         dead_letters,
+    })
+}
+
+/// LLM filter ─► classify ─► generate ─► verify ─► accounting. Document-level rejections go
+/// straight to `rejected`; pair-level ones pass through accounting, which adds a dead letter for
+/// every document left without a pair.
+fn qa_stages<'s>(
+    mut docs: StreamVec<'s, u64, Document>,
+    cfg: &PipelineConfig,
+    funnel: &Funnel,
+    service: Arc<dyn LlmService>,
+    rejected: &mut Vec<StreamVec<'s, u64, DeadLetter>>,
+) -> Result<StreamVec<'s, u64, Emitted>, String> {
+    if cfg.llm_filter.enabled {
+        let (passed, bad) = llm_filter(docs, cfg.llm_filter.clone(), service.clone())?;
+        rejected.push(bad);
+        docs = count(passed, funnel, "llm_filter", "passed");
     }
+    let (classified, bad) = classify(docs, cfg.classify.clone(), service.clone())?;
+    rejected.push(bad);
+    let classified = count(classified, funnel, "classify", "passed");
+    let (candidates, gen_failed) = generate(classified, cfg.generate.clone(), service.clone())?;
+    let candidates = count(candidates, funnel, "generate", "passed");
+    let (verified, verify_failed) = verify(candidates, cfg.verify.clone(), service)?;
+    let verified = count(verified, funnel, "verify", "passed");
+
+    let outcomes = verified
+        .map(|(origin, pair)| PairOutcome {
+            doc_id: pair.doc_id.clone(),
+            origin,
+            result: Ok(pair),
+        })
+        .concat(gen_failed.concat(verify_failed).map(|dead| PairOutcome {
+            doc_id: dead.doc_id.clone().unwrap_or_default(),
+            origin: Origin {
+                topic: dead.topic.clone(),
+                partition: dead.partition,
+                offset: dead.offset,
+            },
+            result: Err(dead),
+        }));
+    let (pairs, bad) = qa_accounting(outcomes);
+    rejected.push(bad);
+    Ok(pairs.map(|pair| {
+        let id = pair.id.clone();
+        Emitted::json(&id, &pair)
+    }))
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod file_mode;
 pub mod funnel;
 pub mod graph;
+pub mod llm_service;
 pub mod runtime;
 
 pub use config::PipelineConfig;

@@ -2,15 +2,23 @@
 //! what passed and what was rejected (as dead letters), plus the records they exchange.
 
 pub mod benchmarks;
+pub mod classify;
 pub mod decontaminate;
 pub mod exact_dedup;
+pub mod generate;
+pub mod llm_call;
+pub mod llm_filter;
+pub mod llm_stage;
 pub mod lsh_index;
 pub mod minhash;
 pub mod near_dedup;
 pub mod normalize;
 pub mod parse;
+pub mod qa_accounting;
 pub mod quality_filter;
 pub mod record;
 pub mod reward;
+pub mod route;
+pub mod verify;
 
 pub use record::{DeadLetter, Document, Emitted, Origin, QaPair, RawMessage, Stage};

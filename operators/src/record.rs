@@ -73,6 +73,34 @@ impl AcceptedDocument {
     }
 }
 
+/// A document with its domain and the personas who would read it (after `classify`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassifiedDocument {
+    pub doc: Document,
+    pub domain: String,
+    pub personas: Vec<String>,
+    pub classifier_model: String,
+}
+
+/// A generated question-answer pair on its way to verification.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QaCandidate {
+    pub doc: Document,
+    pub domain: String,
+    pub persona: String,
+    pub question: String,
+    pub answer: String,
+    pub models: Models,
+}
+
+/// The fate of one pair, grouped per document by the accounting stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PairOutcome {
+    pub doc_id: String,
+    pub origin: Origin,
+    pub result: Result<QaPair, DeadLetter>,
+}
+
 /// Names of the models that produced a QA pair, one per LLM stage.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Models {
@@ -186,6 +214,21 @@ impl DeadLetter {
     ) -> Self {
         let head = msg.payload.as_deref().map(payload_head).unwrap_or_default();
         Self::new(None, &msg.origin, stage, reason, detail.into(), head)
+    }
+
+    /// A dead letter for one question-answer pair of a document (its id includes the pair, so
+    /// several rejected pairs of one document do not collide).
+    pub fn for_pair(
+        doc: &Document,
+        persona: &str,
+        question: &str,
+        stage: Stage,
+        reason: &str,
+        detail: impl Into<String>,
+    ) -> Self {
+        let mut dl = Self::for_document(doc, stage, reason, detail);
+        dl.id = stable_id(&[&dl.id, persona, question]);
+        dl
     }
 
     /// A dead letter for a parsed document that a stage rejected.

@@ -1,0 +1,78 @@
+//! Backs the stages' [`LlmService`] with the OpenAI-compatible HTTP client, on the process's tokio
+//! runtime.
+
+use webscale_rl_connectors::llm::{ChatRequest, LlmClient, ResponseSchema};
+use webscale_rl_operators::llm_call::{LlmAnswer, LlmFailure, LlmReply, LlmRequest, LlmService};
+
+/// The HTTP client as the stages see it.
+pub struct HttpLlm {
+    pub client: LlmClient,
+}
+
+impl LlmService for HttpLlm {
+    fn submit(&self, request: LlmRequest, done: Box<dyn FnOnce(LlmReply) + Send>) {
+        let mut chat = ChatRequest::new(request.model)
+            .user(request.prompt)
+            .temperature(request.temperature)
+            .max_tokens(request.max_tokens);
+        if let Some((name, schema)) = request.schema {
+            chat = chat.schema(ResponseSchema::new(name, schema));
+        }
+        self.client
+            .submit(request.stage.as_str(), chat, move |result| {
+                done(match result {
+                    Ok(r) => Ok(LlmAnswer {
+                        value: r.value,
+                        model: r.model,
+                    }),
+                    Err(e) => Err(LlmFailure {
+                        kind: e.kind().to_string(),
+                        message: e.to_string(),
+                    }),
+                })
+            });
+    }
+}
+
+/// The process's tokio runtime and the client running on it. Dropping it closes the client
+/// (flushing its cache) and stops the runtime.
+pub struct LlmBackend {
+    pub client: LlmClient,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl LlmBackend {
+    /// Starts a small multi-threaded runtime: the calls are I/O-bound, two threads keep up with
+    /// hundreds of requests in flight.
+    pub fn start(cfg: &webscale_rl_connectors::llm::LlmConfig) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("webscale-llm")
+            .enable_all()
+            .build()?;
+        let client = LlmClient::new(cfg.clone(), runtime.handle().clone())
+            .map_err(|e| anyhow::anyhow!("LLM client: {e}"))?;
+        Ok(LlmBackend {
+            client,
+            runtime: Some(runtime),
+        })
+    }
+
+    pub fn service(&self) -> std::sync::Arc<dyn LlmService> {
+        std::sync::Arc::new(HttpLlm {
+            client: self.client.clone(),
+        })
+    }
+}
+
+impl Drop for LlmBackend {
+    fn drop(&mut self) {
+        if let Err(e) = self.client.flush_cache() {
+            tracing::warn!(error = %e, "flushing the LLM response cache");
+        }
+        self.client.close();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+        }
+    }
+}

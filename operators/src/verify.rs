@@ -1,0 +1,300 @@
+//! Verification: cheap deterministic checks first (non-empty, answer length, answer not in the
+//! question, no "according to the text"), then an LLM check against the source document that must
+//! return has_context = true, answer_correct = true, leaks_answer = false.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use timely::dataflow::StreamVec;
+use timely::dataflow::operators::core::OkErr;
+
+use crate::llm_call::{LlmService, StageModel, clip, render};
+use crate::llm_filter::json_bool;
+use crate::llm_stage::{Verdict, llm_stage};
+use crate::normalize::{NormalizeConfig, normalize};
+use crate::record::{
+    DeadLetter, Origin, PIPELINE_VERSION, QaCandidate, QaPair, Stage, now_millis, qa_id,
+};
+
+const PROMPT: &str = include_str!("../../prompts/verify.md");
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// The LLM check; the deterministic checks always run.
+    pub enabled: bool,
+    /// Model name; empty = `[llm] model`.
+    pub model: String,
+    pub temperature: f64,
+    pub max_tokens: u32,
+    /// A prompt file replacing the bundled one (same `{{placeholders}}`).
+    pub prompt_file: Option<std::path::PathBuf>,
+    /// Longest answer, in words.
+    pub max_answer_words: usize,
+    /// Longest answer, in characters.
+    pub max_answer_chars: usize,
+    /// Phrases that betray a question that is not self-contained (case-insensitive).
+    pub banned_phrases: Vec<String>,
+    pub max_document_chars: usize,
+    /// Attach the source text to each QA pair (`pretrain_text`); it can be large.
+    pub include_source_text: bool,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            enabled: true,
+            model: String::new(),
+            temperature: 0.0,
+            max_tokens: 256,
+            prompt_file: None,
+            max_answer_words: 10,
+            max_answer_chars: 80,
+            banned_phrases: [
+                "the passage",
+                "the text",
+                "the article",
+                "the document",
+                "the excerpt",
+                "according to the",
+                "the above",
+                "the given",
+                "mentioned above",
+                "the author",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_document_chars: 12_000,
+            include_source_text: false,
+        }
+    }
+}
+
+/// The deterministic checks: `Err((reason, detail))` names the failed check.
+pub fn check_pair(
+    question: &str,
+    answer: &str,
+    cfg: &VerifyConfig,
+) -> Result<(), (&'static str, String)> {
+    if question.trim().is_empty() {
+        return Err(("empty_question", String::new()));
+    }
+    if answer.trim().is_empty() {
+        return Err(("empty_answer", String::new()));
+    }
+    let words = answer.split_whitespace().count();
+    if words > cfg.max_answer_words || answer.chars().count() > cfg.max_answer_chars {
+        return Err((
+            "answer_too_long",
+            format!(
+                "{words} words / {} chars > {} / {}",
+                answer.chars().count(),
+                cfg.max_answer_words,
+                cfg.max_answer_chars
+            ),
+        ));
+    }
+    let norm = NormalizeConfig::default();
+    let (q, a) = (normalize(question, &norm), normalize(answer, &norm));
+    // Whole-word containment: "4" inside "1945" is no leak.
+    if !a.is_empty() && format!(" {q} ").contains(&format!(" {a} ")) {
+        return Err((
+            "answer_in_question",
+            format!("{answer:?} appears in the question"),
+        ));
+    }
+    let lower = question.to_lowercase();
+    if let Some(p) = cfg
+        .banned_phrases
+        .iter()
+        .find(|p| lower.contains(&p.to_lowercase()))
+    {
+        return Err(("refers_to_source", format!("the question says {p:?}")));
+    }
+    Ok(())
+}
+
+pub fn verify<'s>(
+    candidates: StreamVec<'s, u64, QaCandidate>,
+    cfg: VerifyConfig,
+    service: Arc<dyn LlmService>,
+) -> Result<
+    (
+        StreamVec<'s, u64, (Origin, QaPair)>,
+        StreamVec<'s, u64, DeadLetter>,
+    ),
+    String,
+> {
+    let template = cfg.call().template(PROMPT)?;
+    let checks = cfg.clone();
+    let (checked, failed) = candidates.ok_err(move |c: QaCandidate| {
+        match check_pair(&c.question, &c.answer, &checks) {
+            Ok(()) => Ok(c),
+            Err((reason, detail)) => Err(DeadLetter::for_pair(
+                &c.doc,
+                &c.persona,
+                &c.question,
+                Stage::Verify,
+                reason,
+                detail,
+            )),
+        }
+    });
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "reason": {"type": "string"},
+            "has_context": {"type": "boolean"},
+            "answer_correct": {"type": "boolean"},
+            "leaks_answer": {"type": "boolean"}
+        },
+        "required": ["reason", "has_context", "answer_correct", "leaks_answer"]
+    });
+    let model = cfg.call();
+    let include_text = cfg.include_source_text;
+    let llm_on = cfg.enabled;
+    let max_chars = cfg.max_document_chars;
+    let (passed, rejected) = if llm_on {
+        llm_stage(
+            checked,
+            "Verify",
+            service,
+            move |c: &QaCandidate| {
+                let prompt = render(
+                    &template,
+                    &[
+                        ("text", clip(&c.doc.text, max_chars)),
+                        ("question", &c.question),
+                        ("answer", &c.answer),
+                    ],
+                );
+                Ok(model.request(
+                    Stage::Verify,
+                    prompt,
+                    Some(("verification", schema.clone())),
+                ))
+            },
+            move |c, reply, _attempt| {
+                let dead = |reason: &str, detail: String| {
+                    Verdict::Done(vec![Err(DeadLetter::for_pair(
+                        &c.doc,
+                        &c.persona,
+                        &c.question,
+                        Stage::Verify,
+                        reason,
+                        detail,
+                    ))])
+                };
+                let answer = match reply {
+                    Err(e) => return dead(&e.kind, e.message),
+                    Ok(a) => a,
+                };
+                let flag = |k: &str| answer.value.get(k).and_then(json_bool);
+                let reason = answer
+                    .value
+                    .get("reason")
+                    .and_then(|r| r.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                match (
+                    flag("has_context"),
+                    flag("answer_correct"),
+                    flag("leaks_answer").or_else(|| flag("info_leakage")),
+                ) {
+                    (Some(true), Some(true), Some(false)) => {
+                        let verifier = answer.model.clone();
+                        Verdict::Done(vec![Ok(into_pair(c, Some(verifier), include_text))])
+                    }
+                    (Some(false), _, _) => dead("no_context", reason),
+                    (_, Some(false), _) => dead("answer_incorrect", reason),
+                    (_, _, Some(true)) => dead("leaks_answer", reason),
+                    _ => dead(
+                        "malformed_answer",
+                        format!("missing verdict fields in {}", answer.value),
+                    ),
+                }
+            },
+        )
+    } else {
+        checked.ok_err(move |c| Ok::<_, DeadLetter>(into_pair(c, None, include_text)))
+    };
+    Ok((
+        passed,
+        timely::dataflow::operators::core::Concat::concat(failed, rejected),
+    ))
+}
+
+/// The verified pair, with the origin of its document (for accounting).
+fn into_pair(c: QaCandidate, verifier: Option<String>, include_text: bool) -> (Origin, QaPair) {
+    let mut models = c.models;
+    models.verifier = verifier;
+    let pair = QaPair {
+        id: qa_id(&c.doc.id, &c.persona, &c.question),
+        doc_id: c.doc.id,
+        question: c.question,
+        answer: c.answer,
+        domain: c.domain,
+        persona: c.persona,
+        source: c.doc.source,
+        url: c.doc.url,
+        models,
+        created_at: now_millis(),
+        pipeline_version: PIPELINE_VERSION.to_string(),
+        pretrain_text: include_text.then_some(c.doc.text),
+    };
+    (c.doc.origin, pair)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_checks_name_the_failure() {
+        let cfg = VerifyConfig::default();
+        let reason = |q: &str, a: &str| check_pair(q, a, &cfg).err().map(|e| e.0);
+        assert_eq!(
+            reason(
+                "In what year did the Apollo 11 crew land on the Moon?",
+                "1969"
+            ),
+            None
+        );
+        assert_eq!(reason("", "x"), Some("empty_question"));
+        assert_eq!(reason("Who?", " "), Some("empty_answer"));
+        assert_eq!(
+            reason("Which city hosts the 2024 Paris Olympics?", "Paris"),
+            Some("answer_in_question")
+        );
+        assert_eq!(
+            reason("What year did the war that began in 1939 end?", "39"),
+            None,
+            "whole words only"
+        );
+        assert_eq!(
+            reason("According to the passage, who won?", "Smith"),
+            Some("refers_to_source")
+        );
+        assert_eq!(
+            reason(
+                "Who won?",
+                "a very long answer that goes on and on well past any short phrase"
+            ),
+            Some("answer_too_long")
+        );
+    }
+}
+
+impl VerifyConfig {
+    /// The call settings of this stage.
+    pub fn call(&self) -> StageModel {
+        StageModel {
+            enabled: self.enabled,
+            model: self.model.clone(),
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+            prompt_file: self.prompt_file.clone(),
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The LLM stages end to end: documents through Kafka (mock cluster), the real HTTP client, and a
+//! scripted OpenAI-compatible server whose answers are derived from the prompt. Markers placed in
+//! document texts steer each document down one rejection path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use webscale_rl_connectors::llm::LlmConfig;
+use webscale_rl_connectors::llm::scripted_server::{Reply, ScriptedServer, ScriptedServerConfig};
+use webscale_rl_dataflow::cluster::ClusterOptions;
+use webscale_rl_dataflow::llm_service::LlmBackend;
+use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
+use webscale_rl_dataflow::{Funnel, PipelineConfig};
+use webscale_rl_operators::quality_filter::{QualityFilterConfig, check};
+
+use crate::support::{Kafka, sample_lines};
+
+/// Answers like a cooperative model, except where a marker in the document says otherwise.
+fn oracle(body: &Value) -> String {
+    let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
+    let answer = if prompt.starts_with("You screen web documents") {
+        json!({"reason": "facts", "qualified": !prompt.contains("[[boilerplate]]")})
+    } else if prompt.starts_with("Label the document") {
+        let domain = if prompt.contains("[[offlist]]") {
+            "Sports"
+        } else {
+            "Natural Science"
+        };
+        json!({"reason": "r", "domain": domain, "personas": ["a curious student", "a science teacher"]})
+    } else if prompt.starts_with("You write one question-answer pair") {
+        let persona = if prompt.contains("asked by a science teacher") {
+            "teacher"
+        } else {
+            "student"
+        };
+        if prompt.contains("[[leak]]") {
+            json!({"reason": "r", "question": "Is the answer Mars, the red planet?", "answer": "Mars"})
+        } else {
+            json!({"reason": "r", "question": format!("Which planet did the {persona} in the 1969 survey name first?"), "answer": "Jupiter"})
+        }
+    } else if prompt.starts_with("You check a question-answer pair") {
+        json!({"reason": "r", "has_context": true, "answer_correct": !prompt.contains("[[wrong]]"), "leaks_answer": false})
+    } else {
+        json!({"error": "unknown prompt"})
+    };
+    answer.to_string()
+}
+
+struct Setup {
+    kafka: Kafka,
+    server: ScriptedServer,
+    runtime: tokio::runtime::Runtime,
+    cache: tempfile::TempDir,
+    docs: Vec<(String, String)>,
+}
+
+/// 12 sample documents: 6 clean, one per marker.
+fn setup(group: &str) -> Setup {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(ScriptedServer::start_with(ScriptedServerConfig {
+            answer: Some(Arc::new(oracle)),
+            ..Default::default()
+        }))
+        .unwrap();
+    let kafka = Kafka::start(2, group);
+    let markers = [
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "[[boilerplate]]",
+        "[[offlist]]",
+        "[[leak]]",
+        "[[wrong]]",
+        "[[ratelimit]]",
+        "[[flaky]]",
+    ];
+    let good: Vec<Value> = sample_lines()
+        .iter()
+        .map(|l| serde_json::from_slice::<Value>(l).unwrap())
+        .filter(|d| d["source"] == "wikitext2-test")
+        .filter(|d| check(d["text"].as_str().unwrap(), &QualityFilterConfig::default()).is_ok())
+        .take(markers.len())
+        .collect();
+    let mut docs = Vec::new();
+    let lines = good
+        .into_iter()
+        .zip(markers)
+        .map(|(mut d, m)| {
+            // At the start: prompts show a clipped prefix of long documents.
+            let text = format!("{m} {}", d["text"].as_str().unwrap());
+            d["text"] = text.into();
+            docs.push((d["id"].as_str().unwrap().to_string(), m.to_string()));
+            serde_json::to_vec(&d).unwrap()
+        })
+        .collect();
+    kafka.produce_lines(lines);
+    // Faults: a 429 with Retry-After, a 500, a hang past the timeout, a malformed answer.
+    server.on_prompt(
+        "[[ratelimit]]",
+        Reply::RateLimited {
+            retry_after: Some("1".into()),
+        },
+        1,
+    );
+    server.on_prompt("[[flaky]]", Reply::Status(500, "boom".into()), 1);
+    server.on_prompt("[[flaky]]", Reply::Hang(Duration::from_secs(5)), 1);
+    server.on_prompt("[[flaky]]", Reply::Malformed, 1);
+    Setup {
+        kafka,
+        server,
+        runtime,
+        cache: tempfile::tempdir().unwrap(),
+        docs,
+    }
+}
+
+fn run(s: &Setup, group: &str) -> Funnel {
+    let mut cfg = PipelineConfig {
+        kafka: s.kafka.cfg.clone(),
+        ..Default::default()
+    };
+    cfg.kafka.group = group.to_string();
+    let llm = LlmConfig {
+        endpoints: vec![s.server.base_url()],
+        model: Some("scripted".into()),
+        timeout_secs: 2,
+        backoff_base_ms: 50,
+        backoff_max_ms: 200,
+        cooldown_secs_after_429: 1,
+        cache_path: Some(s.cache.path().join("cache.redb")),
+        ..Default::default()
+    };
+    let backend = LlmBackend::start(&llm).unwrap();
+    let funnel = Funnel::default();
+    let control = RunControl {
+        until_caught_up: true,
+        ..Default::default()
+    };
+    let workers = ClusterOptions {
+        workers: 2,
+        ..Default::default()
+    };
+    run_kafka(
+        cfg,
+        workers.timely_config().unwrap(),
+        control,
+        funnel.clone(),
+        Some(backend.service()),
+    )
+    .unwrap();
+    drop(backend);
+    let _ = &s.runtime;
+    funnel
+}
+
+#[test]
+fn documents_become_verified_qa_pairs_and_every_rejection_is_accounted_for() {
+    let s = setup("llm-e2e");
+    run(&s, "llm-e2e");
+    let pairs = s.kafka.outputs();
+    let dead = s.kafka.dead_letters();
+
+    // Clean documents (and those whose faults were retried away) give two pairs each, one per persona.
+    let by_doc: BTreeMap<String, Vec<&Value>> = pairs.iter().fold(BTreeMap::new(), |mut m, p| {
+        m.entry(p["doc_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(p);
+        m
+    });
+    for (id, marker) in &s.docs {
+        if ["", "[[ratelimit]]", "[[flaky]]"].contains(&marker.as_str()) {
+            let got = by_doc.get(id).map_or(0, Vec::len);
+            assert_eq!(got, 2, "document {id} ({marker:?}) should give 2 pairs");
+        }
+    }
+    for p in &pairs {
+        assert_eq!(p["domain"], "Natural Science");
+        assert!(p["persona"].as_str().unwrap().starts_with("a "));
+        assert_eq!(p["answer"], "Jupiter");
+        assert_eq!(p["models"]["generator"], "scripted");
+        assert_eq!(p["id"].as_str().unwrap().len(), 32);
+    }
+
+    // Each rejection path lands in dead-letter with its stage and reason.
+    let reason_of = |marker: &str, stage: &str| -> BTreeSet<String> {
+        let id = &s.docs.iter().find(|(_, m)| m == marker).unwrap().0;
+        dead.iter()
+            .filter(|d| d["doc_id"] == id.as_str() && d["stage"] == stage)
+            .map(|d| d["reason"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        reason_of("[[boilerplate]]", "llm_filter"),
+        BTreeSet::from(["not_qualified".into()])
+    );
+    assert_eq!(
+        reason_of("[[offlist]]", "classify"),
+        BTreeSet::from(["off_list_domain".into()])
+    );
+    assert_eq!(
+        reason_of("[[leak]]", "verify"),
+        BTreeSet::from(["answer_in_question".into(), "no_verified_pair".into()])
+    );
+    assert_eq!(
+        reason_of("[[wrong]]", "verify"),
+        BTreeSet::from(["answer_incorrect".into(), "no_verified_pair".into()])
+    );
+
+    // The accounting invariant: every document is the doc_id of a pair or has a dead letter.
+    let with_pairs: BTreeSet<&str> = pairs
+        .iter()
+        .map(|p| p["doc_id"].as_str().unwrap())
+        .collect();
+    let with_dead: BTreeSet<&str> = dead.iter().filter_map(|d| d["doc_id"].as_str()).collect();
+    for (id, _) in &s.docs {
+        assert!(
+            with_pairs.contains(id.as_str()) || with_dead.contains(id.as_str()),
+            "{id} vanished"
+        );
+    }
+    assert_eq!(s.kafka.committed(), s.kafka.end_offsets());
+
+    // A replay (a new group reads from the start) is served from the response cache.
+    let before = s.server.requests();
+    run(&s, "llm-e2e-replay");
+    assert_eq!(
+        s.server.requests(),
+        before,
+        "the replay made new LLM requests"
+    );
+    let replayed: BTreeSet<String> = s
+        .kafka
+        .outputs()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect();
+    let first: BTreeSet<String> = pairs
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(replayed, first, "the replay wrote the same QA ids");
+}
