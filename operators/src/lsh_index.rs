@@ -5,17 +5,17 @@
 //! the band keys of that partition are exchanged to (`partition % workers`). A restart with any
 //! number of workers therefore reloads every partition, each worker opening only its own.
 //!
-//! Per partition, redb holds:
-//! - `bands`: key → (origin hash, epoch, signature sketch, document id) of the first document;
-//! - `age`: epoch → the keys first inserted in it, oldest first, so expiry and the size cap evict
-//!   oldest-first with one range scan and no per-entry timestamp index;
-//! - `meta`: the format, the MinHash parameters' fingerprint and the partitioning, checked on open.
+//! A partition is an append-only log of records in redb, `record number → (band key, origin hash,
+//! epoch, signature sketch, document id)`, plus an in-memory table from band key to record number.
+//! Record numbers only grow, so every insert appends to the B-tree's last leaf and eviction
+//! (oldest first: expiry by epoch, or the size cap) pops its first ones: the disk sees about one
+//! page write per page of new records, whatever the size of the index.
 //!
-//! In memory a partition keeps only a filter of the keys' low 32 bits (4 bytes per key in buckets
-//! of 8, 60–90 % full, so 4.4–6.7 bytes per band and at most ~93 bytes per document with 14 bands).
-//! A key absent from the filter is new without touching redb; a filter hit (a duplicate, or one
-//! false positive in 2^32 / keys) reads redb, which settles it exactly. The filter is rebuilt from
-//! `bands` on open.
+//! The in-memory table holds 4 bytes per key, 8 bits of the key's hash and the low 24 bits of its
+//! record number, in buckets of 8 slots kept 60–90 % full: 4.4–6.7 bytes per key, 62–93 bytes per
+//! document with 14 bands. A lookup reads from redb only the records whose 8 bits match (the real
+//! copy, or a few percent of lookups by chance) and compares the full key. The table is rebuilt
+//! from the log on open, and when it grows (the log holds the keys it does not).
 //!
 //! Writes commit once per epoch and partition without fsync; every `sync_interval_ms`, and when
 //! the stage shuts down, a commit is made durable. A crash loses at most that interval of index
@@ -25,19 +25,18 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use redb::backends::InMemoryBackend;
-use redb::{
-    Builder, Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
-};
+use redb::{Builder, Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::minhash::{MinHasher, NearDedupConfig};
+use crate::minhash::{MinHasher, NearDedupConfig, sketch_len};
 
-const BANDS: TableDefinition<u64, &[u8]> = TableDefinition::new("bands");
-const AGE: TableDefinition<u64, &[u8]> = TableDefinition::new("age");
+const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const FORMAT_VERSION: u64 = 1;
-/// Bytes before the sketch in a `bands` value: origin hash and epoch.
-const VALUE_HEADER: usize = 16;
+const FORMAT_VERSION: u64 = 2;
+/// Bytes before the sketch in a record: band key, origin hash, epoch.
+const RECORD_HEADER: usize = 24;
+/// The in-memory table keeps 24 bits of record numbers, so a partition holds at most this many
+/// keys (16.7 M; about 76 M documents over 64 partitions); the oldest go first beyond it.
+pub const MAX_KEYS_PER_PARTITION: u64 = (1 << SLOT_BITS) - 1;
 
 /// Why the index could not be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -108,9 +107,9 @@ pub struct IndexParams {
     /// [`MinHasher::params_fingerprint`]: keys made with other parameters must not be mixed in.
     pub fingerprint: u64,
     pub sketch_len: usize,
-    /// Entries a partition keeps before evicting its oldest; 0 = unbounded.
-    pub max_entries: u64,
-    /// Entries older than this many epoch units (ms) expire; 0 = never.
+    /// Keys a partition keeps before evicting its oldest.
+    pub max_keys: u64,
+    /// Keys older than this many epoch units (ms) expire; 0 = never.
     pub ttl: u64,
     pub sync_interval: Duration,
     pub cache_bytes: usize,
@@ -119,18 +118,20 @@ pub struct IndexParams {
 impl IndexParams {
     pub fn new(cfg: &NearDedupConfig) -> Self {
         let partitions = cfg.partitions.max(1);
-        let max_entries = if cfg.max_documents == 0 {
-            0
+        let max_keys = if cfg.max_documents == 0 {
+            MAX_KEYS_PER_PARTITION
         } else {
             // Every document inserts one key per band; keys spread evenly over partitions.
-            (cfg.max_documents * cfg.bands as u64).div_ceil(partitions as u64)
+            (cfg.max_documents * cfg.bands as u64)
+                .div_ceil(partitions as u64)
+                .min(MAX_KEYS_PER_PARTITION)
         };
         IndexParams {
             state_dir: cfg.state_dir.clone(),
             partitions,
             fingerprint: MinHasher::new(cfg).params_fingerprint(),
-            sketch_len: cfg.num_hashes(),
-            max_entries,
+            sketch_len: sketch_len(cfg.num_hashes()),
+            max_keys,
             ttl: cfg.ttl_millis(),
             sync_interval: Duration::from_millis(cfg.sync_interval_ms),
             // The budget is per process, which holds every partition once over its workers.
@@ -164,14 +165,18 @@ pub struct EpochStats {
     pub collisions: u64,
     pub replays: u64,
     pub evicted: u64,
+    /// Records read because 8 bits matched but the key did not.
+    pub false_reads: u64,
 }
 
-/// One partition of the index: its redb database and in-memory filter.
+/// One partition of the index: its redb log and in-memory table.
 pub struct Partition {
     db: Database,
     path: String,
-    filter: Fingerprints,
-    entries: u64,
+    table: Slots,
+    /// Record numbers in use: `oldest..next`.
+    oldest: u64,
+    next: u64,
     params: IndexParams,
     last_sync: Instant,
     dirty: bool,
@@ -183,6 +188,8 @@ fn db_err(path: &str) -> impl Fn(redb::Error) -> IndexError + '_ {
         source: Box::new(e),
     }
 }
+
+type Records<'t> = redb::Table<'t, u64, &'static [u8]>;
 
 impl Partition {
     /// Opens (or creates) partition `partition`, in `params.state_dir` or in memory.
@@ -210,85 +217,49 @@ impl Partition {
                 (db, format!("(memory partition {partition})"))
             }
         };
-        let mut part = Partition {
+        check_meta(&db, &path, params, partition)?;
+        let (table, oldest, next) = {
+            let err = db_err(&path);
+            let txn = db.begin_read().map_err(|e| err(e.into()))?;
+            let records = txn.open_table(RECORDS).map_err(|e| err(e.into()))?;
+            let first = records.first().map_err(|e| err(e.into()))?;
+            let last = records.last().map_err(|e| err(e.into()))?;
+            let (oldest, next) = match (first, last) {
+                (Some((first, _)), Some((last, _))) => (first.value(), last.value() + 1),
+                _ => (0, 0),
+            };
+            (
+                Slots::build(&records, oldest..next).map_err(&err)?,
+                oldest,
+                next,
+            )
+        };
+        Ok(Partition {
             db,
             path,
-            filter: Fingerprints::with_capacity(0),
-            entries: 0,
+            table,
+            oldest,
+            next,
             params: params.clone(),
             last_sync: Instant::now(),
-            dirty: false,
-        };
-        part.check_meta(partition)?;
-        part.load_filter()?;
-        Ok(part)
-    }
-
-    fn check_meta(&mut self, partition: u32) -> Result<(), IndexError> {
-        let err = db_err(&self.path);
-        let expected = [
-            ("format", FORMAT_VERSION),
-            ("params", self.params.fingerprint),
-            ("partitions", self.params.partitions as u64),
-            ("partition", partition as u64),
-        ];
-        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
-        {
-            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
-            for (name, want) in expected {
-                let found = meta
-                    .get(name)
-                    .map_err(|e| err(e.into()))?
-                    .map(|v| v.value());
-                match found {
-                    Some(have) if have != want => {
-                        return Err(IndexError::Layout(format!(
-                            "{}: `{name}` is {have:#x}, this configuration needs {want:#x} \
-                             (MinHash parameters, normalization or partitions changed); \
-                             move the directory away to start a new index",
-                            self.path
-                        )));
-                    }
-                    Some(_) => {}
-                    None => {
-                        meta.insert(name, want).map_err(|e| err(e.into()))?;
-                    }
-                }
-            }
-            // Create the data tables so read transactions always find them.
-            txn.open_table(BANDS).map_err(|e| err(e.into()))?;
-            txn.open_table(AGE).map_err(|e| err(e.into()))?;
-        }
-        txn.commit().map_err(|e| err(e.into()))?;
-        Ok(())
-    }
-
-    fn load_filter(&mut self) -> Result<(), IndexError> {
-        let err = db_err(&self.path);
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
-        let bands = txn.open_table(BANDS).map_err(|e| err(e.into()))?;
-        self.entries = bands.len().map_err(|e| err(e.into()))?;
-        self.filter = Fingerprints::with_capacity(self.entries as usize);
-        for entry in bands.iter().map_err(|e| err(e.into()))? {
-            let (key, _) = entry.map_err(|e| err(e.into()))?;
-            self.filter.insert(key.value());
-        }
-        Ok(())
+            // The metadata commit is not durable yet.
+            dirty: true,
+        })
     }
 
     /// Keys stored.
     pub fn entries(&self) -> u64 {
-        self.entries
+        self.next - self.oldest
     }
 
-    /// Bytes of memory the partition holds per its keys (the filter; redb's cache is bounded
+    /// Bytes of memory the partition holds for its keys (the table; redb's cache is bounded
     /// separately by `cache_mb`).
     pub fn memory_bytes(&self) -> usize {
-        self.filter.memory_bytes()
+        self.table.memory_bytes()
     }
 
     /// Judges one epoch's queries, in the given order: a key seen before (with another origin)
-    /// calls `on_hit(query index, earlier document)`; a new key is inserted, so later queries of
+    /// calls `on_hit(query index, earlier document)`; a new key is appended, so later queries of
     /// the same epoch see it. Expiry runs before the queries, the size cap after them.
     pub fn apply_epoch(
         &mut self,
@@ -304,56 +275,60 @@ impl Partition {
         set_durability(&mut txn, durable).map_err(&err)?;
         let mut stats = EpochStats::default();
         {
-            let mut bands = txn.open_table(BANDS).map_err(|e| err(e.into()))?;
-            let mut age = txn.open_table(AGE).map_err(|e| err(e.into()))?;
+            let mut records = txn.open_table(RECORDS).map_err(|e| err(e.into()))?;
             if self.params.ttl > 0 && epoch > self.params.ttl {
                 let cutoff = epoch - self.params.ttl;
                 stats.evicted += self
-                    .evict(&mut bands, &mut age, |e, _| e < cutoff, u64::MAX)
+                    .evict(&mut records, |record| record_epoch(record) < cutoff)
                     .map_err(&err)?;
             }
-            let mut added: Vec<u8> = Vec::new();
             for (i, q) in queries.iter().enumerate() {
                 debug_assert_eq!(q.sketch.len(), self.params.sketch_len);
-                if self.filter.contains(q.key)
-                    && let Some(found) = bands.get(q.key).map_err(|e| err(e.into()))?
-                {
-                    let value = found.value();
-                    let earlier = decode(value, self.params.sketch_len).ok_or_else(|| {
-                        IndexError::Layout(format!("{path}: corrupt entry for key {:#x}", q.key))
-                    })?;
-                    if earlier.0 == q.origin {
+                let mut found = false;
+                for slot in self.table.candidates(q.key) {
+                    let number = self.resolve(slot);
+                    let Some(guard) = records.get(number).map_err(|e| err(e.into()))? else {
+                        continue;
+                    };
+                    let (key, origin, earlier) = decode(guard.value(), self.params.sketch_len)
+                        .ok_or_else(|| {
+                            IndexError::Layout(format!("{path}: corrupt record {number}"))
+                        })?;
+                    if key != q.key {
+                        stats.false_reads += 1;
+                        continue;
+                    }
+                    found = true;
+                    if origin == q.origin {
                         stats.replays += 1;
                     } else {
                         stats.collisions += 1;
-                        on_hit(i, earlier.1);
+                        on_hit(i, earlier);
                     }
+                    break;
+                }
+                if found {
                     continue;
                 }
-                bands
-                    .insert(q.key, encode(q, epoch).as_slice())
+                if self.table.needs_rebuild() {
+                    self.table = Slots::build(&records, self.oldest..self.next).map_err(&err)?;
+                }
+                let number = self.next;
+                records
+                    .insert(number, encode(q, epoch).as_slice())
                     .map_err(|e| err(e.into()))?;
-                self.filter.insert(q.key);
-                self.entries += 1;
+                self.table.insert(q.key, number);
+                self.next += 1;
                 stats.inserted += 1;
-                added.extend_from_slice(&q.key.to_le_bytes());
             }
-            if !added.is_empty() {
-                // A restarted engine may reuse an epoch number: append, never overwrite.
-                let mut keys = age
-                    .get(epoch)
-                    .map_err(|e| err(e.into()))?
-                    .map(|v| v.value().to_vec())
-                    .unwrap_or_default();
-                keys.extend_from_slice(&added);
-                age.insert(epoch, keys.as_slice())
-                    .map_err(|e| err(e.into()))?;
-            }
-            let cap = self.params.max_entries;
-            if cap > 0 && self.entries > cap {
-                let excess = self.entries - cap;
+            if self.entries() > self.params.max_keys {
+                let mut excess = self.entries() - self.params.max_keys;
                 stats.evicted += self
-                    .evict(&mut bands, &mut age, |_, _| true, excess)
+                    .evict(&mut records, |_| {
+                        let more = excess > 0;
+                        excess = excess.saturating_sub(1);
+                        more
+                    })
                     .map_err(&err)?;
             }
         }
@@ -367,41 +342,32 @@ impl Partition {
         Ok(stats)
     }
 
-    /// Removes the oldest keys, epoch by epoch while `whole_epoch(epoch, ..)` holds, at most
-    /// `limit` keys (a partly evicted epoch keeps the rest of its list).
+    /// The record number a slot's 24 bits stand for: the one in `oldest..next` (a window shorter
+    /// than 2^24) with those low bits.
+    fn resolve(&self, slot: u32) -> u64 {
+        self.oldest + ((slot as u64).wrapping_sub(self.oldest) & SLOT_MASK)
+    }
+
+    /// Pops the oldest records while `evict(record)` says so.
     fn evict(
         &mut self,
-        bands: &mut redb::Table<'_, u64, &[u8]>,
-        age: &mut redb::Table<'_, u64, &[u8]>,
-        whole_epoch: impl Fn(u64, usize) -> bool,
-        limit: u64,
+        records: &mut Records<'_>,
+        mut evict: impl FnMut(&[u8]) -> bool,
     ) -> Result<u64, redb::Error> {
-        let mut evicted = 0u64;
-        while evicted < limit {
-            let Some((epoch, keys)) = age.first()?.map(|(k, v)| (k.value(), v.value().to_vec()))
-            else {
-                break;
+        let mut evicted = 0;
+        while self.oldest < self.next {
+            let key = match records.get(self.oldest)? {
+                Some(guard) if evict(guard.value()) => record_key(guard.value()),
+                Some(_) => break,
+                // A gap cannot happen (numbers are dense); step over it all the same.
+                None => None,
             };
-            if !whole_epoch(epoch, keys.len() / 8) {
-                break;
+            records.remove(self.oldest)?;
+            if let Some(key) = key {
+                self.table.remove(key, self.oldest);
             }
-            age.remove(epoch)?;
-            let mut rest = keys.chunks_exact(8);
-            for chunk in rest.by_ref() {
-                let key = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-                if bands.remove(key)?.is_some() {
-                    self.filter.remove(key);
-                    self.entries -= 1;
-                }
-                evicted += 1;
-                if evicted >= limit {
-                    break;
-                }
-            }
-            let remaining: Vec<u8> = rest.flatten().copied().collect();
-            if !remaining.is_empty() {
-                age.insert(epoch, remaining.as_slice())?;
-            }
+            self.oldest += 1;
+            evicted += 1;
         }
         Ok(evicted)
     }
@@ -437,6 +403,51 @@ impl Drop for Partition {
     }
 }
 
+/// Records the layout in a new partition, or checks that an existing one matches it.
+fn check_meta(
+    db: &Database,
+    path: &str,
+    params: &IndexParams,
+    partition: u32,
+) -> Result<(), IndexError> {
+    let err = db_err(path);
+    let expected = [
+        ("format", FORMAT_VERSION),
+        ("params", params.fingerprint),
+        ("partitions", params.partitions as u64),
+        ("partition", partition as u64),
+    ];
+    let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
+    // Durable with the first periodic sync: opening many partitions costs no fsync each.
+    set_durability(&mut txn, false).map_err(&err)?;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+        for (name, want) in expected {
+            let found = meta
+                .get(name)
+                .map_err(|e| err(e.into()))?
+                .map(|v| v.value());
+            match found {
+                Some(have) if have != want => {
+                    return Err(IndexError::Layout(format!(
+                        "{}: `{name}` is {have:#x}, this configuration needs {want:#x} \
+                             (MinHash parameters, normalization, partitions or the format \
+                             changed); move the directory away to start a new index",
+                        path
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert(name, want).map_err(|e| err(e.into()))?;
+                }
+            }
+        }
+        txn.open_table(RECORDS).map_err(|e| err(e.into()))?;
+    }
+    txn.commit().map_err(|e| err(e.into()))?;
+    Ok(())
+}
+
 fn set_durability(txn: &mut redb::WriteTransaction, durable: bool) -> Result<(), redb::Error> {
     if durable {
         txn.set_durability(Durability::Immediate)?;
@@ -449,7 +460,8 @@ fn set_durability(txn: &mut redb::WriteTransaction, durable: bool) -> Result<(),
 }
 
 fn encode(q: &Query<'_>, epoch: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(VALUE_HEADER + q.sketch.len() + q.id.len());
+    let mut v = Vec::with_capacity(RECORD_HEADER + q.sketch.len() + q.id.len());
+    v.extend_from_slice(&q.key.to_le_bytes());
     v.extend_from_slice(&q.origin.to_le_bytes());
     v.extend_from_slice(&epoch.to_le_bytes());
     v.extend_from_slice(q.sketch);
@@ -457,83 +469,125 @@ fn encode(q: &Query<'_>, epoch: u64) -> Vec<u8> {
     v
 }
 
-fn decode(value: &[u8], sketch_len: usize) -> Option<(u64, Earlier<'_>)> {
-    if value.len() < VALUE_HEADER + sketch_len {
-        return None;
-    }
-    let origin = u64::from_le_bytes(value[0..8].try_into().ok()?);
-    let epoch = u64::from_le_bytes(value[8..16].try_into().ok()?);
-    let sketch = &value[VALUE_HEADER..VALUE_HEADER + sketch_len];
-    let id = std::str::from_utf8(&value[VALUE_HEADER + sketch_len..]).ok()?;
-    Some((origin, Earlier { id, epoch, sketch }))
+fn le_u64(record: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(record.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn record_key(record: &[u8]) -> Option<u64> {
+    le_u64(record, 0)
+}
+
+fn record_epoch(record: &[u8]) -> u64 {
+    le_u64(record, 16).unwrap_or(0)
+}
+
+/// (band key, origin hash, the document).
+fn decode(record: &[u8], sketch_len: usize) -> Option<(u64, u64, Earlier<'_>)> {
+    let sketch = record.get(RECORD_HEADER..RECORD_HEADER + sketch_len)?;
+    let id = std::str::from_utf8(&record[RECORD_HEADER + sketch_len..]).ok()?;
+    Some((
+        le_u64(record, 0)?,
+        le_u64(record, 8)?,
+        Earlier {
+            id,
+            epoch: le_u64(record, 16)?,
+            sketch,
+        },
+    ))
 }
 
 const BUCKET: usize = 8;
+const SLOT_BITS: u32 = 24;
+const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
 const EMPTY: u32 = 0;
-const TOMBSTONE: u32 = 1;
+const TOMBSTONE: u32 = u32::MAX;
 
-/// A set of 32-bit key fingerprints with no false negatives: open addressing over buckets of 8
-/// slots. A key's home bucket is derived from its fingerprint alone, so the table can be rebuilt
-/// at another size without the full keys. A lookup scans buckets from home until one that has an
-/// empty slot (tombstones do not stop it); equal fingerprints of different keys are both "maybe".
-struct Fingerprints {
+/// Band key → record number, 4 bytes a key: the top byte is 8 bits of the key (never 0 or 255, so
+/// that empty and tombstone slots are not keys), the rest the record number's low 24 bits. Open
+/// addressing over buckets of 8 slots; the home bucket comes from other bits of the key. A lookup
+/// scans buckets from home up to one with an empty slot (tombstones do not stop it).
+struct Slots {
     slots: Vec<u32>,
     live: usize,
     dead: usize,
 }
 
-impl Fingerprints {
+impl Slots {
     fn with_capacity(keys: usize) -> Self {
         let buckets = (keys * 10 / 6).div_ceil(BUCKET).max(1);
-        Fingerprints {
+        Slots {
             slots: vec![EMPTY; buckets * BUCKET],
             live: 0,
             dead: 0,
         }
     }
 
-    fn fingerprint(key: u64) -> u32 {
-        // The low half: the partition is chosen by the high half, so these bits are still random.
-        let v = key as u32;
-        if v <= TOMBSTONE { v + 2 } else { v }
+    /// A table of the records `numbers`, read from `records` (which holds their keys).
+    fn build(
+        records: &impl ReadableTable<u64, &'static [u8]>,
+        numbers: std::ops::Range<u64>,
+    ) -> Result<Slots, redb::Error> {
+        let mut table = Slots::with_capacity((numbers.end - numbers.start) as usize);
+        for entry in records.range(numbers)? {
+            let (number, record) = entry?;
+            if let Some(key) = record_key(record.value()) {
+                table.insert(key, number.value());
+            }
+        }
+        Ok(table)
+    }
+
+    fn tag(key: u64) -> u32 {
+        // The home bucket and the partition are the high bits of each half of the key (scaled
+        // down); the lowest bits of the high half are independent of both.
+        ((key >> 32) as u32 & 0xff).clamp(1, 254) << SLOT_BITS
     }
 
     fn buckets(&self) -> usize {
         self.slots.len() / BUCKET
     }
 
-    fn home(&self, fp: u32) -> usize {
-        ((fp as u64 * self.buckets() as u64) >> 32) as usize
+    fn home(&self, key: u64) -> usize {
+        ((key as u32 as u64 * self.buckets() as u64) >> 32) as usize
     }
 
-    fn contains(&self, key: u64) -> bool {
-        let fp = Self::fingerprint(key);
-        let mut b = self.home(fp);
-        loop {
+    /// The 24-bit record numbers of the slots whose tag matches `key`.
+    fn candidates(&self, key: u64) -> impl Iterator<Item = u32> + '_ {
+        let tag = Self::tag(key);
+        let mut b = self.home(key);
+        let mut done = false;
+        std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
             let bucket = &self.slots[b * BUCKET..(b + 1) * BUCKET];
-            if bucket.contains(&fp) {
-                return true;
-            }
-            if bucket.contains(&EMPTY) {
-                return false;
-            }
+            done = bucket.contains(&EMPTY);
             b = (b + 1) % self.buckets();
-        }
+            Some(
+                bucket
+                    .iter()
+                    .filter(move |&&s| s & !(SLOT_MASK as u32) == tag && s != TOMBSTONE),
+            )
+        })
+        .flatten()
+        .map(|&s| s & SLOT_MASK as u32)
     }
 
-    fn insert(&mut self, key: u64) {
-        if (self.live + self.dead + 1) * 10 > self.slots.len() * 9 {
-            self.rebuild();
-        }
-        let fp = Self::fingerprint(key);
-        let mut b = self.home(fp);
+    /// Whether the next insert would pass 90 % load (counting tombstones).
+    fn needs_rebuild(&self) -> bool {
+        (self.live + self.dead + 1) * 10 > self.slots.len() * 9
+    }
+
+    fn insert(&mut self, key: u64, number: u64) {
+        let value = Self::tag(key) | (number & SLOT_MASK) as u32;
+        let mut b = self.home(key);
         loop {
             let bucket = &mut self.slots[b * BUCKET..(b + 1) * BUCKET];
-            if let Some(slot) = bucket.iter_mut().find(|s| **s <= TOMBSTONE) {
+            if let Some(slot) = bucket.iter_mut().find(|s| **s == EMPTY || **s == TOMBSTONE) {
                 if *slot == TOMBSTONE {
                     self.dead -= 1;
                 }
-                *slot = fp;
+                *slot = value;
                 self.live += 1;
                 return;
             }
@@ -541,12 +595,12 @@ impl Fingerprints {
         }
     }
 
-    fn remove(&mut self, key: u64) {
-        let fp = Self::fingerprint(key);
-        let mut b = self.home(fp);
+    fn remove(&mut self, key: u64, number: u64) {
+        let value = Self::tag(key) | (number & SLOT_MASK) as u32;
+        let mut b = self.home(key);
         loop {
             let bucket = &mut self.slots[b * BUCKET..(b + 1) * BUCKET];
-            if let Some(slot) = bucket.iter_mut().find(|s| **s == fp) {
+            if let Some(slot) = bucket.iter_mut().find(|s| **s == value) {
                 *slot = TOMBSTONE;
                 self.live -= 1;
                 self.dead += 1;
@@ -556,24 +610,6 @@ impl Fingerprints {
                 return;
             }
             b = (b + 1) % self.buckets();
-        }
-    }
-
-    /// Reinserts the live fingerprints into a table sized for 60 % load, dropping tombstones.
-    fn rebuild(&mut self) {
-        let old = std::mem::take(&mut self.slots);
-        *self = Fingerprints::with_capacity(self.live + 1);
-        for fp in old.into_iter().filter(|&s| s > TOMBSTONE) {
-            let mut b = self.home(fp);
-            loop {
-                let bucket = &mut self.slots[b * BUCKET..(b + 1) * BUCKET];
-                if let Some(slot) = bucket.iter_mut().find(|s| **s == EMPTY) {
-                    *slot = fp;
-                    break;
-                }
-                b = (b + 1) % self.buckets();
-            }
-            self.live += 1;
         }
     }
 
@@ -604,7 +640,7 @@ mod tests {
     }
 
     fn query(k: u64, origin: u64, id: &str) -> Query<'_> {
-        static SKETCH: [u8; 112] = [7; 112];
+        static SKETCH: [u8; 56] = [7; 56];
         Query {
             key: k,
             origin,
@@ -614,29 +650,33 @@ mod tests {
     }
 
     #[test]
-    fn filter_has_no_false_negatives_through_growth_and_removal() {
-        let mut f = Fingerprints::with_capacity(0);
-        for i in 0..50_000 {
-            f.insert(key(i));
+    fn slots_find_every_key_through_growth_and_removal() {
+        let n = 50_000u64;
+        let mut t = Slots::with_capacity(0);
+        for i in 0..n {
+            if t.needs_rebuild() {
+                // What Partition does from its log: a table sized for the keys, all reinserted.
+                t = Slots::with_capacity(t.live + 1);
+                for j in 0..i {
+                    t.insert(key(j), j);
+                }
+            }
+            t.insert(key(i), i);
         }
-        assert!((0..50_000).all(|i| f.contains(key(i))));
-        for i in (0..50_000).step_by(2) {
-            f.remove(key(i));
+        let finds = |t: &Slots, i: u64| t.candidates(key(i)).any(|s| s as u64 == i & SLOT_MASK);
+        assert!((0..n).all(|i| finds(&t, i)));
+        for i in (0..n).step_by(2) {
+            t.remove(key(i), i);
         }
-        assert!((1..50_000).step_by(2).all(|i| f.contains(key(i))));
-        let false_pos = (0..50_000)
-            .step_by(2)
-            .filter(|&i| f.contains(key(i)))
+        assert!((1..n).step_by(2).all(|i| finds(&t, i)));
+        assert!((0..n).step_by(2).all(|i| !finds(&t, i)));
+        // 8 bits of tag: few lookups of absent keys see a candidate at all.
+        let misses = (n..2 * n)
+            .filter(|&i| t.candidates(key(i)).next().is_some())
             .count();
-        assert!(false_pos < 5, "{false_pos}");
-        for i in 50_000..100_000 {
-            f.insert(key(i));
-        }
-        assert!((50_000..100_000).all(|i| f.contains(key(i))));
-        assert!((1..50_000).step_by(2).all(|i| f.contains(key(i))));
-        // 4 bytes per key at 60-90 % load.
-        let per_key = f.memory_bytes() as f64 / f.live as f64;
-        assert!((4.4..=6.8).contains(&per_key), "{per_key}");
+        assert!(misses < (n / 5) as usize, "{misses}");
+        let per_key = t.memory_bytes() as f64 / t.live as f64;
+        assert!(per_key <= 6.8 * 2.0, "{per_key}");
     }
 
     #[test]
@@ -661,6 +701,30 @@ mod tests {
         assert!(hits.is_empty());
         assert_eq!((stats.replays, stats.inserted), (1, 1));
         assert_eq!(p.entries(), 3);
+    }
+
+    #[test]
+    fn many_keys_grow_the_table_and_stay_exact() {
+        let mut p = Partition::open(0, &params(None)).unwrap();
+        let ids: Vec<String> = (0..20_000).map(|i| format!("d{i}")).collect();
+        let first: Vec<Query<'_>> = (0..20_000)
+            .map(|i| query(key(i), i, &ids[i as usize]))
+            .collect();
+        let stats = p.apply_epoch(1, &first, |_, _| {}).unwrap();
+        assert_eq!(stats.inserted, 20_000);
+        // Copies of every other key, and as many new keys.
+        let second: Vec<Query<'_>> = (0..20_000)
+            .map(|i| query(key(i * 2), 1_000_000 + i, "copy"))
+            .collect();
+        let mut hits = Vec::new();
+        let stats = p
+            .apply_epoch(2, &second, |i, e| hits.push((i, e.id.to_string())))
+            .unwrap();
+        assert_eq!(stats.collisions, 10_000);
+        assert_eq!(stats.inserted, 10_000);
+        assert!(hits.iter().all(|(i, id)| *id == ids[i * 2]));
+        assert!(stats.false_reads < 2_000, "{stats:?}");
+        assert!(p.memory_bytes() as f64 / p.entries() as f64 <= 6.8);
     }
 
     #[test]
@@ -710,7 +774,7 @@ mod tests {
             .unwrap();
         p.apply_epoch(1050, &[query(key(2), 2, "mid")], |_, _| {})
             .unwrap();
-        // At 1120 the entry of epoch 1000 has expired, that of 1050 has not.
+        // At 1120 the key of epoch 1000 has expired, that of 1050 has not.
         let mut hits = Vec::new();
         let stats = p
             .apply_epoch(
@@ -723,7 +787,7 @@ mod tests {
         assert_eq!(stats.evicted, 1);
 
         let mut prm = params(None);
-        prm.max_entries = 3;
+        prm.max_keys = 3;
         let mut p = Partition::open(0, &prm).unwrap();
         for i in 0..5u64 {
             p.apply_epoch(i, &[query(key(100 + i), i, "d")], |_, _| {})
@@ -737,7 +801,7 @@ mod tests {
             |_, _| hits += 1,
         )
         .unwrap();
-        // key 100 was evicted (and is now re-inserted), key 104 is still there.
+        // key 100 was evicted (and is now inserted again), key 104 is still there.
         assert_eq!(hits, 1);
     }
 }

@@ -1,8 +1,8 @@
 //! Near-duplicate detection: streaming MinHash LSH across workers.
 //!
 //! Three steps, feed-forward, each judging an epoch only once it is complete:
-//! 1. On the document's worker (its "home"): the MinHash signature, one key per LSH band and an
-//!    8-bit sketch of the signature ([`crate::minhash`]). The document stays parked at home; its
+//! 1. On the document's worker (its "home"): the MinHash signature, one key per LSH band and a
+//!    4-bit sketch of the signature ([`crate::minhash`]). The document stays parked at home; its
 //!    band keys travel, one message per owning worker, to the workers that own the keys' index
 //!    partitions ([`crate::lsh_index`]).
 //! 2. An owner sorts the epoch's documents by (origin offset, origin hash, id), an order that does
@@ -154,6 +154,7 @@ where
         .ok_err(|v| v);
 
     let verify = cfg.verify_jaccard;
+    let hashes = cfg.num_hashes();
     let hits = bands.unary_frontier(
         Exchange::new(|d: &DocBands| d.owner as u64),
         "NearDedupIndex",
@@ -217,7 +218,7 @@ where
                         part.apply_epoch(epoch, &queries, |qi, earlier| {
                             let (di, band, _) = queue[qi];
                             let d = &docs[di as usize];
-                            let jaccard = sketch_jaccard(&d.sketch, earlier.sketch);
+                            let jaccard = sketch_jaccard(&d.sketch, earlier.sketch, hashes);
                             if jaccard >= verify {
                                 session.give(Hit {
                                     home: d.home,
