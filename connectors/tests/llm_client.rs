@@ -470,8 +470,9 @@ async fn failing_endpoint_is_avoided() {
     for i in 0..20 {
         c.chat_json("s", req(&format!("q{i}"))).await.unwrap();
     }
-    // The bad endpoint failed once and was then skipped while cooling down.
-    assert!(bad.requests() <= 2, "bad endpoint got {}", bad.requests());
+    // The bad endpoint failed and was then skipped while cooling down (up to
+    // 1 s after each failure); round-robin alone would have sent it ~10.
+    assert!(bad.requests() <= 4, "bad endpoint got {}", bad.requests());
     assert!(good.requests() >= 20);
 }
 
