@@ -141,8 +141,13 @@ enum Source {
 /// Scores `response` against any of `truths`.
 pub fn score_aliases(response: &str, truths: &[String], judge: Option<&Judge<'_>>) -> Score {
     let (extracted, source) = extract(response);
-    let normalized_response = normalize_answer(&extracted);
-    let response_number = parse_number(&extracted);
+    let text = normalize_answer(&extracted);
+    // Only numeric truths look for a number inside a prose answer.
+    let number = parse_number(&extracted).or_else(|| embedded_number(&extracted, source));
+    let shown = |method: Method| match (method, number) {
+        (Method::Numeric, Some(n)) => format_number(n),
+        _ => text.clone(),
+    };
     let mut first: Option<(String, Method)> = None;
     let mut numbers_both_sides = false;
     for truth in truths {
@@ -153,14 +158,13 @@ pub fn score_aliases(response: &str, truths: &[String], judge: Option<&Judge<'_>
         };
         let (norm_truth, matched, method) = match parse_number(&truth) {
             Some(t) => {
-                let r = response_number.or_else(|| embedded_number(&extracted, source));
-                numbers_both_sides |= r.is_some();
-                let hit = r.is_some_and(|r| same_number(r, t));
+                numbers_both_sides |= number.is_some();
+                let hit = number.is_some_and(|r| same_number(r, t));
                 (format_number(t), hit, Method::Numeric)
             }
             None => {
                 let norm = normalize_answer(&truth);
-                let hit = !norm.is_empty() && norm == normalized_response;
+                let hit = !norm.is_empty() && norm == text;
                 (norm, hit, Method::Exact)
             }
         };
@@ -168,9 +172,7 @@ pub fn score_aliases(response: &str, truths: &[String], judge: Option<&Judge<'_>
             return Score {
                 score: 1,
                 method,
-                normalized_response: response_number
-                    .map(format_number)
-                    .unwrap_or_else(|| normalized_response.clone()),
+                normalized_response: shown(method),
                 extracted,
                 normalized_truth: norm_truth,
                 error: None,
@@ -179,16 +181,15 @@ pub fn score_aliases(response: &str, truths: &[String], judge: Option<&Judge<'_>
         first.get_or_insert((norm_truth, method));
     }
     let (normalized_truth, method) = first.unwrap_or((String::new(), Method::None));
+    let method = if method == Method::Numeric {
+        Method::Numeric
+    } else {
+        Method::None
+    };
     let mut score = Score {
         score: 0,
-        method: if method == Method::Numeric {
-            Method::Numeric
-        } else {
-            Method::None
-        },
-        normalized_response: response_number
-            .map(format_number)
-            .unwrap_or(normalized_response),
+        method,
+        normalized_response: shown(method),
         extracted,
         normalized_truth,
         error: None,
@@ -281,11 +282,42 @@ fn after_last_marker(text: &str) -> Option<String> {
         Some(l) if !l.is_empty() => l,
         _ => rest.lines().map(str::trim).find(|l| !l.is_empty())?,
     };
-    // "... is $42$. I hope it is correct.": the sentence ends at ". " (a decimal point has no
-    // space after it).
-    let sentence = line.split(". ").next().unwrap_or(line);
+    let sentence = first_sentence(line);
     let sentence = sentence.trim().trim_end_matches('.').trim();
     (!sentence.is_empty()).then(|| sentence.to_string())
+}
+
+/// Abbreviations whose period does not end a sentence.
+const ABBREVIATIONS: &[&str] = &[
+    "mr", "mrs", "ms", "dr", "st", "jr", "sr", "mt", "ft", "vs", "no", "co", "inc", "ltd", "prof",
+    "gen", "col", "capt", "lt", "sgt", "rev", "hon", "fr", "etc", "approx", "ca",
+];
+
+/// The first sentence of a line: "... is $42$. I hope it is correct." ends at ". " (a decimal
+/// point has no space after it), but not after "Mr." or an initial ("J. K. Rowling").
+fn first_sentence(line: &str) -> &str {
+    let mut from = 0;
+    while let Some(i) = line[from..].find(". ").map(|i| from + i) {
+        let word = line[..i].rsplit(char::is_whitespace).next().unwrap_or("");
+        let word = word.trim_start_matches(|c: char| !c.is_alphanumeric());
+        let lower = word.to_lowercase();
+        // "J" of "J. K. Rowling", "K.D" of "K.D. Lang".
+        let initial = word.split('.').all(|p| {
+            let mut chars = p.chars();
+            chars.next().is_some_and(char::is_uppercase) && chars.next().is_none()
+        });
+        // A sentence starts with a capital or a digit, and does not end inside parentheses.
+        let next_starts = line[i + 2..]
+            .chars()
+            .next()
+            .is_some_and(|c| !c.is_lowercase());
+        let open = line[..i].matches('(').count() > line[..i].matches(')').count();
+        if next_starts && !open && !initial && !ABBREVIATIONS.contains(&lower.as_str()) {
+            return &line[..i];
+        }
+        from = i + 2;
+    }
+    line
 }
 
 /// Replaces `\cmd{X}` by `X` for each command, braces balanced.
@@ -358,18 +390,33 @@ fn strip_latex(s: &str) -> String {
 pub fn normalize_answer(s: &str) -> String {
     let t = strip_latex(s);
     if t.chars().any(|c| c.is_ascii_digit()) {
-        let compact: String = t.chars().filter(|c| !c.is_whitespace()).collect();
+        let body = ["the ", "a ", "an "]
+            .iter()
+            .find_map(|article| t.strip_prefix(article))
+            .unwrap_or(&t);
+        let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
         return compact.trim_end_matches('.').to_string();
     }
     let cleaned: String = t
         .chars()
         .map(|c| if c.is_alphanumeric() { c } else { ' ' })
         .collect();
-    cleaned
-        .split_whitespace()
+    let words: Vec<&str> = cleaned.split_whitespace().collect();
+    // An answer that is only symbols ("£") keeps them.
+    if words.is_empty() {
+        return t.chars().filter(|c| !c.is_whitespace()).collect();
+    }
+    let content: Vec<&str> = words
+        .iter()
+        .copied()
         .filter(|w| !matches!(*w, "a" | "an" | "the"))
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect();
+    // A lone "a" is a choice letter, not an article.
+    if content.is_empty() {
+        words.join(" ")
+    } else {
+        content.join(" ")
+    }
 }
 
 /// Units and symbols stripped around a number. Lowercase.
@@ -604,36 +651,37 @@ fn parse_decimal(t: &str) -> Option<f64> {
     text.parse().ok()
 }
 
-/// The number inside a longer answer ("She makes $18 every day."): the first after an answer
-/// marker, else the last.
+/// The number inside a prose answer ("She makes $18 every day."): the first after an answer
+/// marker, else the last; after the last `=` when there is one ("9 * 2 = $18 a day"). None for
+/// a boxed answer or math (`3x - 2`, `\sqrt{3}`): a number inside an expression is not its value.
 fn embedded_number(text: &str, source: Source) -> Option<f64> {
-    let mut numbers = Vec::new();
-    let mut current = String::new();
-    let flush = |current: &mut String, numbers: &mut Vec<f64>| {
-        let token = current.trim_end_matches([',', '.']);
-        if let Some(v) = parse_decimal(token) {
-            numbers.push(v);
-        }
-        current.clear();
-    };
-    let chars: Vec<char> = text.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
-        let starts_negative =
-            c == '-' && current.is_empty() && chars.get(i + 1).is_some_and(|n| n.is_ascii_digit());
-        if c.is_ascii_digit() || ((c == ',' || c == '.') && !current.is_empty()) {
-            current.push(c);
-        } else if starts_negative {
-            current.push(c);
-        } else if !current.is_empty() {
-            flush(&mut current, &mut numbers);
-        }
+    if source == Source::Boxed {
+        return None;
     }
-    if !current.is_empty() {
-        flush(&mut current, &mut numbers);
+    let tail = text.rsplit('=').next().unwrap_or(text);
+    let math = |c: char| "\\^{}[]()+*/<>|".contains(c);
+    let prose = tail.split_whitespace().any(|w| {
+        w.trim_matches(|c: char| !c.is_alphanumeric())
+            .chars()
+            .count()
+            >= 2
+            && w.chars()
+                .all(|c| c.is_alphabetic() || ".,;:!?'\"".contains(c))
+    });
+    if !prose || tail.chars().any(math) {
+        return None;
     }
+    let mut numbers = tail.split_whitespace().filter_map(|w| {
+        let w = w.trim_end_matches(['.', ',', ';', ':', '!', '?', '"', '\'']);
+        let w = w.trim_start_matches(['"', '\'']);
+        // "3x" or "v2" is not a number; "$18", "1,000", "-10", "50%" and "12km" are.
+        w.starts_with(|c: char| c.is_ascii_digit() || "-$€£".contains(c))
+            .then(|| parse_number(w))
+            .flatten()
+    });
     match source {
-        Source::Marker | Source::Boxed | Source::Hashes => numbers.first().copied(),
-        Source::LastLine => numbers.last().copied(),
+        Source::Marker | Source::Hashes => numbers.next(),
+        Source::LastLine | Source::Boxed => numbers.next_back(),
     }
 }
 
