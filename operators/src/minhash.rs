@@ -65,7 +65,7 @@ impl Default for NearDedupConfig {
             ngram: 5,
             bands: 14,
             rows: 8,
-            seed: 0x5eed_0f_1ea5_4a11,
+            seed: 0x5eed_0f1e_a54a_11d5,
             verify_jaccard: 0.7,
             state_dir: None,
             partitions: 64,

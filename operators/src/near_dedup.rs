@@ -96,6 +96,8 @@ struct HomeEpoch<T: Timestamp> {
 /// it owns when the dataflow is built, and panics if they cannot be opened: call
 /// [`crate::lsh_index::check_state_dir`] first to report a bad setting once. Timestamps are
 /// epochs in milliseconds (for `ttl_hours`); the stage holds an epoch until it is complete.
+// The verdict `Result`s only live inside the stage, split at once by `ok_err`.
+#[allow(clippy::result_large_err)]
 pub fn near_dedup<'s, T>(
     docs: StreamVec<'s, T, Document>,
     cfg: NearDedupConfig,
