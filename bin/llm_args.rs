@@ -75,10 +75,11 @@ impl LlmArgs {
                     "--llm takes `local` or `local:PATH.gguf`, not '{spec}'; use --llm-url for servers"
                 ),
             };
-            let (url, handle) = crate::local_llm::start(path.as_deref())?;
+            let started = crate::local_llm::start(path.as_deref())?;
             let llm = cfg.llm.get_or_insert_with(LlmConfig::default);
-            llm.endpoints = vec![url];
-            local = Some(handle);
+            llm.endpoints = vec![started.url];
+            llm.model = Some(started.model);
+            local = Some(started.handle);
         } else if cfg.llm.is_none() {
             bail!("{NO_LLM_HELP}");
         }
