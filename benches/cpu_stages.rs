@@ -45,7 +45,13 @@ fn run(workers: usize, docs: Arc<Vec<Vec<u8>>>) -> (f64, u64) {
         let funnel = Funnel::default();
         let out = out2.clone();
         let probe = worker.dataflow::<u64, _, _>(|scope| {
-            let outs = graph::build(scope.input_from(&mut input), &cfg, &funnel, None).unwrap();
+            let outs = graph::build(
+                scope.input_from(&mut input),
+                &cfg,
+                &funnel,
+                &Default::default(),
+            )
+            .unwrap();
             let out = out.clone();
             let (probe, _) = outs
                 .output

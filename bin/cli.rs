@@ -86,6 +86,9 @@ pub struct RunArgs {
     /// File mode: dead-letter JSONL (default: next to the output, `NAME.rejects.jsonl`).
     #[arg(long, requires = "input")]
     pub rejects: Option<String>,
+    /// Benchmark test set (file or folder) to decontaminate against; repeatable.
+    #[arg(long)]
+    pub benchmarks: Vec<PathBuf>,
     #[command(flatten)]
     pub llm: crate::llm_args::LlmArgs,
     #[command(flatten)]
@@ -109,6 +112,9 @@ pub struct DemoArgs {
     /// Documents to load (default: all; 3 with the local CPU model, which is slow).
     #[arg(long)]
     pub max_docs: Option<usize>,
+    /// Benchmark test set (file or folder) to decontaminate against; repeatable.
+    #[arg(long)]
+    pub benchmarks: Vec<PathBuf>,
     #[command(flatten)]
     pub llm: crate::llm_args::LlmArgs,
     #[command(flatten)]

@@ -9,6 +9,7 @@ use rdkafka::mocking::MockCluster;
 use webscale_rl_connectors::file::JsonlInput;
 use webscale_rl_connectors::kafka::{KafkaConfig, tools};
 use webscale_rl_dataflow::Funnel;
+use webscale_rl_dataflow::graph::Resources;
 use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
 
 use crate::cli::{Cli, DemoArgs};
@@ -93,9 +94,18 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let kafka = cfg.kafka.clone();
-    let service = llm.as_ref().map(|l| l.service());
+    let resources = Resources {
+        llm: llm.as_ref().map(|l| l.service()),
+        benchmarks: crate::load_benchmarks(&mut cfg, &args.benchmarks, cli.quiet)?,
+    };
     let timely_config = args.cluster.options().timely_config()?;
-    run_kafka(cfg, timely_config, control.clone(), funnel.clone(), service)?;
+    run_kafka(
+        cfg,
+        timely_config,
+        control.clone(),
+        funnel.clone(),
+        resources,
+    )?;
     let usage = llm.as_ref().map(|l| l.backend.client.usage());
     crate::report(
         cli,

@@ -8,14 +8,18 @@ mod shutdown;
 mod summary;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use webscale_rl_connectors::kafka::{KafkaConfig, tools};
 use webscale_rl_dataflow::file_mode::{FileRun, run_files};
+use webscale_rl_dataflow::graph::Resources;
 use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
 use webscale_rl_dataflow::{Funnel, PipelineConfig};
+use webscale_rl_operators::benchmarks::BenchmarkSpec;
+use webscale_rl_operators::decontaminate::Benchmarks;
 
 use cli::{Cli, Command, RunArgs};
 use summary::Summary;
@@ -121,7 +125,10 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         );
     }
     let llm = args.llm.setup(&mut cfg, false)?;
-    let service = llm.as_ref().map(|l| l.service());
+    let resources = Resources {
+        llm: llm.as_ref().map(|l| l.service()),
+        benchmarks: load_benchmarks(&mut cfg, &args.benchmarks, cli.quiet)?,
+    };
     let stop = shutdown::install()?;
     let control = RunControl {
         stop,
@@ -136,10 +143,10 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
             rejects: args.rejects.clone(),
             progress: !cli.quiet,
         };
-        run_files(cfg, timely_config, run, control, funnel.clone(), service)?;
+        run_files(cfg, timely_config, run, control, funnel.clone(), resources)?;
         "file"
     } else {
-        run_kafka(cfg, timely_config, control, funnel.clone(), service)
+        run_kafka(cfg, timely_config, control, funnel.clone(), resources)
             .context("Kafka run failed")?;
         "kafka"
     };
@@ -149,6 +156,32 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         Summary::new(mode, started.elapsed(), funnel.snapshot(), usage),
     );
     Ok(())
+}
+
+/// Adds `--benchmarks` paths to the config and loads every configured test set, once per process.
+pub fn load_benchmarks(
+    cfg: &mut PipelineConfig,
+    extra: &[std::path::PathBuf],
+    quiet: bool,
+) -> anyhow::Result<Option<Arc<Benchmarks>>> {
+    let d = &mut cfg.decontaminate;
+    d.benchmarks.extend(extra.iter().map(BenchmarkSpec::path));
+    if !d.enabled || d.benchmarks.is_empty() {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    let benchmarks = Benchmarks::load(d).map_err(|e| anyhow::anyhow!("loading benchmarks: {e}"))?;
+    if !quiet {
+        let s = benchmarks.stats();
+        eprintln!(
+            "decontamination: {} benchmark sets, {} items, {}-gram index loaded in {:.1} s",
+            s.benchmarks,
+            s.items,
+            d.ngram,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(Some(Arc::new(benchmarks)))
 }
 
 pub fn report(cli: &Cli, summary: Summary) {

@@ -34,7 +34,7 @@ fn run_with(cfg: PipelineConfig, workers: usize) -> Funnel {
         cluster.timely_config().unwrap(),
         control,
         funnel.clone(),
-        None,
+        Default::default(),
     )
     .unwrap();
     funnel

@@ -10,12 +10,19 @@ use serde_json::{Value, json};
 use webscale_rl_connectors::llm::LlmConfig;
 use webscale_rl_connectors::llm::scripted_server::{Reply, ScriptedServer, ScriptedServerConfig};
 use webscale_rl_dataflow::cluster::ClusterOptions;
+use webscale_rl_dataflow::graph::Resources;
 use webscale_rl_dataflow::llm_service::LlmBackend;
 use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
 use webscale_rl_dataflow::{Funnel, PipelineConfig};
 use webscale_rl_operators::quality_filter::{QualityFilterConfig, check};
 
 use crate::support::{Kafka, sample_lines};
+use webscale_rl_operators::benchmarks::BenchmarkSpec;
+use webscale_rl_operators::decontaminate::{Benchmarks, DecontaminateConfig};
+
+const BENCHMARKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/benchmarks");
+
+const JANET: &str = "Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh duck egg. How much in dollars does she make every day?";
 
 /// Answers like a cooperative model, except where a marker in the document says otherwise.
 fn oracle(body: &Value) -> String {
@@ -35,7 +42,10 @@ fn oracle(body: &Value) -> String {
         } else {
             "student"
         };
-        if prompt.contains("[[leak]]") {
+        if prompt.contains("[[gsm8k-qa]]") {
+            // A benchmark question verbatim: decontamination must drop the pair.
+            json!({"reason": "r", "question": JANET, "answer": "18"})
+        } else if prompt.contains("[[leak]]") {
             json!({"reason": "r", "question": "Is the answer Mars, the red planet?", "answer": "Mars"})
         } else {
             json!({"reason": "r", "question": format!("Which planet did the {persona} in the 1969 survey name first?"), "answer": "Jupiter"})
@@ -54,6 +64,7 @@ struct Setup {
     runtime: tokio::runtime::Runtime,
     cache: tempfile::TempDir,
     docs: Vec<(String, String)>,
+    benchmarks: Option<Arc<Benchmarks>>,
 }
 
 /// 12 sample documents: 6 clean, one per marker.
@@ -79,6 +90,8 @@ fn setup(group: &str) -> Setup {
         "[[wrong]]",
         "[[ratelimit]]",
         "[[flaky]]",
+        "[[gsm8k-qa]]",
+        "[[gsm8k-doc]]",
     ];
     let good: Vec<Value> = sample_lines()
         .iter()
@@ -93,7 +106,11 @@ fn setup(group: &str) -> Setup {
         .zip(markers)
         .map(|(mut d, m)| {
             // At the start: prompts show a clipped prefix of long documents.
-            let text = format!("{m} {}", d["text"].as_str().unwrap());
+            let mut text = format!("{m} {}", d["text"].as_str().unwrap());
+            if m == "[[gsm8k-doc]]" {
+                // A benchmark item pasted into a web page: dropped before any LLM call.
+                text = text.replacen(". ", &format!(". {JANET} "), 1);
+            }
             d["text"] = text.into();
             docs.push((d["id"].as_str().unwrap().to_string(), m.to_string()));
             serde_json::to_vec(&d).unwrap()
@@ -111,7 +128,15 @@ fn setup(group: &str) -> Setup {
     server.on_prompt("[[flaky]]", Reply::Status(500, "boom".into()), 1);
     server.on_prompt("[[flaky]]", Reply::Hang(Duration::from_secs(5)), 1);
     server.on_prompt("[[flaky]]", Reply::Malformed, 1);
+    let decontaminate = DecontaminateConfig {
+        benchmarks: vec![BenchmarkSpec::path(
+            BENCHMARKS.to_string() + "/gsm8k_test.jsonl",
+        )],
+        ..Default::default()
+    };
+    let benchmarks = Some(Arc::new(Benchmarks::load(&decontaminate).unwrap()));
     Setup {
+        benchmarks,
         kafka,
         server,
         runtime,
@@ -151,7 +176,10 @@ fn run(s: &Setup, group: &str) -> Funnel {
         workers.timely_config().unwrap(),
         control,
         funnel.clone(),
-        Some(backend.service()),
+        Resources {
+            llm: Some(backend.service()),
+            benchmarks: s.benchmarks.clone(),
+        },
     )
     .unwrap();
     drop(backend);
@@ -211,6 +239,25 @@ fn documents_become_verified_qa_pairs_and_every_rejection_is_accounted_for() {
         reason_of("[[wrong]]", "verify"),
         BTreeSet::from(["answer_incorrect".into(), "no_verified_pair".into()])
     );
+
+    // Decontamination: a pasted benchmark item drops the document before the LLM; a generated
+    // question copying one drops the pair; both name the benchmark and the item.
+    let contaminated = |marker: &str| {
+        let id = &s.docs.iter().find(|(_, m)| m == marker).unwrap().0;
+        dead.iter()
+            .filter(|d| d["doc_id"] == id.as_str() && d["stage"] == "decontaminate")
+            .map(|d| d["detail"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let doc_hit = contaminated("[[gsm8k-doc]]");
+    assert_eq!(doc_hit.len(), 1, "{doc_hit:?}");
+    assert!(
+        doc_hit[0].contains("gsm8k") && doc_hit[0].contains("item=0"),
+        "{doc_hit:?}"
+    );
+    let qa_hits = contaminated("[[gsm8k-qa]]");
+    assert_eq!(qa_hits.len(), 2, "both personas' pairs: {qa_hits:?}");
+    assert!(qa_hits.iter().all(|d| d.contains("gsm8k")));
 
     // The accounting invariant: every document is the doc_id of a pair or has a dead letter.
     let with_pairs: BTreeSet<&str> = pairs

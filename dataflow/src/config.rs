@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 use webscale_rl_connectors::kafka::{KafkaConfig, SourceConfig};
 use webscale_rl_connectors::llm::LlmConfig;
 use webscale_rl_operators::classify::ClassifyConfig;
+use webscale_rl_operators::decontaminate::DecontaminateConfig;
 use webscale_rl_operators::exact_dedup::ExactDedupConfig;
 use webscale_rl_operators::generate::GenerateConfig;
 use webscale_rl_operators::llm_filter::LlmFilterConfig;
+use webscale_rl_operators::minhash::NearDedupConfig;
 use webscale_rl_operators::parse::ParseConfig;
 use webscale_rl_operators::quality_filter::QualityFilterConfig;
 use webscale_rl_operators::verify::VerifyConfig;
@@ -24,6 +26,8 @@ pub struct PipelineConfig {
     pub parse: ParseConfig,
     pub quality_filter: QualityFilterConfig,
     pub exact_dedup: ExactDedupConfig,
+    pub near_dedup: NearDedupConfig,
+    pub decontaminate: DecontaminateConfig,
     /// The LLM server(s). Absent: no LLM is configured (the CLI's `--llm-url` / `--llm local`
     /// supply one; `--no-llm` runs the CPU stages only).
     pub llm: Option<LlmConfig>,
@@ -42,7 +46,16 @@ impl PipelineConfig {
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        Ok(toml::from_str(text)?)
+        let cfg: Self = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks settings that parse but cannot run.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.near_dedup.validate().map_err(anyhow::Error::msg)?;
+        self.decontaminate.validate().map_err(anyhow::Error::msg)?;
+        Ok(())
     }
 }
 

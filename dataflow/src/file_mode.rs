@@ -17,9 +17,8 @@ use webscale_rl_connectors::file_source::{FileProgress, FileSourceConfig, file_s
 
 use crate::config::PipelineConfig;
 use crate::funnel::{DEAD_LETTERED, EMITTED, Funnel};
-use crate::graph;
+use crate::graph::{self, Resources};
 use crate::runtime::RunControl;
-use webscale_rl_operators::llm_call::LlmService;
 
 /// Paths of a file-mode run.
 #[derive(Clone, Debug)]
@@ -61,7 +60,7 @@ pub fn run_files(
     run: FileRun,
     control: RunControl,
     funnel: Funnel,
-    llm: Option<Arc<dyn LlmService>>,
+    resources: Resources,
 ) -> anyhow::Result<()> {
     let max_line = cfg.parse.max_document_bytes + 64 * 1024;
     let input = JsonlInput::open(&run.input)?.with_max_line_bytes(max_line);
@@ -82,7 +81,7 @@ pub fn run_files(
             } else {
                 None
             };
-            file_worker(worker, &cfg, mine, &run, &control, &funnel, &llm)
+            file_worker(worker, &cfg, mine, &run, &control, &funnel, &resources)
                 .map_err(|e| format!("{e:#}"))
         })
     })
@@ -111,7 +110,7 @@ fn file_worker(
     run: &FileRun,
     control: &RunControl,
     funnel: &Funnel,
-    llm: &Option<Arc<dyn LlmService>>,
+    resources: &Resources,
 ) -> anyhow::Result<()> {
     let (input, outputs) = match mine {
         Some((i, (o, r))) => (Some(i), Some((o, r))),
@@ -135,7 +134,7 @@ fn file_worker(
     let is_reader = input.is_some();
     worker.dataflow::<u64, _, _>(|scope| -> anyhow::Result<()> {
         let messages = file_source(scope, input, source_cfg, durable.clone(), progress.clone());
-        let outs = graph::build(messages, cfg, funnel, llm.clone()).map_err(|e| anyhow!(e))?;
+        let outs = graph::build(messages, cfg, funnel, resources).map_err(|e| anyhow!(e))?;
         let counted_out = count_written(outs.output, funnel, EMITTED);
         let counted_dead = count_written(outs.dead_letters, funnel, DEAD_LETTERED);
         file_sink(counted_out.clone(), out.clone(), sink_error.clone());

@@ -1,9 +1,10 @@
 //! Graph assembly: wires the stages between a source of raw messages and the two sinks.
 //!
 //! ```text
-//! messages ─► parse ─► quality filter ─► exact dedup (⇄ by text hash) ─┬─► output (no LLM: documents)
-//!                                                                      └─► LLM filter ─► classify ─► generate
-//!                                                                           (per persona) ─► verify ─► accounting ─► output (QA pairs)
+//! messages ─► parse ─► quality filter ─► exact dedup (⇄ text hash) ─► near dedup (⇄ LSH band)
+//!   ─► decontaminate (⇄ n-gram hash) ─┬─► output (no LLM: documents)
+//!                                     └─► LLM filter ─► classify ─► generate (per persona) ─► verify
+//!                                          ─► decontaminate QA ─► accounting ─► output (QA pairs)
 //! every stage's rejections ───────────────────────────────────────────────────────────────────► dead letters
 //! ```
 //! Without the LLM, every consumed message leaves as exactly one output or dead letter. With it,
@@ -15,15 +16,19 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::operators::core::{Concat, Concatenate, Inspect};
 use timely::dataflow::operators::vec::Map;
 use webscale_rl_operators::classify::classify;
+use webscale_rl_operators::decontaminate::{
+    Benchmarks, NgramIndex, Overlap, decontaminate, decontaminate_documents,
+};
 use webscale_rl_operators::exact_dedup::exact_dedup;
 use webscale_rl_operators::generate::generate;
 use webscale_rl_operators::llm_call::LlmService;
 use webscale_rl_operators::llm_filter::llm_filter;
+use webscale_rl_operators::near_dedup::near_dedup;
 use webscale_rl_operators::parse::parse;
 use webscale_rl_operators::qa_accounting::qa_accounting;
 use webscale_rl_operators::quality_filter::quality_filter;
 use webscale_rl_operators::record::{
-    AcceptedDocument, DeadLetter, Document, Emitted, Origin, PairOutcome, RawMessage,
+    AcceptedDocument, DeadLetter, Document, Emitted, Origin, PairOutcome, QaPair, RawMessage, Stage,
 };
 use webscale_rl_operators::verify::verify;
 
@@ -51,13 +56,22 @@ fn count<'s, D: 'static>(
     })
 }
 
-/// Builds the stage graph over `messages`. With `llm`, the LLM stages turn the surviving
+/// What the graph needs besides its config: loaded once per process, shared by its workers.
+#[derive(Clone, Default)]
+pub struct Resources {
+    /// The LLM; without it the surviving documents are the output.
+    pub llm: Option<Arc<dyn LlmService>>,
+    /// Benchmark test sets for decontamination; each worker indexes its share.
+    pub benchmarks: Option<Arc<Benchmarks>>,
+}
+
+/// Builds the stage graph over `messages`. With an LLM, the LLM stages turn the surviving
 /// documents into QA pairs; without, the surviving documents are the output.
 pub fn build<'s>(
     messages: StreamVec<'s, u64, RawMessage>,
     cfg: &PipelineConfig,
     funnel: &Funnel,
-    llm: Option<Arc<dyn LlmService>>,
+    resources: &Resources,
 ) -> Result<Outputs<'s>, String> {
     let scope = messages.scope();
     let messages = count(messages, funnel, CONSUMED.0, CONSUMED.1);
@@ -77,14 +91,29 @@ pub fn build<'s>(
         rejected.push(bad);
         docs = count(passed, funnel, "exact_dedup", "passed");
     }
+    if cfg.near_dedup.enabled {
+        let (passed, bad) = near_dedup(docs, cfg.near_dedup.clone());
+        rejected.push(bad);
+        docs = count(passed, funnel, "near_dedup", "passed");
+    }
+    // Each worker keeps the benchmark n-grams whose hash it owns.
+    let index = resources
+        .benchmarks
+        .as_ref()
+        .map(|b| NgramIndex::build(b, scope.index(), scope.peers()));
+    if let Some(index) = index.as_ref().filter(|_| cfg.decontaminate.check_documents) {
+        let (passed, bad) = decontaminate_documents(docs, index.clone());
+        rejected.push(bad);
+        docs = count(passed, funnel, "decontaminate", "passed");
+    }
 
-    let output = match llm {
+    let output = match resources.llm.clone() {
         None => docs.map(|doc| {
             let id = doc.id.clone();
             Emitted::json(&id, &AcceptedDocument::from_document(doc))
         }),
         Some(service) => {
-            let pairs = qa_stages(docs, cfg, funnel, service, &mut rejected)?;
+            let pairs = qa_stages(docs, cfg, funnel, service, index, &mut rejected)?;
             count(pairs, funnel, "output", "qa_pairs")
         }
     };
@@ -99,14 +128,15 @@ pub fn build<'s>(
     })
 }
 
-/// LLM filter ─► classify ─► generate ─► verify ─► accounting. Document-level rejections go
-/// straight to `rejected`; pair-level ones pass through accounting, which adds a dead letter for
-/// every document left without a pair.
+/// LLM filter ─► classify ─► generate ─► verify ─► decontaminate (QA) ─► accounting.
+/// Document-level rejections go straight to `rejected`; pair-level ones pass through accounting,
+/// which adds a dead letter for every document left without a pair.
 fn qa_stages<'s>(
     mut docs: StreamVec<'s, u64, Document>,
     cfg: &PipelineConfig,
     funnel: &Funnel,
     service: Arc<dyn LlmService>,
+    index: Option<NgramIndex>,
     rejected: &mut Vec<StreamVec<'s, u64, DeadLetter>>,
 ) -> Result<StreamVec<'s, u64, Emitted>, String> {
     if cfg.llm_filter.enabled {
@@ -120,7 +150,30 @@ fn qa_stages<'s>(
     let (candidates, gen_failed) = generate(classified, cfg.generate.clone(), service.clone())?;
     let candidates = count(candidates, funnel, "generate", "passed");
     let (verified, verify_failed) = verify(candidates, cfg.verify.clone(), service)?;
-    let verified = count(verified, funnel, "verify", "passed");
+    let mut verified = count(verified, funnel, "verify", "passed");
+    let mut pair_failures = gen_failed.concat(verify_failed);
+    if let Some(index) = index {
+        let (clean, contaminated) = decontaminate(
+            verified,
+            index,
+            |(_, pair): &(Origin, QaPair), out: &mut String| {
+                out.push_str(&pair.question);
+                out.push('\n');
+                out.push_str(&pair.answer);
+            },
+            |(origin, pair): &(Origin, QaPair), overlap: &Overlap| {
+                DeadLetter::for_qa(
+                    origin,
+                    pair,
+                    Stage::Decontaminate,
+                    "benchmark_overlap",
+                    overlap.detail(),
+                )
+            },
+        );
+        verified = count(clean, funnel, "decontaminate_qa", "passed");
+        pair_failures = pair_failures.concat(contaminated);
+    }
 
     let outcomes = verified
         .map(|(origin, pair)| PairOutcome {
@@ -128,7 +181,7 @@ fn qa_stages<'s>(
             origin,
             result: Ok(pair),
         })
-        .concat(gen_failed.concat(verify_failed).map(|dead| PairOutcome {
+        .concat(pair_failures.map(|dead| PairOutcome {
             doc_id: dead.doc_id.clone().unwrap_or_default(),
             origin: Origin {
                 topic: dead.topic.clone(),

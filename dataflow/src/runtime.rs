@@ -22,8 +22,7 @@ use webscale_rl_connectors::kafka::{
 
 use crate::config::PipelineConfig;
 use crate::funnel::{DEAD_LETTERED, EMITTED, Funnel};
-use crate::graph;
-use webscale_rl_operators::llm_call::LlmService;
+use crate::graph::{self, Resources};
 
 /// How a run ends and what it may read.
 #[derive(Clone, Default)]
@@ -40,13 +39,13 @@ pub fn run_kafka(
     timely_config: timely::Config,
     control: RunControl,
     funnel: Funnel,
-    llm: Option<Arc<dyn LlmService>>,
+    resources: Resources,
 ) -> anyhow::Result<()> {
     // Fail fast, before the cluster starts, when the brokers or the input topic are unreachable.
     cfg.kafka.client_config()?;
     let guards = crate::cluster::with_stdout_on_stderr(|| {
         timely::execute(timely_config, move |worker| {
-            kafka_worker(worker, &cfg, &control, &funnel, &llm).map_err(|e| format!("{e:#}"))
+            kafka_worker(worker, &cfg, &control, &funnel, &resources).map_err(|e| format!("{e:#}"))
         })
     })
     .map_err(|e| anyhow!("starting timely workers: {e}"))?;
@@ -71,7 +70,7 @@ fn kafka_worker(
     cfg: &PipelineConfig,
     control: &RunControl,
     funnel: &Funnel,
-    llm: &Option<Arc<dyn LlmService>>,
+    resources: &Resources,
 ) -> anyhow::Result<()> {
     let (index, peers) = (worker.index(), worker.peers());
     let consumer: BaseConsumer = cfg
@@ -105,7 +104,7 @@ fn kafka_worker(
             progress.clone(),
             control.stop.clone(),
         );
-        let outs = graph::build(messages, cfg, funnel, llm.clone()).map_err(|e| anyhow!(e))?;
+        let outs = graph::build(messages, cfg, funnel, resources).map_err(|e| anyhow!(e))?;
         let written = kafka_sink(outs.output, output.clone());
         let dead = kafka_sink(outs.dead_letters, dead_letter.clone());
         written.concat(dead).probe_with(&durable);

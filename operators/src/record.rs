@@ -231,6 +231,27 @@ impl DeadLetter {
         dl
     }
 
+    /// A dead letter for a verified QA pair (e.g. dropped by decontamination).
+    pub fn for_qa(
+        origin: &Origin,
+        pair: &QaPair,
+        stage: Stage,
+        reason: &str,
+        detail: impl Into<String>,
+    ) -> Self {
+        let head = payload_head(format!("{}\n{}", pair.question, pair.answer).as_bytes());
+        let mut dl = Self::new(
+            Some(pair.doc_id.clone()),
+            origin,
+            stage,
+            reason,
+            detail.into(),
+            head,
+        );
+        dl.id = stable_id(&[&dl.id, &pair.id]);
+        dl
+    }
+
     /// A dead letter for a parsed document that a stage rejected.
     pub fn for_document(
         doc: &Document,
