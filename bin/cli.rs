@@ -35,6 +35,10 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Print a topic's messages from the beginning, one per line.
     Tail(TailArgs),
+    /// Export QA records (a topic or a JSONL file) as jsonl, hf or verl shards for trainers.
+    Export(crate::export::ExportArgs),
+    /// Score responses against ground truths: the binary RL reward, one JSON line per input.
+    Score(crate::score::ScoreArgs),
 }
 
 /// Where timely workers run. `-h` is the host file, as in timely; help is `--help`.

@@ -2,8 +2,10 @@
 
 mod cli;
 mod demo;
+mod export;
 mod llm_args;
 mod local_llm;
+mod score;
 mod shutdown;
 mod summary;
 
@@ -50,6 +52,8 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Run(args) => run(cli, args),
         Command::Demo(args) => demo::demo(cli, args),
+        Command::Export(args) => export::export(args, cli.quiet),
+        Command::Score(args) => score::score(args),
         Command::Produce(args) => {
             let cfg = KafkaConfig {
                 brokers: args.brokers.clone(),

@@ -8,3 +8,4 @@ mod cli;
 mod file_mode;
 mod kafka;
 mod llm;
+mod tools;

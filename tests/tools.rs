@@ -1,0 +1,208 @@
+//! The `score` and `export` commands through the binary.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::support::BIN;
+
+const GSM8K: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/data/benchmarks/gsm8k_test.jsonl"
+);
+
+fn run_with_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn score_rewards_gsm8k_answers_in_order() {
+    // Real GSM8K items: the truth is the number after "####"; responses in several formats, and a
+    // wrong one for every third item.
+    let items: Vec<(String, String)> = std::fs::read_to_string(GSM8K)
+        .unwrap()
+        .lines()
+        .take(30)
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let answer = v["answer"].as_str().unwrap();
+            let truth = answer.rsplit("####").next().unwrap().trim().to_string();
+            (answer.to_string(), truth)
+        })
+        .collect();
+    let mut input = String::new();
+    let mut want = Vec::new();
+    for (i, (solution, truth)) in items.iter().enumerate() {
+        let n: f64 = truth.replace(',', "").parse().unwrap();
+        let response = match i % 3 {
+            0 => solution.clone(), // "#### 18"
+            1 => format!("Let me think.\nThe answer is \\boxed{{{truth}}}."),
+            _ => format!("Working...\nAnswer: {}", n + 1.0), // wrong
+        };
+        want.push(u8::from(i % 3 != 2));
+        input.push_str(&json!({"response": response, "ground_truth": truth}).to_string());
+        input.push('\n');
+    }
+    input.push_str("{not json}\n");
+    want.push(0);
+    let (ok, out, err) = run_with_stdin(&["score", "-"], &input);
+    assert!(ok, "{err}");
+    let got: Vec<u8> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["score"]
+                .as_u64()
+                .unwrap() as u8
+        })
+        .collect();
+    assert_eq!(got, want, "one score per input line, in order");
+}
+
+#[test]
+fn export_writes_verl_shards_that_pyarrow_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("qa.jsonl");
+    let mut lines = String::new();
+    for i in 0..25 {
+        let pair = json!({
+            "id": format!("{i:032x}"), "doc_id": format!("doc{i}"), "question": format!("In 2003, how many moons did survey {i} list?"),
+            "answer": format!("{i}"), "domain": "Natural Science", "persona": "a student", "source": "fineweb",
+            "url": null, "models": {"filter": null, "classifier": null, "generator": "m", "verifier": "m"},
+            "created_at": 1, "pipeline_version": "t"
+        });
+        lines.push_str(&pair.to_string());
+        lines.push('\n');
+    }
+    std::fs::write(&input, lines).unwrap();
+    let out_dir = dir.path().join("verl");
+    let out = Command::new(BIN)
+        .args([
+            "export",
+            "--format",
+            "verl",
+            "--max-records",
+            "10",
+            "--input",
+        ])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut shards: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    shards.sort();
+    assert_eq!(
+        shards,
+        [
+            "part-00000.parquet",
+            "part-00001.parquet",
+            "part-00002.parquet"
+        ]
+    );
+    let script = format!(
+        "import pyarrow.dataset as ds, json; t = ds.dataset('{}').to_table(); \
+         print(json.dumps({{'rows': t.num_rows, 'cols': t.schema.names, 'truth': t.column('reward_model')[3].as_py()}}))",
+        out_dir.display()
+    );
+    let py = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let v: Value = serde_json::from_slice(&py.stdout).unwrap();
+    assert_eq!(v["rows"], 25);
+    assert_eq!(
+        v["cols"],
+        json!([
+            "data_source",
+            "prompt",
+            "ability",
+            "reward_model",
+            "extra_info"
+        ])
+    );
+    assert_eq!(v["truth"]["style"], "rule");
+}
+
+#[test]
+fn score_asks_the_llm_judge_only_when_the_rules_do_not_match() {
+    use std::sync::Arc;
+    use webscale_rl_connectors::llm::scripted_server::{ScriptedServer, ScriptedServerConfig};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(ScriptedServer::start_with(ScriptedServerConfig {
+            answer: Some(Arc::new(|_body: &Value| json!({"same": true}).to_string())),
+            ..Default::default()
+        }))
+        .unwrap();
+    let input = concat!(
+        r#"{"response": "Answer: the Eiffel tower in Paris", "ground_truth": "Eiffel Tower"}"#,
+        "\n",
+        r#"{"response": "Answer: 18", "ground_truth": "18"}"#,
+        "\n"
+    );
+    let (ok, plain, err) = run_with_stdin(&["score", "-"], input);
+    assert!(ok, "{err}");
+    let (ok, judged, err) = run_with_stdin(
+        &[
+            "score",
+            "-",
+            "--llm-url",
+            &server.base_url(),
+            "--llm-model",
+            "judge",
+        ],
+        input,
+    );
+    assert!(ok, "{err}");
+    let parse = |s: &str| -> Vec<Value> {
+        s.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (plain, judged) = (parse(&plain), parse(&judged));
+    assert_eq!(
+        plain[0]["score"], 0,
+        "the rules alone do not match a reworded answer"
+    );
+    assert_eq!(
+        (judged[0]["score"].clone(), judged[0]["method"].clone()),
+        (json!(1), json!("judge"))
+    );
+    assert_eq!(
+        judged[1]["method"], "exact",
+        "an exact match never reaches the judge"
+    );
+    assert_eq!(server.requests(), 1);
+}
