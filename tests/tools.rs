@@ -201,8 +201,8 @@ fn score_asks_the_llm_judge_only_when_the_rules_do_not_match() {
         (json!(1), json!("judge"))
     );
     assert_eq!(
-        judged[1]["method"], "exact",
-        "an exact match never reaches the judge"
+        judged[1]["method"], "numeric",
+        "a rule match never reaches the judge"
     );
     assert_eq!(server.requests(), 1);
 }
