@@ -35,7 +35,7 @@ const FORMAT_VERSION: u64 = 2;
 /// Bytes before the sketch in a record: band key, origin hash, epoch.
 const RECORD_HEADER: usize = 24;
 /// The in-memory table keeps 24 bits of record numbers, so a partition holds at most this many
-/// keys (16.7 M; about 76 M documents over 64 partitions); the oldest go first beyond it.
+/// keys (16.7 M; about 38 M documents over 32 partitions); the oldest go first beyond it.
 pub const MAX_KEYS_PER_PARTITION: u64 = (1 << SLOT_BITS) - 1;
 
 /// Why the index could not be opened or written.

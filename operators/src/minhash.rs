@@ -68,10 +68,10 @@ impl Default for NearDedupConfig {
             seed: 0x5eed_0f1e_a54a_11d5,
             verify_jaccard: 0.7,
             state_dir: None,
-            partitions: 64,
+            partitions: 32,
             max_documents: 0,
             ttl_hours: 0.0,
-            sync_interval_ms: 1000,
+            sync_interval_ms: 5000,
             cache_mb: 64,
         }
     }
