@@ -93,6 +93,10 @@ pub struct RunArgs {
     /// Benchmark test set (file or folder) to decontaminate against; repeatable.
     #[arg(long)]
     pub benchmarks: Vec<PathBuf>,
+    /// Serve /metrics, the dashboard (/), /healthz and /readyz on HOST:PORT; `off` disables.
+    /// Default: 127.0.0.1:9898 in Kafka mode, off in file mode.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
     #[command(flatten)]
     pub llm: crate::llm_args::LlmArgs,
     #[command(flatten)]
@@ -119,6 +123,10 @@ pub struct DemoArgs {
     /// Benchmark test set (file or folder) to decontaminate against; repeatable.
     #[arg(long)]
     pub benchmarks: Vec<PathBuf>,
+    /// Serve /metrics, the dashboard (/), /healthz and /readyz on HOST:PORT (default
+    /// 127.0.0.1:9898); `off` disables.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
     #[command(flatten)]
     pub llm: crate::llm_args::LlmArgs,
     #[command(flatten)]

@@ -88,6 +88,14 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     ));
 
     let funnel = Funnel::default();
+    // Kept until the demo exits: with --keep-running the dashboard stays up with the cluster.
+    let _metrics = crate::monitoring::start(
+        cli,
+        args.metrics_addr.as_deref(),
+        true,
+        &funnel,
+        llm.as_ref(),
+    )?;
     let control = RunControl {
         stop: crate::shutdown::install()?,
         until_caught_up: true,

@@ -5,6 +5,7 @@ mod demo;
 mod export;
 mod llm_args;
 mod local_llm;
+mod monitoring;
 mod score;
 mod shutdown;
 mod summary;
@@ -139,6 +140,13 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         until_caught_up: args.until_caught_up,
     };
     let funnel = Funnel::default();
+    let _metrics = monitoring::start(
+        cli,
+        args.metrics_addr.as_deref(),
+        !file_mode,
+        &funnel,
+        llm.as_ref(),
+    )?;
     let started = Instant::now();
     let mode = if let (Some(input), Some(output)) = (&args.input, &args.output) {
         let run = FileRun {

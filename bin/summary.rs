@@ -1,4 +1,5 @@
-//! The run summary printed when a run ends: counts per stage, top rejection reasons, wall time.
+//! The run summary printed when a run ends: counts per stage, top rejection reasons, QA pairs
+//! per domain, LLM tokens and cost per stage, wall time.
 
 use std::time::Duration;
 
@@ -55,6 +56,9 @@ impl Summary {
                 .sum();
             eprintln!("  {stage:<26}{passed:>10} passed {rejected:>8} rejected");
         }
+        if f.qa_pairs > 0 {
+            eprintln!("{:<28}{:>10}", "QA pairs", f.qa_pairs);
+        }
         eprintln!("{:<28}{:>10}", "output records", f.emitted);
         eprintln!("{:<28}{:>10}", "dead letters", f.dead_lettered);
         let top = f.top_rejections(8);
@@ -62,6 +66,42 @@ impl Summary {
             eprintln!("top rejection reasons:");
             for ((stage, reason), n) in top {
                 eprintln!("  {n:>8}  {stage}: {reason}");
+            }
+        }
+        if !f.qa_pairs_per_domain.is_empty() {
+            eprintln!("QA pairs per domain:");
+            let mut domains: Vec<_> = f.qa_pairs_per_domain.iter().collect();
+            domains.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+            for (domain, n) in domains {
+                eprintln!("  {n:>8}  {domain}");
+            }
+        }
+        if let Some(llm) = self.llm.as_ref().filter(|u| !u.stages.is_empty()) {
+            eprintln!(
+                "LLM {:<23}{:>10} {:>12} {:>12} {:>10}",
+                "stage (model)", "calls", "tokens in", "tokens out", "cost $"
+            );
+            for s in &llm.stages {
+                let c = &s.counters;
+                eprintln!(
+                    "  {:<26}{:>10} {:>12} {:>12} {:>10.4}",
+                    format!("{} ({})", s.stage, s.model),
+                    c.calls,
+                    c.prompt_tokens,
+                    c.completion_tokens,
+                    c.cost
+                );
+            }
+            let t = &llm.total;
+            eprintln!(
+                "  {:<26}{:>10} {:>12} {:>12} {:>10.4}",
+                "total", t.calls, t.prompt_tokens, t.completion_tokens, t.cost
+            );
+            if f.qa_pairs > 0 {
+                eprintln!(
+                    "  cost per 1,000 QA pairs: ${:.4}",
+                    t.cost / f.qa_pairs as f64 * 1000.0
+                );
             }
         }
         eprintln!("wall time {:.2} s ({rate:.0} documents/s)", self.wall_secs);

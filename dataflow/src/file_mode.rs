@@ -72,6 +72,8 @@ pub fn run_files(
         JsonlOutput::create(&run.output)?,
         JsonlOutput::create(&rejects)?,
     );
+    funnel.live().set_run("file", &run.output, &rejects);
+    funnel.live().set_source_ready();
     // Handed to worker 0 only; the closure below runs on every worker thread.
     let worker0 = Arc::new(Mutex::new(Some((input, outputs))));
     let guards = crate::cluster::with_stdout_on_stderr(|| {

@@ -33,7 +33,7 @@ use webscale_rl_operators::record::{
 use webscale_rl_operators::verify::verify;
 
 use crate::config::PipelineConfig;
-use crate::funnel::{CONSUMED, Funnel};
+use crate::funnel::{CONSUMED, Funnel, QA_PAIRS};
 
 /// The two streams a pipeline produces, serialized and keyed for the sinks.
 pub struct Outputs<'s> {
@@ -108,13 +108,18 @@ pub fn build<'s>(
     }
 
     let output = match resources.llm.clone() {
-        None => docs.map(|doc| {
-            let id = doc.id.clone();
-            Emitted::json(&id, &AcceptedDocument::from_document(doc))
-        }),
+        None => {
+            // The dashboard lists the latest accepted records.
+            let live = funnel.live().clone();
+            docs.inspect(move |doc: &Document| live.record_document(doc))
+                .map(|doc| {
+                    let id = doc.id.clone();
+                    Emitted::json(&id, &AcceptedDocument::from_document(doc))
+                })
+        }
         Some(service) => {
             let pairs = qa_stages(docs, cfg, funnel, service, index, &mut rejected)?;
-            count(pairs, funnel, "output", "qa_pairs")
+            count(pairs, funnel, QA_PAIRS.0, QA_PAIRS.1)
         }
     };
     let funnel_dl = funnel.clone();
@@ -192,6 +197,9 @@ fn qa_stages<'s>(
         }));
     let (pairs, bad) = qa_accounting(outcomes);
     rejected.push(bad);
+    // Domain and persona distribution and the latest pairs, for the metrics and the dashboard.
+    let live = funnel.live().clone();
+    let pairs = pairs.inspect(move |pair: &QaPair| live.record_pair(pair));
     Ok(pairs.map(|pair| {
         let id = pair.id.clone();
         Emitted::json(&id, &pair)

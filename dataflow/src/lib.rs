@@ -2,14 +2,17 @@
 //!
 //! [`graph`] wires the stages; [`runtime`] runs the graph on timely workers between Kafka (or
 //! files) and commits input offsets only behind the durable frontier; [`funnel`] counts what each
-//! stage passed and rejected.
+//! stage passed and rejected; [`metrics`] and [`http`] expose it all to Prometheus, a live
+//! dashboard and orchestrators' health checks.
 
 pub mod cluster;
 pub mod config;
 pub mod file_mode;
 pub mod funnel;
 pub mod graph;
+pub mod http;
 pub mod llm_service;
+pub mod metrics;
 pub mod runtime;
 
 pub use config::PipelineConfig;

@@ -4,13 +4,28 @@
 use webscale_rl_connectors::llm::{ChatRequest, LlmClient, ResponseSchema};
 use webscale_rl_operators::llm_call::{LlmAnswer, LlmFailure, LlmReply, LlmRequest, LlmService};
 
+use crate::metrics::{LlmHandle, LlmLatency};
+
 /// The HTTP client as the stages see it.
 pub struct HttpLlm {
     pub client: LlmClient,
+    /// Call latency per (stage, model), for `/metrics`.
+    pub latency: LlmLatency,
 }
 
 impl LlmService for HttpLlm {
     fn submit(&self, request: LlmRequest, done: Box<dyn FnOnce(LlmReply) + Send>) {
+        // Labelled like the usage counters: an empty model means the configured default.
+        let model = if request.model.is_empty() {
+            self.client.config().model.clone().unwrap_or_default()
+        } else {
+            request.model.clone()
+        };
+        let (latency, stage, started) = (
+            self.latency.clone(),
+            request.stage.as_str(),
+            std::time::Instant::now(),
+        );
         let mut chat = ChatRequest::new(request.model)
             .user(request.prompt)
             .temperature(request.temperature)
@@ -18,19 +33,21 @@ impl LlmService for HttpLlm {
         if let Some((name, schema)) = request.schema {
             chat = chat.schema(ResponseSchema::new(name, schema));
         }
-        self.client
-            .submit(request.stage.as_str(), chat, move |result| {
-                done(match result {
-                    Ok(r) => Ok(LlmAnswer {
-                        value: r.value,
-                        model: r.model,
-                    }),
-                    Err(e) => Err(LlmFailure {
-                        kind: e.kind().to_string(),
-                        message: e.to_string(),
-                    }),
-                })
-            });
+        self.client.submit(stage, chat, move |result| {
+            if !result.as_ref().is_ok_and(|r| r.cached) {
+                latency.observe(stage, &model, started.elapsed().as_secs_f64());
+            }
+            done(match result {
+                Ok(r) => Ok(LlmAnswer {
+                    value: r.value,
+                    model: r.model,
+                }),
+                Err(e) => Err(LlmFailure {
+                    kind: e.kind().to_string(),
+                    message: e.to_string(),
+                }),
+            })
+        });
     }
 }
 
@@ -38,6 +55,7 @@ impl LlmService for HttpLlm {
 /// (flushing its cache) and stops the runtime.
 pub struct LlmBackend {
     pub client: LlmClient,
+    pub latency: LlmLatency,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -54,6 +72,7 @@ impl LlmBackend {
             .map_err(|e| anyhow::anyhow!("LLM client: {e}"))?;
         Ok(LlmBackend {
             client,
+            latency: LlmLatency::default(),
             runtime: Some(runtime),
         })
     }
@@ -61,7 +80,17 @@ impl LlmBackend {
     pub fn service(&self) -> std::sync::Arc<dyn LlmService> {
         std::sync::Arc::new(HttpLlm {
             client: self.client.clone(),
+            latency: self.latency.clone(),
         })
+    }
+
+    /// The LLM as [`crate::metrics::EngineMetrics`] reads it.
+    pub fn metrics_handle(&self) -> LlmHandle {
+        LlmHandle {
+            client: self.client.clone(),
+            latency: self.latency.clone(),
+            answered: Default::default(),
+        }
     }
 }
 

@@ -10,10 +10,11 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use rdkafka::consumer::{BaseConsumer, CommitMode};
+use rdkafka::Offset;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::core::{Concat, Probe};
 use webscale_rl_connectors::kafka::{
@@ -23,6 +24,12 @@ use webscale_rl_connectors::kafka::{
 use crate::config::PipelineConfig;
 use crate::funnel::{DEAD_LETTERED, EMITTED, Funnel};
 use crate::graph::{self, Resources};
+use crate::metrics::Live;
+
+/// How often a worker reports its partitions' positions, in-flight records and the frontier.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the end offsets of the input partitions are fetched (a broker round trip each).
+const WATERMARK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How a run ends and what it may read.
 #[derive(Clone, Default)]
@@ -43,6 +50,17 @@ pub fn run_kafka(
 ) -> anyhow::Result<()> {
     // Fail fast, before the cluster starts, when the brokers or the input topic are unreachable.
     cfg.kafka.client_config()?;
+    funnel.live().set_run(
+        "kafka",
+        &cfg.kafka.output_topic,
+        &cfg.kafka.dead_letter_topic,
+    );
+    // Consumer lag needs the partitions' end offsets: only fetched when someone reads metrics.
+    let watermarks = if funnel.live().watched() {
+        Some(WatermarkMonitor::start(&cfg.kafka, funnel.live().clone())?)
+    } else {
+        None
+    };
     let guards = crate::cluster::with_stdout_on_stderr(|| {
         timely::execute(timely_config, move |worker| {
             kafka_worker(worker, &cfg, &control, &funnel, &resources).map_err(|e| format!("{e:#}"))
@@ -58,6 +76,8 @@ pub fn run_kafka(
         }
     }
     errors.dedup();
+    // A last refresh of the end offsets, so the final lag reads what was left unread.
+    drop(watermarks);
     if errors.is_empty() {
         Ok(())
     } else {
@@ -89,6 +109,8 @@ fn kafka_worker(
         assign_partitions(&consumer, &cfg.kafka, index, peers, control.until_caught_up)?;
     let topic = assignment.topic.clone();
     tracing::info!(worker = index, partitions = ?assignment.partitions, topic = %topic, "assigned input partitions");
+    let live = funnel.live().clone();
+    live.partitions_assigned(&topic, &assignment.partitions);
 
     let output = Arc::new(KafkaSink::new(&cfg.kafka, &cfg.kafka.output_topic)?);
     let dead_letter = Arc::new(KafkaSink::new(&cfg.kafka, &cfg.kafka.dead_letter_topic)?);
@@ -112,6 +134,10 @@ fn kafka_worker(
     })?;
 
     let mut committed = std::collections::BTreeMap::new();
+    // Delivered records are added to the funnel as they are acknowledged, so that the metrics
+    // and the dashboard count durable output live.
+    let mut reported = (0u64, 0u64);
+    let mut last_report: Option<Instant> = None;
     loop {
         worker.step_or_park(Some(Duration::from_millis(20)));
         for sink in [&output, &dead_letter] {
@@ -122,11 +148,19 @@ fn kafka_worker(
                 ));
             }
         }
+        report_delivered(funnel, &mut reported, &output, &dead_letter);
         let frontier = durable.with_frontier(|f| f.first().copied());
         let commits = progress.borrow_mut().take_durable(frontier);
         if !commits.is_empty() {
             commit_offsets(&consumer, &topic, &commits, CommitMode::Async)?;
             committed.extend(commits);
+        }
+        if last_report.is_none_or(|t| t.elapsed() >= REPORT_INTERVAL) {
+            last_report = Some(Instant::now());
+            let in_flight = progress.borrow().in_flight() as u64;
+            report_positions(&live, &consumer, &topic, &committed);
+            live.set_in_flight(index, in_flight);
+            live.set_frontier(frontier);
         }
         if frontier.is_none() {
             break;
@@ -134,8 +168,10 @@ fn kafka_worker(
     }
     // Everything is acknowledged; make the last commit synchronous so that exit means committed.
     commit_offsets(&consumer, &topic, &committed, CommitMode::Sync)?;
-    funnel.add(EMITTED.0, EMITTED.1, output.delivered());
-    funnel.add(DEAD_LETTERED.0, DEAD_LETTERED.1, dead_letter.delivered());
+    report_delivered(funnel, &mut reported, &output, &dead_letter);
+    report_positions(&live, &consumer, &topic, &committed);
+    live.set_in_flight(index, 0);
+    live.set_frontier(None);
     tracing::info!(
         worker = index,
         read = progress.borrow().records_read,
@@ -145,4 +181,96 @@ fn kafka_worker(
     );
     let _ = control.stop.load(Ordering::Relaxed);
     Ok(())
+}
+
+/// Adds the records acknowledged since the last call to the funnel's `emitted`/`dead_lettered`.
+fn report_delivered(
+    funnel: &Funnel,
+    reported: &mut (u64, u64),
+    output: &KafkaSink,
+    dead_letter: &KafkaSink,
+) {
+    let (out, dead) = (output.delivered(), dead_letter.delivered());
+    funnel.add(EMITTED.0, EMITTED.1, out - reported.0);
+    funnel.add(DEAD_LETTERED.0, DEAD_LETTERED.1, dead - reported.1);
+    *reported = (out, dead);
+}
+
+/// The consumer's positions (local state, no broker round trip) and what this worker committed.
+fn report_positions(
+    live: &Live,
+    consumer: &BaseConsumer,
+    topic: &str,
+    committed: &std::collections::BTreeMap<i32, i64>,
+) {
+    if let Ok(positions) = consumer.position() {
+        for e in positions.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                live.update_partition(topic, e.partition(), Some(o), None, None);
+            }
+        }
+    }
+    for (&p, &o) in committed {
+        live.update_partition(topic, p, None, Some(o), None);
+    }
+}
+
+/// Fetches the end offsets of the input partitions the workers reported, every few seconds, on
+/// a thread of its own with its own consumer: a slow broker never stalls a timely worker.
+/// Dropping it does a last refresh and stops the thread.
+struct WatermarkMonitor {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WatermarkMonitor {
+    fn start(
+        cfg: &webscale_rl_connectors::kafka::KafkaConfig,
+        live: Arc<Live>,
+    ) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = cfg
+            .client_config()?
+            .create()
+            .context("creating the watermark consumer")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("webscale-watermarks".into())
+            .spawn(move || {
+                loop {
+                    let last = stopping.load(Ordering::Relaxed);
+                    let timeout = Duration::from_millis(if last { 500 } else { 2_000 });
+                    let started = Instant::now();
+                    for (topic, p) in live.partitions().into_keys() {
+                        match consumer.fetch_watermarks(&topic, p, timeout) {
+                            Ok((_, high)) => live.update_partition(&topic, p, None, None, Some(high)),
+                            Err(e) => tracing::debug!(topic = %topic, partition = p, error = %e, "fetching end offset"),
+                        }
+                        if last && started.elapsed() > Duration::from_secs(2) {
+                            break;
+                        }
+                    }
+                    if last {
+                        return;
+                    }
+                    let wait = Instant::now();
+                    while wait.elapsed() < WATERMARK_INTERVAL && !stopping.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })?;
+        Ok(WatermarkMonitor {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for WatermarkMonitor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
