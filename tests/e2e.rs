@@ -8,4 +8,5 @@ mod cli;
 mod file_mode;
 mod kafka;
 mod llm;
+mod observability;
 mod tools;
