@@ -167,23 +167,34 @@ async fn serves_chat_completions_over_http() {
     assert_eq!(status, 200);
     assert_eq!(again["choices"][0]["message"]["content"], content);
 
-    // Asking for JSON opens the answer with `{`; max_tokens is capped.
+    // Asking for JSON opens the answer with the schema's first required key.
     let json_body = json!({
         "model": MODEL_NAME,
         "messages": [
             {"role": "system", "content": "Answer with a JSON object {\"answer\": string}."},
             {"role": "user", "content": question},
         ],
-        "max_tokens": 8,
+        "max_tokens": 12,
         "temperature": 0.7,
         "seed": 1,
-        "response_format": {"type": "json_schema", "json_schema": {"name": "qa", "schema": {"type": "object"}, "strict": true}},
+        "response_format": {"type": "json_schema", "json_schema": {"name": "qa", "strict": true, "schema": {
+            "type": "object",
+            "properties": {"answer": {"type": "string"}},
+            "required": ["answer"],
+        }}},
     });
     let (status, answer) = post(&client, &base, &json_body).await;
     assert_eq!(status, 200, "{answer}");
     let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
-    assert!(content.starts_with('{'), "{content:?}");
-    assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() <= 8);
+    assert!(content.starts_with(r#"{"answer": ""#), "{content:?}");
+    // Nothing follows the object once it closes.
+    let mut objects = serde_json::Deserializer::from_str(content).into_iter::<Value>();
+    if let Some(Ok(object)) = objects.next() {
+        assert!(object["answer"].is_string(), "{content:?}");
+        assert_eq!(objects.byte_offset(), content.len(), "{content:?}");
+        assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    }
+    assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() <= 12);
 
     // What the server does not do is a 400 naming it.
     let (status, answer) = post(

@@ -40,6 +40,10 @@ pub struct GenerateParams {
     /// Divides (or, for negative logits, multiplies) the logits of tokens
     /// already generated; 1 = off.
     pub repeat_penalty: f32,
+    /// When the answer is a JSON object that starts with this prefix (the
+    /// prefill, already in the prompt): stop as soon as the object closes,
+    /// rather than spend tokens on what the small model rambles after it.
+    pub json_prefix: Option<String>,
 }
 
 impl Default for GenerateParams {
@@ -51,6 +55,7 @@ impl Default for GenerateParams {
             seed: 0,
             stop: Vec::new(),
             repeat_penalty: 1.0,
+            json_prefix: None,
         }
     }
 }
@@ -237,6 +242,12 @@ impl LocalModel {
                 text.truncate(cut);
                 break FinishReason::Stop;
             }
+            if let Some(prefix) = &params.json_prefix
+                && let Some(end) = json_object_end(prefix, &text)
+            {
+                text.truncate(end);
+                break FinishReason::Stop;
+            }
             if generated.len() >= max_tokens {
                 break FinishReason::Length;
             }
@@ -276,6 +287,45 @@ fn first_stop(text: &str, stop: &[String]) -> Option<usize> {
         .min()
 }
 
+/// Byte offset in `text` just after the closing brace of the JSON object
+/// that `prefix` + `text` starts with, once it is closed (strings and
+/// escapes skipped).
+fn json_object_end(prefix: &str, text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut opened = false;
+    for (i, c) in prefix
+        .char_indices()
+        .chain(text.char_indices().map(|(i, c)| (prefix.len() + i, c)))
+    {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' | '[' => {
+                depth += 1;
+                opened = true;
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                if opened && depth == 0 {
+                    return (i >= prefix.len()).then(|| i + 1 - prefix.len());
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +337,19 @@ mod tests {
         assert_eq!(first_stop("abcEND\n\n", &stop), Some(3));
         assert_eq!(first_stop("abc", &stop), None);
         assert_eq!(first_stop("abc", &[]), None);
+    }
+
+    #[test]
+    fn json_object_closes() {
+        let pre = "{\"reason\": \"";
+        assert_eq!(
+            json_object_end(pre, "a}b\", \"q\": [1, {\"x\": 2}]} trailing"),
+            Some(25)
+        );
+        assert_eq!(json_object_end(pre, "esc \\\" } still\"} x"), Some(16));
+        assert_eq!(json_object_end(pre, "open\", \"q\": {"), None);
+        assert_eq!(json_object_end("{", "}"), Some(1));
+        assert_eq!(json_object_end("", "no json"), None);
     }
 
     #[test]
