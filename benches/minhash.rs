@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use timely::dataflow::operators::{Input, Probe};
+use timely::dataflow::operators::{Input, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use webscale_rl_operators::lsh_index::{IndexParams, Partition, Query, partition_of};
 use webscale_rl_operators::minhash::{MinHasher, NearDedupConfig, sketch, sketch_len};
@@ -124,7 +124,7 @@ fn run_stage(workers: usize, docs: Arc<Vec<Document>>, cfg: NearDedupConfig) -> 
         });
         let start = Instant::now();
         let chunk = docs.len().div_ceil(10);
-        let mut epoch = 0;
+        let mut epoch = 0u64;
         for batch in docs.chunks(chunk) {
             epoch += 1;
             input.advance_to(epoch);
