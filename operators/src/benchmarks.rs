@@ -536,6 +536,53 @@ mod tests {
         assert_eq!(set.items[0].segments, vec!["hello, world"]);
     }
 
+    /// A snappy-compressed parquet file with a string and an integer column, as HF exports are.
+    #[cfg(feature = "parquet")]
+    #[test]
+    fn parquet_files_load() {
+        use parquet::basic::Compression;
+        use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+        use parquet::file::properties::WriterProperties;
+        use parquet::file::writer::SerializedFileWriter;
+        use parquet::schema::parser::parse_message_type;
+        use std::sync::Arc;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gsm8k_test.parquet");
+        let schema = parse_message_type(
+            "message schema { REQUIRED BYTE_ARRAY question (UTF8); REQUIRED INT64 n; }",
+        )
+        .unwrap();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let file = File::create(&path).unwrap();
+        let mut writer =
+            SerializedFileWriter::new(file, Arc::new(schema), Arc::new(props)).unwrap();
+        let mut group = writer.next_row_group().unwrap();
+        let mut column = group.next_column().unwrap().unwrap();
+        let questions = [ByteArray::from("How many eggs?"), ByteArray::from("Why?")];
+        column
+            .typed::<ByteArrayType>()
+            .write_batch(&questions, None, None)
+            .unwrap();
+        column.close().unwrap();
+        let mut column = group.next_column().unwrap().unwrap();
+        column
+            .typed::<Int64Type>()
+            .write_batch(&[7, 8], None, None)
+            .unwrap();
+        column.close().unwrap();
+        group.close().unwrap();
+        writer.close().unwrap();
+
+        // Recognised by its stem as GSM8K, whatever the format.
+        let sets = load_path(&path).unwrap();
+        assert_eq!(sets[0].name, "gsm8k");
+        let segments: Vec<_> = sets[0].items.iter().map(|i| i.segments.clone()).collect();
+        assert_eq!(segments, vec![vec!["How many eggs?"], vec!["Why?"]]);
+    }
+
     #[test]
     fn mapping_errors_are_reported() {
         let dir = tempfile::tempdir().unwrap();

@@ -389,7 +389,10 @@ impl NgramIndex {
             .entries
             .iter()
             .filter(|(k, _)| owner_of(*k, peers) == worker);
-        let (keys, items): (Vec<u64>, Vec<u32>) = owned.copied().unzip();
+        let (mut keys, mut items): (Vec<u64>, Vec<u32>) = owned.copied().unzip();
+        // The filter's size is unknown up front: without this a quarter of the arrays is slack.
+        keys.shrink_to_fit();
+        items.shrink_to_fit();
         let mut lengths = vec![benchmarks.ngram];
         lengths.extend(&benchmarks.short_lengths);
         NgramIndex {

@@ -521,9 +521,13 @@ pub fn parse_number(s: &str) -> Option<f64> {
         None => (false, t),
     };
     // Longest unit first, so "per cent" wins over "cent" and "km/h" over "h".
-    let mut units: Vec<&str> = UNITS.to_vec();
-    units.sort_by_key(|u| std::cmp::Reverse(u.len()));
-    for unit in &units {
+    static BY_LENGTH: std::sync::OnceLock<Vec<&str>> = std::sync::OnceLock::new();
+    let units = BY_LENGTH.get_or_init(|| {
+        let mut units = UNITS.to_vec();
+        units.sort_by_key(|u| std::cmp::Reverse(u.len()));
+        units
+    });
+    for unit in units {
         if let Some(rest) = t.strip_suffix(unit) {
             let rest = rest.trim_end();
             // A unit is a word of its own or a symbol: "5 m" and "5m", not "5 mm" read as m.

@@ -1,0 +1,285 @@
+//! Decontamination benchmarks (`cargo bench --bench decontaminate`), over every file of
+//! `../shared/data/benchmarks/` and the documents of `../shared/data/web/sample.jsonl`:
+//! - loading the files and hashing their n-grams (once per process), building each worker's
+//!   partition, with 1, 2 and 4 workers;
+//! - the memory of each worker's partition, counted from its arrays and measured by a counting
+//!   allocator, and of the shared catalog;
+//! - the document stage (probes exchanged, lookups, verdicts) in docs/s and MB/s with 1 and 2
+//!   workers, and the single-threaded reference scan;
+//! - how many sample pages overlap a benchmark as `min_item_tokens` and `ngram` vary.
+//!
+//! Paths can be overridden with `$WEBSCALE_SAMPLE` and `$WEBSCALE_BENCHMARKS`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use timely::dataflow::operators::{Input, Probe};
+use timely::dataflow::{InputHandle, ProbeHandle};
+use webscale_rl_operators::benchmarks::{BenchmarkSet, load_path};
+use webscale_rl_operators::decontaminate::{
+    Benchmarks, DecontaminateConfig, NgramIndex, decontaminate_documents, find_overlap,
+};
+use webscale_rl_operators::{Document, Origin};
+
+/// Counts live heap bytes, so the index's memory is measured rather than only computed.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+fn shared(var: &str, rel: &str) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/data")
+            .join(rel)
+    })
+}
+
+fn load_sample() -> Vec<Document> {
+    let path = shared("WEBSCALE_SAMPLE", "web/sample.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("sample is JSONL");
+            Document {
+                id: v["id"].as_str().expect("id").to_string(),
+                text: v["text"].as_str().expect("text").to_string(),
+                url: None,
+                source: None,
+                meta: None,
+                origin: Origin {
+                    topic: "sample".into(),
+                    partition: 0,
+                    offset: i as i64,
+                },
+            }
+        })
+        .collect()
+}
+
+/// The best of `rounds` runs of `f`, and its last result.
+fn best<R>(rounds: usize, mut f: impl FnMut() -> R) -> (Duration, R) {
+    let mut best = Duration::MAX;
+    let mut out = None;
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let r = f();
+        best = best.min(start.elapsed());
+        out = Some(r);
+    }
+    (best, out.expect("at least one round"))
+}
+
+/// CPU seconds this process has used, all threads (`/proc/self/stat`, in USER_HZ = 100 ticks):
+/// throughput per CPU-second is what stays comparable on a machine shared with other jobs.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs the document stage over `docs` (10 epochs, inputs spread over the workers) with
+/// partitions built beforehand; returns (wall time, docs passed).
+fn run_stage(docs: Arc<Vec<Document>>, indexes: Arc<Vec<NgramIndex>>) -> (Duration, usize) {
+    let start = Instant::now();
+    let workers = indexes.len();
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let ngrams = indexes[index].clone();
+        let mut input = InputHandle::new();
+        let probe = ProbeHandle::new();
+        let passed = std::rc::Rc::new(std::cell::Cell::new(0usize));
+        let counter = passed.clone();
+        worker.dataflow(|scope| {
+            let stream = scope.input_from(&mut input).container::<Vec<Document>>();
+            let (ok, dead) = decontaminate_documents(stream, ngrams);
+            use timely::dataflow::operators::Inspect;
+            ok.inspect(move |_| counter.set(counter.get() + 1))
+                .probe_with(&probe);
+            dead.probe_with(&probe);
+        });
+        let chunk = docs.len().div_ceil(10);
+        for (epoch, batch) in docs.chunks(chunk).enumerate() {
+            input.advance_to(epoch as u64 + 1);
+            for d in batch.iter().skip(index).step_by(peers) {
+                input.send(d.clone());
+            }
+        }
+        input.close();
+        while worker.step() {}
+        passed.get()
+    })
+    .expect("timely runs");
+    let passed = guards.join().into_iter().map(|r| r.expect("worker")).sum();
+    (start.elapsed(), passed)
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to filter here.
+    let dir = shared("WEBSCALE_BENCHMARKS", "benchmarks");
+    let (load_time, sets): (Duration, Vec<BenchmarkSet>) =
+        best(3, || load_path(&dir).expect("benchmarks load"));
+    let items: usize = sets.iter().map(|s| s.items.len()).sum();
+    println!(
+        "## decontaminate (shared benchmarks: {} files, {items} items)",
+        sets.len()
+    );
+    println!(
+        "load files (read + parse + map fields): {:.0} ms",
+        load_time.as_secs_f64() * 1e3
+    );
+
+    let cfg = DecontaminateConfig::default();
+    let before = live();
+    let (hash_time, bench) = best(3, || Benchmarks::from_sets(&sets, &cfg));
+    let bench = Arc::new(bench);
+    let held = live().saturating_sub(before);
+    let s = bench.stats();
+    println!(
+        "hash n-grams (ngram={}, min_item_tokens={}): {:.0} ms; {} segments: {} long, {} whole, {} skipped; {} keys, {} distinct",
+        cfg.ngram,
+        cfg.min_item_tokens,
+        hash_time.as_secs_f64() * 1e3,
+        s.segments,
+        s.long_segments,
+        s.whole_segments,
+        s.skipped_segments,
+        s.keys_total,
+        s.keys_distinct,
+    );
+    println!(
+        "hashed set, per process until the workers have built their partitions: {:.1} MiB counted, {:.1} MiB allocated",
+        mib(bench.heap_bytes()),
+        mib(held)
+    );
+
+    println!(
+        "\n| workers | build per worker | entries per worker (max) | index per worker (counted) | index per worker (allocator) | catalog per process |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for peers in [1usize, 2, 4] {
+        let mut worst = (Duration::ZERO, 0usize, 0usize, 0usize);
+        let mut catalog = 0;
+        for w in 0..peers {
+            let before = live();
+            let (t, ix) = best(3, || NgramIndex::build(&bench, w, peers));
+            let allocated = live().saturating_sub(before);
+            let st = ix.stats();
+            catalog = st.catalog_bytes;
+            worst = (
+                worst.0.max(t),
+                worst.1.max(st.entries),
+                worst.2.max(st.index_bytes),
+                worst.3.max(allocated),
+            );
+        }
+        println!(
+            "| {peers} | {:.1} ms | {} | {:.2} MiB | {:.2} MiB | {:.2} MiB |",
+            worst.0.as_secs_f64() * 1e3,
+            worst.1,
+            mib(worst.2),
+            mib(worst.3),
+            mib(catalog)
+        );
+    }
+
+    let docs = Arc::new(load_sample());
+    let bytes: usize = docs.iter().map(|d| d.text.len()).sum();
+    println!(
+        "\nsample: {} documents, {:.1} MB",
+        docs.len(),
+        bytes as f64 / 1e6
+    );
+    let whole = NgramIndex::build(&bench, 0, 1);
+    let cpu = cpu_seconds();
+    let (t, hits) = best(3, || {
+        docs.iter()
+            .filter(|d| find_overlap(&d.text, &whole).is_some())
+            .count()
+    });
+    let cpu = (cpu_seconds() - cpu) / 3.0;
+    println!(
+        "reference scan, 1 thread, no dataflow: {:.0} docs/s, {:.1} MB/s wall (best of 3); {:.0} docs per CPU-second ({hits} overlapping)",
+        docs.len() as f64 / t.as_secs_f64(),
+        bytes as f64 / 1e6 / t.as_secs_f64(),
+        docs.len() as f64 / cpu
+    );
+    const ROUNDS: usize = 5;
+    for workers in [1, 2] {
+        let indexes: Arc<Vec<NgramIndex>> = Arc::new(
+            (0..workers)
+                .map(|w| NgramIndex::build(&bench, w, workers))
+                .collect(),
+        );
+        let cpu = cpu_seconds();
+        let runs: Vec<(Duration, usize)> = (0..ROUNDS)
+            .map(|_| run_stage(docs.clone(), indexes.clone()))
+            .collect();
+        let cpu = (cpu_seconds() - cpu) / ROUNDS as f64;
+        let (t, passed) = runs.into_iter().min().expect("rounds");
+        println!(
+            "document stage, {workers} worker(s): {:.0} docs/s, {:.1} MB/s wall (best of {ROUNDS}); {:.0} docs per CPU-second ({} dropped)",
+            docs.len() as f64 / t.as_secs_f64(),
+            bytes as f64 / 1e6 / t.as_secs_f64(),
+            docs.len() as f64 / cpu,
+            docs.len() - passed
+        );
+    }
+
+    // How many sample pages overlap as the thresholds loosen: the sample is clean web text, so
+    // every hit at the defaults would be a false positive unless the page really quotes an item.
+    println!("\n| ngram | min_item_tokens | sample pages overlapping | example |");
+    println!("|---|---|---|---|");
+    for (ngram, min) in [(13, 8), (13, 6), (13, 4), (10, 8), (8, 8), (8, 5)] {
+        let cfg = DecontaminateConfig {
+            ngram,
+            min_item_tokens: min,
+            ..DecontaminateConfig::default()
+        };
+        let b = Benchmarks::from_sets(&sets, &cfg);
+        let ix = NgramIndex::build(&b, 0, 1);
+        let found: Vec<_> = docs
+            .iter()
+            .filter_map(|d| find_overlap(&d.text, &ix))
+            .collect();
+        let example = found
+            .first()
+            .map(|o| format!("{} {}: \"{}\"", o.benchmark, o.item, o.span))
+            .unwrap_or_default();
+        println!("| {ngram} | {min} | {} | {example} |", found.len());
+    }
+}
