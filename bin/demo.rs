@@ -29,6 +29,14 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         cfg.generate.max_document_chars = 1_200;
         cfg.generate.examples_per_call = 1;
         cfg.verify.max_document_chars = 1_200;
+        for max_tokens in [
+            &mut cfg.llm_filter.max_tokens,
+            &mut cfg.classify.max_tokens,
+            &mut cfg.generate.max_tokens,
+            &mut cfg.verify.max_tokens,
+        ] {
+            *max_tokens = 160;
+        }
     }
     let llm = args.llm.setup(&mut cfg, true)?;
     let cluster = MockCluster::new(1).context("starting the in-process Kafka cluster")?;

@@ -79,6 +79,11 @@ impl LlmArgs {
             let llm = cfg.llm.get_or_insert_with(LlmConfig::default);
             llm.endpoints = vec![started.url];
             llm.model = Some(started.model);
+            // The local server answers one request at a time, slowly: queueing more only makes
+            // them time out (and their retries queue behind the abandoned ones).
+            llm.concurrency = 1;
+            llm.timeout_secs = llm.timeout_secs.max(900);
+            llm.json_schema = false;
             local = Some(started.handle);
         } else if cfg.llm.is_none() {
             bail!("{NO_LLM_HELP}");
