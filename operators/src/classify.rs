@@ -96,13 +96,7 @@ pub fn classify<'s>(
     docs: StreamVec<'s, u64, Document>,
     cfg: ClassifyConfig,
     service: Arc<dyn LlmService>,
-) -> Result<
-    (
-        StreamVec<'s, u64, ClassifiedDocument>,
-        StreamVec<'s, u64, DeadLetter>,
-    ),
-    String,
-> {
+) -> Result<crate::Split<'s, ClassifiedDocument>, String> {
     let template = cfg.call().template(PROMPT)?;
     let domain_list = cfg
         .domains
@@ -194,6 +188,19 @@ pub fn classify<'s>(
     ))
 }
 
+impl ClassifyConfig {
+    /// The call settings of this stage.
+    pub fn call(&self) -> StageModel {
+        StageModel {
+            enabled: self.enabled,
+            model: self.model.clone(),
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+            prompt_file: self.prompt_file.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,18 +220,5 @@ mod tests {
             vec!["a nurse", "a patient", "a health journalist"]
         );
         assert_eq!(personas_of(&json!({"personas": ["x"]}), 3), vec!["x"]);
-    }
-}
-
-impl ClassifyConfig {
-    /// The call settings of this stage.
-    pub fn call(&self) -> StageModel {
-        StageModel {
-            enabled: self.enabled,
-            model: self.model.clone(),
-            temperature: self.temperature,
-            max_tokens: self.max_tokens,
-            prompt_file: self.prompt_file.clone(),
-        }
     }
 }

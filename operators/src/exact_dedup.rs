@@ -63,7 +63,9 @@ pub fn exact_dedup<'s, T: Timestamp + TotalOrder>(
         |default_cap, _info| {
             drop(default_cap);
             let mut seen: HashMap<u64, FirstSeen> = HashMap::new();
-            let mut pending: BTreeMap<T, (Capability<T>, Vec<(u64, Document)>)> = BTreeMap::new();
+            // Per open epoch: its capability and its (text hash, document) pairs.
+            type Pending<T> = BTreeMap<T, (Capability<T>, Vec<(u64, Document)>)>;
+            let mut pending: Pending<T> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let time = cap.least().expect("a stamp has a time").clone();

@@ -63,13 +63,7 @@ pub fn generate<'s>(
     docs: StreamVec<'s, u64, ClassifiedDocument>,
     cfg: GenerateConfig,
     service: Arc<dyn LlmService>,
-) -> Result<
-    (
-        StreamVec<'s, u64, QaCandidate>,
-        StreamVec<'s, u64, DeadLetter>,
-    ),
-    String,
-> {
+) -> Result<crate::Split<'s, QaCandidate>, String> {
     let template = cfg.call().template(PROMPT)?;
     let library = match &cfg.fewshot_dir {
         Some(dir) => FewShotLibrary::load_dir(dir)?,

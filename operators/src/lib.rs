@@ -1,6 +1,10 @@
 //! The stages of the webscale-rl pipeline, each a plain function over a timely stream that returns
 //! what passed and what was rejected (as dead letters), plus the records they exchange.
 
+// A dead letter is the `Err` side of every stage by design (it carries the rejection's origin and
+// payload head); boxing it would add an allocation per rejection for nothing.
+#![allow(clippy::result_large_err)]
+
 pub mod benchmarks;
 pub mod classify;
 pub mod decontaminate;
@@ -22,3 +26,9 @@ pub mod route;
 pub mod verify;
 
 pub use record::{DeadLetter, Document, Emitted, Origin, QaPair, RawMessage, Stage};
+
+/// What a stage returns: the records that passed, and dead letters for the rest.
+pub type Split<'s, D> = (
+    timely::dataflow::StreamVec<'s, u64, D>,
+    timely::dataflow::StreamVec<'s, u64, DeadLetter>,
+);

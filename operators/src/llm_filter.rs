@@ -58,7 +58,7 @@ pub fn llm_filter<'s>(
     docs: StreamVec<'s, u64, Document>,
     cfg: LlmFilterConfig,
     service: Arc<dyn LlmService>,
-) -> Result<(StreamVec<'s, u64, Document>, StreamVec<'s, u64, DeadLetter>), String> {
+) -> Result<crate::Split<'s, Document>, String> {
     let template = cfg.call().template(PROMPT)?;
     let schema = json!({
         "type": "object",

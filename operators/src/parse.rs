@@ -142,6 +142,7 @@ mod tests {
                 partition: 0,
                 offset: 3,
             },
+            truncated: false,
         }
     }
 

@@ -361,6 +361,7 @@ mod tests {
                 partition: 1,
                 offset: 7,
             },
+            truncated: false,
         };
         let a = DeadLetter::for_message(&msg, Stage::Parse, "malformed_json", "x");
         let b = DeadLetter::for_message(&msg, Stage::Parse, "malformed_json", "y");

@@ -119,13 +119,7 @@ pub fn verify<'s>(
     candidates: StreamVec<'s, u64, QaCandidate>,
     cfg: VerifyConfig,
     service: Arc<dyn LlmService>,
-) -> Result<
-    (
-        StreamVec<'s, u64, (Origin, QaPair)>,
-        StreamVec<'s, u64, DeadLetter>,
-    ),
-    String,
-> {
+) -> Result<crate::Split<'s, (Origin, QaPair)>, String> {
     let template = cfg.call().template(PROMPT)?;
     let checks = cfg.clone();
     let (checked, failed) = candidates.ok_err(move |c: QaCandidate| {
@@ -246,6 +240,19 @@ fn into_pair(c: QaCandidate, verifier: Option<String>, include_text: bool) -> (O
     (c.doc.origin, pair)
 }
 
+impl VerifyConfig {
+    /// The call settings of this stage.
+    pub fn call(&self) -> StageModel {
+        StageModel {
+            enabled: self.enabled,
+            model: self.model.clone(),
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+            prompt_file: self.prompt_file.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,18 +290,5 @@ mod tests {
             ),
             Some("answer_too_long")
         );
-    }
-}
-
-impl VerifyConfig {
-    /// The call settings of this stage.
-    pub fn call(&self) -> StageModel {
-        StageModel {
-            enabled: self.enabled,
-            model: self.model.clone(),
-            temperature: self.temperature,
-            max_tokens: self.max_tokens,
-            prompt_file: self.prompt_file.clone(),
-        }
     }
 }

@@ -134,10 +134,7 @@ pub fn assign_partitions(
         );
     };
     if let Some(err) = meta.error() {
-        bail!(
-            "input topic '{topic}' is not available: {:?}",
-            rdkafka::types::RDKafkaRespErr::from(err)
-        );
+        bail!("input topic '{topic}' is not available: {:?}", err);
     }
     let mut partitions: Vec<i32> = meta
         .partitions()
