@@ -457,6 +457,40 @@ mod tests {
         serde_json::from_str(json)
     }
 
+    /// The `[near_dedup]` section as documented for pipeline.toml: every setting at its default.
+    const DOCUMENTED: &str = r#"
+[near_dedup]
+enabled = true
+ngram = 5                  # words per shingle
+bands = 14                 # LSH bands: 14 x 8 = 112 hashes, threshold (1/14)^(1/8) ~ 0.719
+rows = 8                   # signature values per band
+seed = 0x5eed0f1ea54a11d5  # hash functions; changing it invalidates a persisted index
+verify_jaccard = 0.7       # a band collision counts if the estimated Jaccard reaches this; 0 = plain LSH
+# state_dir = "/var/lib/webscale-rl"  # index under <state_dir>/near_dedup/; unset = in memory only
+partitions = 32            # index files, each owned by one worker; fixed for a state_dir
+max_documents = 0          # cap on indexed documents, oldest evicted first; 0 = unbounded
+ttl_hours = 0.0            # index entries older than this expire (epochs are wall-clock ms); 0 = never
+sync_interval_ms = 5000    # the index is fsynced at least this often; 0 = every epoch
+cache_mb = 64              # redb page cache of the index, per process
+
+[near_dedup.normalize]     # the same settings as [exact_dedup.normalize]
+lowercase = true
+strip_punctuation = true
+fold_digits = false
+"#;
+
+    #[test]
+    fn the_documented_toml_is_the_default() {
+        #[derive(Deserialize)]
+        struct File {
+            near_dedup: NearDedupConfig,
+        }
+        let file: File = toml::from_str(DOCUMENTED).unwrap();
+        assert_eq!(file.near_dedup, NearDedupConfig::default());
+        let typo = DOCUMENTED.replace("ttl_hours", "ttl_hour");
+        assert!(toml::from_str::<File>(&typo).is_err());
+    }
+
     #[test]
     fn signatures_are_deterministic_and_seeded() {
         let text = words(300, 1).join(" ");
