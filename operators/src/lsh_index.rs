@@ -310,6 +310,13 @@ impl Partition {
                 if found {
                     continue;
                 }
+                if self.entries() >= MAX_KEYS_PER_PARTITION {
+                    // Record numbers must stay within a 2^24 window even inside an epoch.
+                    let mut one = true;
+                    stats.evicted += self
+                        .evict(&mut records, |_| std::mem::take(&mut one))
+                        .map_err(&err)?;
+                }
                 if self.table.needs_rebuild() {
                     self.table = Slots::build(&records, self.oldest..self.next).map_err(&err)?;
                 }
