@@ -38,6 +38,7 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
             *max_tokens = 160;
         }
     }
+    crate::prepare_near_dedup(&cfg, cli.quiet)?;
     let llm = args.llm.setup(&mut cfg, true)?;
     let cluster = MockCluster::new(1).context("starting the in-process Kafka cluster")?;
     let brokers = cluster.bootstrap_servers();

@@ -129,6 +129,7 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
              try `webscale-rl demo` for a run with no setup"
         );
     }
+    prepare_near_dedup(&cfg, cli.quiet)?;
     let llm = args.llm.setup(&mut cfg, false)?;
     let resources = Resources {
         llm: llm.as_ref().map(|l| l.service()),
@@ -167,6 +168,19 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         cli,
         Summary::new(mode, started.elapsed(), funnel.snapshot(), usage),
     );
+    Ok(())
+}
+
+/// Start-up checks of the stateful stages: the near-dedup index directory (one clear error
+/// instead of a panic per worker) and its parameters, printed with the implied LSH threshold.
+pub fn prepare_near_dedup(cfg: &PipelineConfig, quiet: bool) -> anyhow::Result<()> {
+    if cfg.near_dedup.enabled {
+        webscale_rl_operators::lsh_index::check_state_dir(&cfg.near_dedup)
+            .map_err(|e| anyhow::anyhow!("near_dedup: {e}"))?;
+        if !quiet {
+            eprintln!("{}", cfg.near_dedup.summary());
+        }
+    }
     Ok(())
 }
 

@@ -97,6 +97,13 @@ fn the_demo_runs_with_nothing_installed() {
         "{summary}"
     );
     assert!(
+        summary["stages"]["near_dedup"]["near_duplicate"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "the truncated copy in the corpus is a near-duplicate: {summary}"
+    );
+    assert!(
         summary["stages"]["quality_filter"]["min_words"]
             .as_u64()
             .unwrap()
