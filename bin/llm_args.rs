@@ -83,7 +83,6 @@ impl LlmArgs {
             // them time out (and their retries queue behind the abandoned ones).
             llm.concurrency = 1;
             llm.timeout_secs = llm.timeout_secs.max(900);
-            llm.json_schema = false;
             local = Some(started.handle);
         } else if cfg.llm.is_none() {
             bail!("{NO_LLM_HELP}");
