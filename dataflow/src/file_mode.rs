@@ -17,7 +17,7 @@ use webscale_rl_connectors::file_source::{FileProgress, FileSourceConfig, file_s
 
 use crate::config::PipelineConfig;
 use crate::funnel::{DEAD_LETTERED, EMITTED, Funnel};
-use crate::graph::{self, Resources};
+use crate::graph::{self, Resources, count};
 use crate::runtime::RunControl;
 
 /// Paths of a file-mode run.
@@ -114,13 +114,10 @@ fn file_worker(
     funnel: &Funnel,
     resources: &Resources,
 ) -> anyhow::Result<()> {
-    let (input, outputs) = match mine {
-        Some((i, (o, r))) => (Some(i), Some((o, r))),
-        None => (None, None),
-    };
-    let (out, rej) = match outputs {
-        Some((o, r)) => (Some(o), Some(r)),
-        None => (None, None),
+    // Worker 0 holds the input and both writers; the others only process their share.
+    let (input, out, rej) = match mine {
+        Some((i, (o, r))) => (Some(i), Some(o), Some(r)),
+        None => (None, None, None),
     };
     let out = Rc::new(RefCell::new(out));
     let rej = Rc::new(RefCell::new(rej));
@@ -137,8 +134,9 @@ fn file_worker(
     worker.dataflow::<u64, _, _>(|scope| -> anyhow::Result<()> {
         let messages = file_source(scope, input, source_cfg, durable.clone(), progress.clone());
         let outs = graph::build(messages, cfg, funnel, resources).map_err(|e| anyhow!(e))?;
-        let counted_out = count_written(outs.output, funnel, EMITTED);
-        let counted_dead = count_written(outs.dead_letters, funnel, DEAD_LETTERED);
+        // Counted on their way into the sinks: the funnel's `emitted` / `dead_lettered`.
+        let counted_out = count(outs.output, funnel, EMITTED.0, EMITTED.1);
+        let counted_dead = count(outs.dead_letters, funnel, DEAD_LETTERED.0, DEAD_LETTERED.1);
         file_sink(counted_out.clone(), out.clone(), sink_error.clone());
         file_sink(counted_dead.clone(), rej.clone(), sink_error.clone());
         counted_out.concat(counted_dead).probe_with(&durable);
@@ -171,19 +169,4 @@ fn file_worker(
         }
     }
     Ok(())
-}
-
-/// Counts records on their way into a sink (the funnel's `emitted` / `dead_lettered`).
-fn count_written<'s>(
-    stream: timely::dataflow::StreamVec<'s, u64, webscale_rl_operators::record::Emitted>,
-    funnel: &Funnel,
-    key: (&'static str, &'static str),
-) -> timely::dataflow::StreamVec<'s, u64, webscale_rl_operators::record::Emitted> {
-    use timely::dataflow::operators::core::Inspect;
-    let funnel = funnel.clone();
-    stream.inspect_core(move |event| {
-        if let Ok((_, batch)) = event {
-            funnel.add(key.0, key.1, batch.len() as u64);
-        }
-    })
 }

@@ -42,7 +42,7 @@ pub struct Outputs<'s> {
 }
 
 /// Counts the records of a stream into the funnel under (stage, outcome).
-fn count<'s, D: 'static>(
+pub(crate) fn count<'s, D: 'static>(
     stream: StreamVec<'s, u64, D>,
     funnel: &Funnel,
     stage: &'static str,

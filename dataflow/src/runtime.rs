@@ -179,7 +179,6 @@ fn kafka_worker(
         dead_lettered = dead_letter.delivered(),
         "worker finished"
     );
-    let _ = control.stop.load(Ordering::Relaxed);
     Ok(())
 }
 
