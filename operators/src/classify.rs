@@ -111,7 +111,7 @@ pub fn classify<'s>(
             "domain": {"type": "string", "enum": cfg.domains},
             "personas": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": cfg.max_personas}
         },
-        "required": ["reason", "domain", "personas"]
+        "required": ["domain", "personas", "reason"]
     });
     let make = {
         let cfg = cfg.clone();

@@ -72,7 +72,7 @@ pub fn generate<'s>(
     let schema = json!({
         "type": "object",
         "properties": {"reason": {"type": "string"}, "question": {"type": "string"}, "answer": {"type": "string"}},
-        "required": ["reason", "question", "answer"]
+        "required": ["question", "answer", "reason"]
     });
     let tasks = docs.flat_map(|c: ClassifiedDocument| {
         let ClassifiedDocument {

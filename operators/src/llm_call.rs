@@ -17,7 +17,10 @@ pub struct LlmRequest {
     pub prompt: String,
     pub temperature: f64,
     pub max_tokens: u32,
-    /// JSON schema of the answer, sent as `response_format` where the server supports it.
+    /// JSON schema of the answer, sent as `response_format` where the server supports it. The
+    /// stages list the verdict fields first in `required`: a server that prefills the answer
+    /// from the schema (the local model) then starts with the decision instead of rambling in
+    /// `reason` until its token limit.
     pub schema: Option<(&'static str, Value)>,
 }
 

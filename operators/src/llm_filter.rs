@@ -63,7 +63,7 @@ pub fn llm_filter<'s>(
     let schema = json!({
         "type": "object",
         "properties": {"reason": {"type": "string"}, "qualified": {"type": "boolean"}},
-        "required": ["reason", "qualified"]
+        "required": ["qualified", "reason"]
     });
     let model = cfg.call();
     Ok(llm_stage(

@@ -143,7 +143,7 @@ pub fn verify<'s>(
             "answer_correct": {"type": "boolean"},
             "leaks_answer": {"type": "boolean"}
         },
-        "required": ["reason", "has_context", "answer_correct", "leaks_answer"]
+        "required": ["has_context", "answer_correct", "leaks_answer", "reason"]
     });
     let model = cfg.call();
     let include_text = cfg.include_source_text;
