@@ -1,5 +1,5 @@
-//! Throughput of the CPU stages (parse + quality filter + exact dedup) on the shared sample, with
-//! 1 and 2 timely workers. Inputs are fed from memory and outputs counted, so Kafka is out of the
+//! Throughput of the CPU stages on the shared sample, with 1 and 2 timely workers: parse + quality
+//! filter + exact dedup, then the same plus near dedup (in-memory MinHash LSH index). Inputs are fed from memory and outputs counted, so Kafka is out of the
 //! measurement. Run: `cargo bench --bench cpu_stages` (figures in BENCHMARKS.md).
 
 use std::sync::Arc;
@@ -34,14 +34,15 @@ fn corpus(copies: usize) -> Vec<Vec<u8>> {
     out
 }
 
-fn run(workers: usize, docs: Arc<Vec<Vec<u8>>>) -> (f64, u64) {
+fn run(workers: usize, docs: Arc<Vec<Vec<u8>>>, near_dedup: bool) -> (f64, u64) {
     let out = Arc::new(AtomicU64::new(0));
     let out2 = out.clone();
     let started = Instant::now();
     timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let mut input = InputHandle::new();
-        let cfg = PipelineConfig::default();
+        let mut cfg = PipelineConfig::default();
+        cfg.near_dedup.enabled = near_dedup;
         let funnel = Funnel::default();
         let out = out2.clone();
         let probe = worker.dataflow::<u64, _, _>(|scope| {
@@ -102,18 +103,20 @@ fn main() {
         docs.len(),
         bytes as f64 / 1e6
     );
-    for workers in [1, 2] {
-        // Best of three, after one warm-up run.
-        run(workers, docs.clone());
-        let (secs, out) = (0..3)
-            .map(|_| run(workers, docs.clone()))
-            .min_by(|a, b| a.0.total_cmp(&b.0))
-            .unwrap();
-        assert_eq!(out as usize, docs.len(), "every document accounted for");
-        println!(
-            "parse+filter+exact dedup, {workers} worker(s): {:.0} docs/s, {:.1} MB/s ({secs:.3} s)",
-            docs.len() as f64 / secs,
-            bytes as f64 / 1e6 / secs
-        );
+    for (near_dedup, stages) in [(false, "parse+filter+exact dedup"), (true, "+ near dedup")] {
+        for workers in [1, 2] {
+            // Best of three, after one warm-up run.
+            run(workers, docs.clone(), near_dedup);
+            let (secs, out) = (0..3)
+                .map(|_| run(workers, docs.clone(), near_dedup))
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .unwrap();
+            assert_eq!(out as usize, docs.len(), "every document accounted for");
+            println!(
+                "{stages}, {workers} worker(s): {:.0} docs/s, {:.1} MB/s ({secs:.3} s)",
+                docs.len() as f64 / secs,
+                bytes as f64 / 1e6 / secs
+            );
+        }
     }
 }
