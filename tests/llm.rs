@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use webscale_rl_connectors::llm::LlmConfig;
 use webscale_rl_connectors::llm::scripted_server::{Reply, ScriptedServer, ScriptedServerConfig};
 use webscale_rl_dataflow::cluster::ClusterOptions;
@@ -16,47 +16,11 @@ use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
 use webscale_rl_dataflow::{Funnel, PipelineConfig};
 use webscale_rl_operators::quality_filter::{QualityFilterConfig, check};
 
-use crate::support::{Kafka, sample_lines};
+use crate::support::{JANET, Kafka, oracle, sample_lines};
 use webscale_rl_operators::benchmarks::BenchmarkSpec;
 use webscale_rl_operators::decontaminate::{Benchmarks, DecontaminateConfig};
 
 const BENCHMARKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/benchmarks");
-
-const JANET: &str = "Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh duck egg. How much in dollars does she make every day?";
-
-/// Answers like a cooperative model, except where a marker in the document says otherwise.
-fn oracle(body: &Value) -> String {
-    let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
-    let answer = if prompt.starts_with("You screen web documents") {
-        json!({"reason": "facts", "qualified": !prompt.contains("[[boilerplate]]")})
-    } else if prompt.starts_with("Label the document") {
-        let domain = if prompt.contains("[[offlist]]") {
-            "Sports"
-        } else {
-            "Natural Science"
-        };
-        json!({"reason": "r", "domain": domain, "personas": ["a curious student", "a science teacher"]})
-    } else if prompt.starts_with("You write one question-answer pair") {
-        let persona = if prompt.contains("asked by a science teacher") {
-            "teacher"
-        } else {
-            "student"
-        };
-        if prompt.contains("[[gsm8k-qa]]") {
-            // A benchmark question verbatim: decontamination must drop the pair.
-            json!({"reason": "r", "question": JANET, "answer": "18"})
-        } else if prompt.contains("[[leak]]") {
-            json!({"reason": "r", "question": "Is the answer Mars, the red planet?", "answer": "Mars"})
-        } else {
-            json!({"reason": "r", "question": format!("Which planet did the {persona} in the 1969 survey name first?"), "answer": "Jupiter"})
-        }
-    } else if prompt.starts_with("You check a question-answer pair") {
-        json!({"reason": "r", "has_context": true, "answer_correct": !prompt.contains("[[wrong]]"), "leaks_answer": false})
-    } else {
-        json!({"error": "unknown prompt"})
-    };
-    answer.to_string()
-}
 
 struct Setup {
     kafka: Kafka,

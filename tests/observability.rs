@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use webscale_rl_connectors::llm::scripted_server::{ScriptedServer, ScriptedServerConfig};
 use webscale_rl_connectors::llm::{LlmConfig, Price};
 use webscale_rl_dataflow::cluster::ClusterOptions;
@@ -22,35 +22,7 @@ use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
 use webscale_rl_dataflow::{Funnel, PipelineConfig};
 use webscale_rl_operators::quality_filter::{QualityFilterConfig, check};
 
-use crate::support::{BIN, Kafka, sample_lines};
-
-/// A cooperative model: `[[social]]` documents are Social Science, the rest Natural Science;
-/// `[[boilerplate]]` fails the LLM filter and `[[wrong]]` fails verification.
-fn oracle(body: &Value) -> String {
-    let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
-    let answer = if prompt.starts_with("You screen web documents") {
-        json!({"reason": "facts", "qualified": !prompt.contains("[[boilerplate]]")})
-    } else if prompt.starts_with("Label the document") {
-        let domain = if prompt.contains("[[social]]") {
-            "Social Science"
-        } else {
-            "Natural Science"
-        };
-        json!({"reason": "r", "domain": domain, "personas": ["a curious student", "a science teacher"]})
-    } else if prompt.starts_with("You write one question-answer pair") {
-        let persona = if prompt.contains("asked by a science teacher") {
-            "teacher"
-        } else {
-            "student"
-        };
-        json!({"reason": "r", "question": format!("Which planet did the {persona} in the 1969 survey name first?"), "answer": "Jupiter"})
-    } else if prompt.starts_with("You check a question-answer pair") {
-        json!({"reason": "r", "has_context": true, "answer_correct": !prompt.contains("[[wrong]]"), "leaks_answer": false})
-    } else {
-        json!({"error": "unknown prompt"})
-    };
-    answer.to_string()
-}
+use crate::support::{BIN, Kafka, oracle, sample_lines};
 
 fn scripted_server(runtime: &tokio::runtime::Runtime) -> ScriptedServer {
     runtime

@@ -10,7 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde_json::Value;
+use serde_json::{Value, json};
 use webscale_rl_connectors::kafka::{KafkaConfig, tools};
 
 pub const SAMPLE: &str = concat!(
@@ -159,4 +159,46 @@ pub fn ids(records: &[Value]) -> std::collections::BTreeSet<String> {
                 .to_string()
         })
         .collect()
+}
+
+/// A GSM8K test question (item 0), lightly reworded: what a contaminated pair looks like.
+pub const JANET: &str = "Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh duck egg. How much in dollars does she make every day?";
+
+/// The scripted LLM server's answers: a cooperative model, except where a marker in the document
+/// steers it: `[[boilerplate]]` fails the LLM filter, `[[offlist]]` gets an off-list domain,
+/// `[[social]]` is Social Science (else Natural Science), `[[leak]]` puts the answer in the
+/// question, `[[gsm8k-qa]]` copies a GSM8K question, `[[wrong]]` fails verification.
+pub fn oracle(body: &Value) -> String {
+    let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
+    let answer = if prompt.starts_with("You screen web documents") {
+        json!({"reason": "facts", "qualified": !prompt.contains("[[boilerplate]]")})
+    } else if prompt.starts_with("Label the document") {
+        let domain = if prompt.contains("[[offlist]]") {
+            "Sports"
+        } else if prompt.contains("[[social]]") {
+            "Social Science"
+        } else {
+            "Natural Science"
+        };
+        json!({"reason": "r", "domain": domain, "personas": ["a curious student", "a science teacher"]})
+    } else if prompt.starts_with("You write one question-answer pair") {
+        let persona = if prompt.contains("asked by a science teacher") {
+            "teacher"
+        } else {
+            "student"
+        };
+        if prompt.contains("[[gsm8k-qa]]") {
+            // A benchmark question verbatim: decontamination must drop the pair.
+            json!({"reason": "r", "question": JANET, "answer": "18"})
+        } else if prompt.contains("[[leak]]") {
+            json!({"reason": "r", "question": "Is the answer Mars, the red planet?", "answer": "Mars"})
+        } else {
+            json!({"reason": "r", "question": format!("Which planet did the {persona} in the 1969 survey name first?"), "answer": "Jupiter"})
+        }
+    } else if prompt.starts_with("You check a question-answer pair") {
+        json!({"reason": "r", "has_context": true, "answer_correct": !prompt.contains("[[wrong]]"), "leaks_answer": false})
+    } else {
+        json!({"error": "unknown prompt"})
+    };
+    answer.to_string()
 }
