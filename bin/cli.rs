@@ -90,6 +90,9 @@ pub struct RunArgs {
     /// File mode: dead-letter JSONL (default: next to the output, `NAME.rejects.jsonl`).
     #[arg(long, requires = "input")]
     pub rejects: Option<String>,
+    /// File mode: write QA pairs as export shards (jsonl | hf | verl) into the --output directory.
+    #[arg(long, requires = "input")]
+    pub format: Option<webscale_rl_connectors::export::ExportFormat>,
     /// Benchmark test set (file or folder) to decontaminate against; repeatable.
     #[arg(long)]
     pub benchmarks: Vec<PathBuf>,

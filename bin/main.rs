@@ -154,6 +154,7 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
             input: input.clone(),
             output: output.clone(),
             rejects: args.rejects.clone(),
+            format: args.format,
             progress: !cli.quiet,
         };
         run_files(cfg, timely_config, run, control, funnel.clone(), resources)?;

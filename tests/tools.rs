@@ -206,3 +206,77 @@ fn score_asks_the_llm_judge_only_when_the_rules_do_not_match() {
     );
     assert_eq!(server.requests(), 1);
 }
+
+#[test]
+fn file_mode_writes_verl_shards_directly() {
+    use std::sync::Arc;
+    use webscale_rl_connectors::llm::scripted_server::{ScriptedServer, ScriptedServerConfig};
+    use webscale_rl_operators::quality_filter::{QualityFilterConfig, check};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(ScriptedServer::start_with(ScriptedServerConfig {
+            answer: Some(Arc::new(crate::support::oracle)),
+            ..Default::default()
+        }))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("docs.jsonl");
+    let docs: Vec<Vec<u8>> = crate::support::sample_lines()
+        .into_iter()
+        .filter(|l| {
+            let v: Value = serde_json::from_slice(l).unwrap();
+            v["source"] == "wikitext2-test"
+                && check(v["text"].as_str().unwrap(), &QualityFilterConfig::default()).is_ok()
+        })
+        .take(5)
+        .collect();
+    std::fs::write(&input, docs.join(&b"\n"[..])).unwrap();
+    let out_dir = dir.path().join("verl");
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--quiet",
+            "--format",
+            "verl",
+            "--llm-url",
+            &server.base_url(),
+        ])
+        .args(["--llm-model", "scripted", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = format!(
+        "import pyarrow.dataset as ds, json; t = ds.dataset('{}').to_table(); \
+         print(json.dumps({{'rows': t.num_rows, 'ability': t.column('ability')[0].as_py()}}))",
+        out_dir.display()
+    );
+    let py = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let v: Value = serde_json::from_slice(&py.stdout).unwrap();
+    assert_eq!(v["rows"], 10, "5 documents x 2 personas");
+    assert_eq!(v["ability"], "Natural Science");
+    // Without the LLM there are no QA pairs to shard: a clear error.
+    let out = Command::new(BIN)
+        .args(["run", "--no-llm", "--format", "hf", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("hf"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs the LLM stages"));
+}

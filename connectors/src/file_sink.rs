@@ -1,20 +1,51 @@
-//! The file sink: every worker's records are exchanged to worker 0, which appends them to one
-//! JSONL file (written atomically on finish).
+//! The file sink: every worker's records are exchanged to worker 0, which writes them to one
+//! output — a JSONL file, or training-ready shards (`hf`/`verl` parquet) — that appears atomically
+//! when the run finishes.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use anyhow::Context;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
-use webscale_rl_operators::record::Emitted;
+use webscale_rl_operators::record::{Emitted, QaPair};
 
+use crate::export::ShardedWriter;
 use crate::file::JsonlOutput;
 
-/// A JSONL writer shared between the sink operator and the worker loop (which finishes it).
-pub type SharedOutput = Rc<RefCell<Option<JsonlOutput>>>;
+/// Where the file sink writes.
+pub enum FileOutput {
+    /// One JSONL file (plain, `.gz`, `.zst`), renamed into place on finish.
+    Jsonl(JsonlOutput),
+    /// QA pairs as export shards (`jsonl`/`hf`/`verl`), each renamed into place when closed.
+    Shards(ShardedWriter),
+}
 
-/// Appends `records` to `out` on worker 0. A write error is kept in `error` and fails the run.
+impl FileOutput {
+    pub fn write(&mut self, record: &Emitted) -> anyhow::Result<()> {
+        match self {
+            FileOutput::Jsonl(out) => out.write_record(&record.payload),
+            FileOutput::Shards(out) => {
+                let pair: QaPair = serde_json::from_slice(&record.payload)
+                    .context("shard outputs take QA pairs (run with an LLM)")?;
+                out.write(pair)
+            }
+        }
+    }
+
+    pub fn finish(self) -> anyhow::Result<()> {
+        match self {
+            FileOutput::Jsonl(out) => out.finish(),
+            FileOutput::Shards(out) => out.finish().map(|_| ()),
+        }
+    }
+}
+
+/// An output shared between the sink operator and the worker loop (which finishes it).
+pub type SharedOutput = Rc<RefCell<Option<FileOutput>>>;
+
+/// Writes `records` to `out` on worker 0. A write error is kept in `error` and fails the run.
 pub fn file_sink(
     records: StreamVec<'_, u64, Emitted>,
     out: SharedOutput,
@@ -28,7 +59,7 @@ pub fn file_sink(
                 let mut out = out.borrow_mut();
                 let Some(writer) = out.as_mut() else { return };
                 for record in data.drain(..) {
-                    if let Err(e) = writer.write_record(&record.payload) {
+                    if let Err(e) = writer.write(&record) {
                         error.borrow_mut().get_or_insert_with(|| format!("{e:#}"));
                         return;
                     }

@@ -11,8 +11,9 @@ use anyhow::anyhow;
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::core::Concat;
 use timely::dataflow::operators::core::Probe;
+use webscale_rl_connectors::export::{ExportFormat, ExportOptions, sharded_writer};
 use webscale_rl_connectors::file::{JsonlInput, JsonlOutput, Progress};
-use webscale_rl_connectors::file_sink::file_sink;
+use webscale_rl_connectors::file_sink::{FileOutput, file_sink};
 use webscale_rl_connectors::file_source::{FileProgress, FileSourceConfig, file_source};
 
 use crate::config::PipelineConfig;
@@ -25,8 +26,11 @@ use crate::runtime::RunControl;
 pub struct FileRun {
     /// Input JSONL (`-` for stdin).
     pub input: String,
-    /// Output JSONL (`-` for stdout); `.gz`/`.zst` compress.
+    /// Output JSONL (`-` for stdout); `.gz`/`.zst` compress. With a shard `format`, a directory.
     pub output: String,
+    /// `None`: one JSONL file. `Some(format)`: QA pairs as export shards in the `output` directory
+    /// (`hf`/`verl` parquet for trainers; needs the LLM stages).
+    pub format: Option<ExportFormat>,
     /// Dead letters; by default next to the output (`out.jsonl` -> `out.rejects.jsonl`).
     pub rejects: Option<String>,
     /// Show a progress bar on stderr.
@@ -68,10 +72,18 @@ pub fn run_files(
         .rejects
         .clone()
         .unwrap_or_else(|| default_rejects_path(&run.output));
-    let outputs = (
-        JsonlOutput::create(&run.output)?,
-        JsonlOutput::create(&rejects)?,
-    );
+    let output = match run.format {
+        None => Output::Jsonl(JsonlOutput::create(&run.output)?),
+        Some(format) => {
+            if resources.llm.is_none() {
+                anyhow::bail!(
+                    "--format {format} writes QA pairs: it needs the LLM stages (not --no-llm)"
+                );
+            }
+            Output::Shards(format, run.output.clone())
+        }
+    };
+    let outputs = (output, JsonlOutput::create(&rejects)?);
     funnel.live().set_run("file", &run.output, &rejects);
     funnel.live().set_source_ready();
     // Handed to worker 0 only; the closure below runs on every worker thread.
@@ -103,7 +115,29 @@ pub fn run_files(
     }
 }
 
-type Worker0 = (JsonlInput, (JsonlOutput, JsonlOutput));
+/// The main output as handed to worker 0: shard writers are not `Send`, so worker 0 opens them.
+enum Output {
+    Jsonl(JsonlOutput),
+    Shards(ExportFormat, String),
+}
+
+impl Output {
+    fn open(self) -> anyhow::Result<FileOutput> {
+        Ok(match self {
+            Output::Jsonl(out) => FileOutput::Jsonl(out),
+            Output::Shards(format, dir) => {
+                // Replays are impossible within one file run: no dedup pass needed.
+                let opts = ExportOptions {
+                    dedup: false,
+                    ..Default::default()
+                };
+                FileOutput::Shards(sharded_writer(format, std::path::Path::new(&dir), &opts)?)
+            }
+        })
+    }
+}
+
+type Worker0 = (JsonlInput, (Output, JsonlOutput));
 
 fn file_worker(
     worker: &mut timely::worker::Worker,
@@ -116,7 +150,7 @@ fn file_worker(
 ) -> anyhow::Result<()> {
     // Worker 0 holds the input and both writers; the others only process their share.
     let (input, out, rej) = match mine {
-        Some((i, (o, r))) => (Some(i), Some(o), Some(r)),
+        Some((i, (o, r))) => (Some(i), Some(o.open()?), Some(FileOutput::Jsonl(r))),
         None => (None, None, None),
     };
     let out = Rc::new(RefCell::new(out));

@@ -37,7 +37,8 @@ use webscale_rl_operators::record::QaPair;
 use crate::file::{JsonlInput, JsonlOutput};
 use crate::kafka::{KafkaConfig, tools};
 use parquet::{Layout, ParquetShard, VerlPrompt};
-use shards::{ShardFile, ShardLimits, ShardedWriter};
+pub use shards::ShardedWriter;
+use shards::{ShardFile, ShardLimits};
 
 /// What an export writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
