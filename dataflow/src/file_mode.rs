@@ -73,7 +73,7 @@ pub fn run_files(
         .clone()
         .unwrap_or_else(|| default_rejects_path(&run.output));
     let output = match run.format {
-        None => Output::Jsonl(JsonlOutput::create(&run.output)?),
+        None => Output::Jsonl(Box::new(JsonlOutput::create(&run.output)?)),
         Some(format) => {
             if resources.llm.is_none() {
                 anyhow::bail!(
@@ -117,14 +117,14 @@ pub fn run_files(
 
 /// The main output as handed to worker 0: shard writers are not `Send`, so worker 0 opens them.
 enum Output {
-    Jsonl(JsonlOutput),
+    Jsonl(Box<JsonlOutput>),
     Shards(ExportFormat, String),
 }
 
 impl Output {
     fn open(self) -> anyhow::Result<FileOutput> {
         Ok(match self {
-            Output::Jsonl(out) => FileOutput::Jsonl(out),
+            Output::Jsonl(out) => FileOutput::Jsonl(*out),
             Output::Shards(format, dir) => {
                 // Replays are impossible within one file run: no dedup pass needed.
                 let opts = ExportOptions {
