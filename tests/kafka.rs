@@ -190,7 +190,7 @@ fn slow_config(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("slow.toml");
     std::fs::write(
         &path,
-        "[source]\nbatch_max = 5\nepoch_ms = 20\nidle_poll_ms = 20\nmax_in_flight_docs = 10\n",
+        "[source]\nbatch_max = 5\nepoch_ms = 50\nidle_poll_ms = 50\nmax_in_flight_docs = 5\n",
     )
     .unwrap();
     path
@@ -229,15 +229,11 @@ fn a_crash_mid_stream_loses_nothing_and_the_replay_adds_no_new_ids() {
     let dir = tempfile::tempdir().unwrap();
     let config = slow_config(dir.path());
     let kafka = Kafka::start(4, "e2e-crash");
-    let mut lines = sample_lines();
-    lines.truncate(400);
-    let produced = kafka.produce_lines(lines) as usize;
+    let produced = kafka.produce_lines(sample_lines()) as usize;
 
     // A clean reference run on a separate cluster gives the ids a run must produce.
     let reference = Kafka::start(4, "e2e-crash-ref");
-    let mut lines = sample_lines();
-    lines.truncate(400);
-    reference.produce_lines(lines);
+    reference.produce_lines(sample_lines());
     run_until_caught_up(&reference, 2);
     let (want_out, want_dead) = (ids(&reference.outputs()), ids(&reference.dead_letters()));
     assert_eq!(want_out.len() + want_dead.len(), produced);
@@ -258,7 +254,10 @@ fn a_crash_mid_stream_loses_nothing_and_the_replay_adds_no_new_ids() {
         "{durable} durable records < {committed} committed offsets"
     );
 
-    let out = engine(&kafka, &config, &["--until-caught-up"])
+    // The restart runs at full speed: only the crash needed a slow engine.
+    let fast = dir.path().join("fast.toml");
+    std::fs::write(&fast, "").unwrap();
+    let out = engine(&kafka, &fast, &["--until-caught-up"])
         .output()
         .unwrap();
     assert!(
@@ -284,9 +283,7 @@ fn sigterm_drains_flushes_commits_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let config = slow_config(dir.path());
     let kafka = Kafka::start(2, "e2e-sigterm");
-    let mut lines = sample_lines();
-    lines.truncate(400);
-    let produced = kafka.produce_lines(lines) as i64;
+    let produced = kafka.produce_lines(sample_lines()) as i64;
     let child = engine(&kafka, &config, &[]).spawn().unwrap();
     wait_for_outputs(&kafka, 20);
     let pid = child.id().to_string();

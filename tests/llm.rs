@@ -8,15 +8,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 use webscale_rl_connectors::llm::LlmConfig;
-use webscale_rl_connectors::llm::scripted_server::{Reply, ScriptedServer, ScriptedServerConfig};
+use webscale_rl_connectors::llm::scripted_server::{Reply, ScriptedServer};
 use webscale_rl_dataflow::cluster::ClusterOptions;
 use webscale_rl_dataflow::graph::Resources;
 use webscale_rl_dataflow::llm_service::LlmBackend;
 use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
 use webscale_rl_dataflow::{Funnel, PipelineConfig};
-use webscale_rl_operators::quality_filter::{QualityFilterConfig, check};
 
-use crate::support::{JANET, Kafka, oracle, sample_lines};
+use crate::support::{JANET, Kafka, good_articles, oracle, scripted_server};
 use webscale_rl_operators::benchmarks::BenchmarkSpec;
 use webscale_rl_operators::decontaminate::{Benchmarks, DecontaminateConfig};
 
@@ -34,12 +33,7 @@ struct Setup {
 /// 12 sample documents: 6 clean, one per marker.
 fn setup(group: &str) -> Setup {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime
-        .block_on(ScriptedServer::start_with(ScriptedServerConfig {
-            answer: Some(Arc::new(oracle)),
-            ..Default::default()
-        }))
-        .unwrap();
+    let server = scripted_server(&runtime, oracle, Duration::ZERO);
     let kafka = Kafka::start(2, group);
     let markers = [
         "",
@@ -57,13 +51,7 @@ fn setup(group: &str) -> Setup {
         "[[gsm8k-qa]]",
         "[[gsm8k-doc]]",
     ];
-    let good: Vec<Value> = sample_lines()
-        .iter()
-        .map(|l| serde_json::from_slice::<Value>(l).unwrap())
-        .filter(|d| d["source"] == "wikitext2-test")
-        .filter(|d| check(d["text"].as_str().unwrap(), &QualityFilterConfig::default()).is_ok())
-        .take(markers.len())
-        .collect();
+    let good: Vec<Value> = good_articles().take(markers.len()).collect();
     let mut docs = Vec::new();
     let lines = good
         .into_iter()

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use webscale_rl_connectors::llm::scripted_server::{ScriptedServer, ScriptedServerConfig};
+use webscale_rl_connectors::llm::scripted_server::ScriptedServer;
 use webscale_rl_connectors::llm::{LlmConfig, Price};
 use webscale_rl_dataflow::cluster::ClusterOptions;
 use webscale_rl_dataflow::graph::Resources;
@@ -20,18 +20,11 @@ use webscale_rl_dataflow::llm_service::LlmBackend;
 use webscale_rl_dataflow::metrics::{EngineMetrics, sample};
 use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
 use webscale_rl_dataflow::{Funnel, PipelineConfig};
-use webscale_rl_operators::quality_filter::{QualityFilterConfig, check};
 
-use crate::support::{BIN, Kafka, oracle, sample_lines};
+use crate::support::{BIN, Kafka, oracle};
 
 fn scripted_server(runtime: &tokio::runtime::Runtime) -> ScriptedServer {
-    runtime
-        .block_on(ScriptedServer::start_with(ScriptedServerConfig {
-            answer: Some(Arc::new(oracle)),
-            latency: Duration::from_millis(20),
-            ..Default::default()
-        }))
-        .unwrap()
+    crate::support::scripted_server(runtime, oracle, Duration::from_millis(20))
 }
 
 /// 10 documents that pass the CPU stages (markers steer them through the LLM stages) and 4 that
@@ -49,11 +42,7 @@ fn corpus() -> Vec<Vec<u8>> {
         "[[wrong]]",
         "",
     ];
-    let mut lines: Vec<Vec<u8>> = sample_lines()
-        .iter()
-        .map(|l| serde_json::from_slice::<Value>(l).unwrap())
-        .filter(|d| d["source"] == "wikitext2-test")
-        .filter(|d| check(d["text"].as_str().unwrap(), &QualityFilterConfig::default()).is_ok())
+    let mut lines: Vec<Vec<u8>> = crate::support::good_articles()
         .zip(markers)
         .enumerate()
         .map(|(i, (mut d, m))| {

@@ -157,15 +157,12 @@ fn export_writes_verl_shards_that_pyarrow_reads() {
 
 #[test]
 fn score_asks_the_llm_judge_only_when_the_rules_do_not_match() {
-    use std::sync::Arc;
-    use webscale_rl_connectors::llm::scripted_server::{ScriptedServer, ScriptedServerConfig};
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime
-        .block_on(ScriptedServer::start_with(ScriptedServerConfig {
-            answer: Some(Arc::new(|_body: &Value| json!({"same": true}).to_string())),
-            ..Default::default()
-        }))
-        .unwrap();
+    let server = crate::support::scripted_server(
+        &runtime,
+        |_body: &Value| json!({"same": true}).to_string(),
+        std::time::Duration::ZERO,
+    );
     let input = concat!(
         r#"{"response": "Answer: the Eiffel tower in Paris", "ground_truth": "Eiffel Tower"}"#,
         "\n",
@@ -209,26 +206,17 @@ fn score_asks_the_llm_judge_only_when_the_rules_do_not_match() {
 
 #[test]
 fn file_mode_writes_verl_shards_directly() {
-    use std::sync::Arc;
-    use webscale_rl_connectors::llm::scripted_server::{ScriptedServer, ScriptedServerConfig};
-    use webscale_rl_operators::quality_filter::{QualityFilterConfig, check};
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime
-        .block_on(ScriptedServer::start_with(ScriptedServerConfig {
-            answer: Some(Arc::new(crate::support::oracle)),
-            ..Default::default()
-        }))
-        .unwrap();
+    let server = crate::support::scripted_server(
+        &runtime,
+        crate::support::oracle,
+        std::time::Duration::ZERO,
+    );
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("docs.jsonl");
-    let docs: Vec<Vec<u8>> = crate::support::sample_lines()
-        .into_iter()
-        .filter(|l| {
-            let v: Value = serde_json::from_slice(l).unwrap();
-            v["source"] == "wikitext2-test"
-                && check(v["text"].as_str().unwrap(), &QualityFilterConfig::default()).is_ok()
-        })
+    let docs: Vec<Vec<u8>> = crate::support::good_articles()
         .take(5)
+        .map(|d| serde_json::to_vec(&d).unwrap())
         .collect();
     std::fs::write(&input, docs.join(&b"\n"[..])).unwrap();
     let out_dir = dir.path().join("verl");

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use timely::dataflow::StreamVec;
 
-use crate::llm_call::{LlmService, StageModel, clip, render};
+use crate::llm_call::{LlmService, clip, render};
 use crate::llm_stage::{Verdict, llm_stage};
 use crate::record::{ClassifiedDocument, DeadLetter, Document, Stage};
 
@@ -188,18 +188,7 @@ pub fn classify<'s>(
     ))
 }
 
-impl ClassifyConfig {
-    /// The call settings of this stage.
-    pub fn call(&self) -> StageModel {
-        StageModel {
-            enabled: self.enabled,
-            model: self.model.clone(),
-            temperature: self.temperature,
-            max_tokens: self.max_tokens,
-            prompt_file: self.prompt_file.clone(),
-        }
-    }
-}
+crate::impl_stage_call!(ClassifyConfig);
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,7 @@ use serde_json::json;
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::vec::Map;
 
-use crate::llm_call::{LlmService, StageModel, clip, render};
+use crate::llm_call::{LlmService, clip, render};
 use crate::llm_stage::{Verdict, llm_stage};
 use crate::record::{ClassifiedDocument, DeadLetter, Document, Models, QaCandidate, Stage};
 use crate::route::{FewShotLibrary, format_examples};
@@ -169,15 +169,4 @@ pub fn generate<'s>(
     ))
 }
 
-impl GenerateConfig {
-    /// The call settings of this stage.
-    pub fn call(&self) -> StageModel {
-        StageModel {
-            enabled: self.enabled,
-            model: self.model.clone(),
-            temperature: self.temperature,
-            max_tokens: self.max_tokens,
-            prompt_file: self.prompt_file.clone(),
-        }
-    }
-}
+crate::impl_stage_call!(GenerateConfig);

@@ -96,6 +96,26 @@ impl StageModel {
     }
 }
 
+/// Gives a stage config with the fields `enabled`, `model`, `temperature`, `max_tokens` and
+/// `prompt_file` its `call()`: the [`StageModel`] those fields describe.
+#[macro_export]
+macro_rules! impl_stage_call {
+    ($config:ty) => {
+        impl $config {
+            /// The call settings of this stage.
+            pub fn call(&self) -> $crate::llm_call::StageModel {
+                $crate::llm_call::StageModel {
+                    enabled: self.enabled,
+                    model: self.model.clone(),
+                    temperature: self.temperature,
+                    max_tokens: self.max_tokens,
+                    prompt_file: self.prompt_file.clone(),
+                }
+            }
+        }
+    };
+}
+
 fn read_template(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read prompt file '{}': {e}", path.display()))

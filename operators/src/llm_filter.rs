@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use timely::dataflow::StreamVec;
 
-use crate::llm_call::{LlmService, StageModel, clip, render};
+use crate::llm_call::{LlmService, clip, render};
 use crate::llm_stage::{Verdict, llm_stage};
 use crate::record::{DeadLetter, Document, Stage};
 
@@ -117,15 +117,4 @@ pub fn llm_filter<'s>(
     ))
 }
 
-impl LlmFilterConfig {
-    /// The call settings of this stage.
-    pub fn call(&self) -> StageModel {
-        StageModel {
-            enabled: self.enabled,
-            model: self.model.clone(),
-            temperature: self.temperature,
-            max_tokens: self.max_tokens,
-            prompt_file: self.prompt_file.clone(),
-        }
-    }
-}
+crate::impl_stage_call!(LlmFilterConfig);

@@ -9,7 +9,7 @@ use serde_json::json;
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::core::OkErr;
 
-use crate::llm_call::{LlmService, StageModel, clip, render};
+use crate::llm_call::{LlmService, clip, render};
 use crate::llm_filter::json_bool;
 use crate::llm_stage::{Verdict, llm_stage};
 use crate::normalize::{NormalizeConfig, normalize};
@@ -240,18 +240,7 @@ fn into_pair(c: QaCandidate, verifier: Option<String>, include_text: bool) -> (O
     (c.doc.origin, pair)
 }
 
-impl VerifyConfig {
-    /// The call settings of this stage.
-    pub fn call(&self) -> StageModel {
-        StageModel {
-            enabled: self.enabled,
-            model: self.model.clone(),
-            temperature: self.temperature,
-            max_tokens: self.max_tokens,
-            prompt_file: self.prompt_file.clone(),
-        }
-    }
-}
+crate::impl_stage_call!(VerifyConfig);
 
 #[cfg(test)]
 mod tests {

@@ -202,3 +202,30 @@ pub fn oracle(body: &Value) -> String {
     };
     answer.to_string()
 }
+
+/// Wikipedia articles of the shared sample that pass the default quality filter: documents every
+/// LLM-stage test can count on reaching the LLM.
+pub fn good_articles() -> impl Iterator<Item = Value> {
+    use webscale_rl_operators::quality_filter::{QualityFilterConfig, check};
+    sample_lines()
+        .into_iter()
+        .map(|l| serde_json::from_slice::<Value>(&l).unwrap())
+        .filter(|d| d["source"] == "wikitext2-test")
+        .filter(|d| check(d["text"].as_str().unwrap(), &QualityFilterConfig::default()).is_ok())
+}
+
+/// A scripted OpenAI-compatible server on `runtime` answering with `answer`.
+pub fn scripted_server(
+    runtime: &tokio::runtime::Runtime,
+    answer: impl Fn(&Value) -> String + Send + Sync + 'static,
+    latency: Duration,
+) -> webscale_rl_connectors::llm::scripted_server::ScriptedServer {
+    use webscale_rl_connectors::llm::scripted_server::{ScriptedServer, ScriptedServerConfig};
+    runtime
+        .block_on(ScriptedServer::start_with(ScriptedServerConfig {
+            answer: Some(std::sync::Arc::new(answer)),
+            latency,
+            ..Default::default()
+        }))
+        .unwrap()
+}
