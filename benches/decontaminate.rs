@@ -10,19 +10,20 @@
 //!
 //! Paths can be overridden with `$WEBSCALE_SAMPLE` and `$WEBSCALE_BENCHMARKS`.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
+use webscale_rl_operators::Document;
 use webscale_rl_operators::benchmarks::{BenchmarkSet, load_path};
 use webscale_rl_operators::decontaminate::{
     Benchmarks, DecontaminateConfig, NgramIndex, decontaminate_documents, find_overlap,
 };
-use webscale_rl_operators::{Document, Origin};
 
 /// Counts live heap bytes, so the index's memory is measured rather than only computed.
 struct Counting;
@@ -50,38 +51,6 @@ static ALLOC: Counting = Counting;
 
 fn live() -> usize {
     LIVE.load(Ordering::Relaxed)
-}
-
-fn shared(var: &str, rel: &str) -> PathBuf {
-    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data")
-            .join(rel)
-    })
-}
-
-fn load_sample() -> Vec<Document> {
-    let path = shared("WEBSCALE_SAMPLE", "web/sample.jsonl");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines()
-        .enumerate()
-        .map(|(i, line)| {
-            let v: serde_json::Value = serde_json::from_str(line).expect("sample is JSONL");
-            Document {
-                id: v["id"].as_str().expect("id").to_string(),
-                text: v["text"].as_str().expect("text").to_string(),
-                url: None,
-                source: None,
-                meta: None,
-                origin: Origin {
-                    topic: "sample".into(),
-                    partition: 0,
-                    offset: i as i64,
-                },
-            }
-        })
-        .collect()
 }
 
 /// The best of `rounds` runs of `f`, and its last result.
@@ -150,7 +119,7 @@ fn mib(bytes: usize) -> f64 {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing to filter here.
-    let dir = shared("WEBSCALE_BENCHMARKS", "benchmarks");
+    let dir = common::shared("WEBSCALE_BENCHMARKS", "benchmarks");
     let (load_time, sets): (Duration, Vec<BenchmarkSet>) =
         best(3, || load_path(&dir).expect("benchmarks load"));
     let items: usize = sets.iter().map(|s| s.items.len()).sum();
@@ -217,7 +186,7 @@ fn main() {
         );
     }
 
-    let docs = Arc::new(load_sample());
+    let docs = Arc::new(common::load_sample());
     let bytes: usize = docs.iter().map(|d| d.text.len()).sum();
     println!(
         "\nsample: {} documents, {:.1} MB",

@@ -9,6 +9,8 @@
 //!
 //! The sample is `../shared/data/web/sample.jsonl` (or `$WEBSCALE_SAMPLE`).
 
+mod common;
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,38 +24,6 @@ use webscale_rl_operators::lsh_index::{IndexParams, Partition, Query, partition_
 use webscale_rl_operators::minhash::{MinHasher, NearDedupConfig, sketch, sketch_len};
 use webscale_rl_operators::near_dedup::near_dedup;
 use webscale_rl_operators::{Document, Origin};
-
-fn sample_path() -> PathBuf {
-    std::env::var_os("WEBSCALE_SAMPLE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/web/sample.jsonl")
-        })
-}
-
-fn load_sample() -> Vec<Document> {
-    let path = sample_path();
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines()
-        .enumerate()
-        .map(|(i, line)| {
-            let v: serde_json::Value = serde_json::from_str(line).expect("sample is JSONL");
-            Document {
-                id: v["id"].as_str().expect("id").to_string(),
-                text: v["text"].as_str().expect("text").to_string(),
-                url: None,
-                source: None,
-                meta: None,
-                origin: Origin {
-                    topic: "sample".into(),
-                    partition: 0,
-                    offset: i as i64,
-                },
-            }
-        })
-        .collect()
-}
 
 /// Nanoseconds this thread has been on a CPU (Linux), so that MB/s per core is not diluted by
 /// other processes sharing the machine.
@@ -293,7 +263,7 @@ fn python_comparison(ours: f64) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/minhash_datasketch.py");
     let out = Command::new("python3")
         .arg(&script)
-        .arg(sample_path())
+        .arg(common::shared("WEBSCALE_SAMPLE", "web/sample.jsonl"))
         .output();
     match out {
         Ok(out) if out.status.success() => {
@@ -320,7 +290,7 @@ fn python_comparison(ours: f64) {
 }
 
 fn main() {
-    let docs = Arc::new(load_sample());
+    let docs = Arc::new(common::load_sample());
     let bytes: usize = docs.iter().map(|d| d.text.len()).sum();
     // `cargo test --benches` runs this with --test: check it works, skip the slow extras.
     let quick = std::env::args().any(|a| a == "--test");

@@ -34,6 +34,25 @@ fn run_with_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
     )
 }
 
+/// Reads a directory of parquet shards with pyarrow (an independent reader) and evaluates a Python
+/// dict expression over the table `t`, returned as JSON.
+fn read_with_pyarrow(dir: &std::path::Path, expr: &str) -> Value {
+    let script = format!(
+        "import pyarrow.dataset as ds, json; t = ds.dataset('{}').to_table(); print(json.dumps({expr}))",
+        dir.display()
+    );
+    let py = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    serde_json::from_slice(&py.stdout).unwrap()
+}
+
 #[test]
 fn score_rewards_gsm8k_answers_in_order() {
     // Real GSM8K items: the truth is the number after "####"; responses in several formats, and a
@@ -126,21 +145,10 @@ fn export_writes_verl_shards_that_pyarrow_reads() {
             "part-00002.parquet"
         ]
     );
-    let script = format!(
-        "import pyarrow.dataset as ds, json; t = ds.dataset('{}').to_table(); \
-         print(json.dumps({{'rows': t.num_rows, 'cols': t.schema.names, 'truth': t.column('reward_model')[3].as_py()}}))",
-        out_dir.display()
+    let v = read_with_pyarrow(
+        &out_dir,
+        "{'rows': t.num_rows, 'cols': t.schema.names, 'truth': t.column('reward_model')[3].as_py()}",
     );
-    let py = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        py.status.success(),
-        "pyarrow: {}",
-        String::from_utf8_lossy(&py.stderr)
-    );
-    let v: Value = serde_json::from_slice(&py.stdout).unwrap();
     assert_eq!(v["rows"], 25);
     assert_eq!(
         v["cols"],
@@ -240,21 +248,10 @@ fn file_mode_writes_verl_shards_directly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let script = format!(
-        "import pyarrow.dataset as ds, json; t = ds.dataset('{}').to_table(); \
-         print(json.dumps({{'rows': t.num_rows, 'ability': t.column('ability')[0].as_py()}}))",
-        out_dir.display()
+    let v = read_with_pyarrow(
+        &out_dir,
+        "{'rows': t.num_rows, 'ability': t.column('ability')[0].as_py()}",
     );
-    let py = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        py.status.success(),
-        "pyarrow: {}",
-        String::from_utf8_lossy(&py.stderr)
-    );
-    let v: Value = serde_json::from_slice(&py.stdout).unwrap();
     assert_eq!(v["rows"], 10, "5 documents x 2 personas");
     assert_eq!(v["ability"], "Natural Science");
     // Without the LLM there are no QA pairs to shard: a clear error.
