@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::runtime::Handle;
 use webscale_rl_connectors::llm::scripted_server::{
-    Reply, ScriptedServer, ScriptedServerConfig, default_answer,
+    Reply, ScriptedServer, ScriptedServerConfig, ServerDialect, default_answer,
 };
 use webscale_rl_connectors::llm::{
-    ChatRequest, ChatResponse, LlmClient, LlmConfig, LlmError, Price, ResponseSchema,
+    ChatRequest, ChatResponse, Fault, LlmClient, LlmConfig, LlmError, Price, ResponseSchema,
+    StartupError, StructuredOutput,
 };
 
 /// Fast-failing settings for tests: small backoff, no API key.
@@ -195,11 +196,12 @@ async fn rate_limit_without_retry_after_uses_configured_cooldown() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limited_after_all_retries() {
+async fn rate_limits_are_retried_without_limit() {
     let server = ScriptedServer::start().await.unwrap();
     let mut cfg = config(&[&server]);
-    cfg.max_retries = 1;
+    cfg.max_retries = 1; // not a limit for a fault of the LLM side
     let c = client(cfg);
+    c.health().mark_up();
     server.on_prompt(
         "x",
         Reply::RateLimited {
@@ -207,11 +209,13 @@ async fn rate_limited_after_all_retries() {
         },
         5,
     );
-    let e = c.chat_json("s", req("x")).await.unwrap_err();
-    assert_eq!(e.kind(), "rate_limited");
-    assert!(e.to_string().contains("Rate limit reached"), "{e}");
-    assert_eq!(server.requests(), 2);
-    assert_eq!(c.usage().total.failures["rate_limited"], 1);
+    let r = c.chat_json("s", req("x")).await.unwrap();
+    assert_eq!(r.attempts, 6);
+    assert_eq!(server.requests(), 6);
+    assert_eq!(c.usage().total.errors["rate_limited"], 5);
+    assert!(c.usage().total.failures.is_empty());
+    // Five 429s in a row were an outage (threshold 3), over with the answer.
+    assert!(c.health().is_up());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,16 +239,63 @@ async fn server_errors_are_retried_then_succeed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_errors_exhaust_retries() {
+async fn server_errors_of_one_request_while_others_succeed_fail_it() {
     let server = ScriptedServer::start().await.unwrap();
     let mut cfg = config(&[&server]);
     cfg.max_retries = 2;
     let c = client(cfg);
-    server.on_prompt("x", Reply::Status(502, "bad gateway".to_owned()), 10);
-    let e = c.chat_json("s", req("x")).await.unwrap_err();
+    c.health().mark_up();
+    server.on_prompt("poison", Reply::Status(502, "bad gateway".to_owned()), 1000);
+    let poison = {
+        let c = c.clone();
+        tokio::spawn(async move { c.chat_json("s", req("poison")).await })
+    };
+    // Other documents keep being answered meanwhile.
+    let mut others = 0;
+    while !poison.is_finished() {
+        c.chat_json("s", req(&format!("fine {others}"))).await.unwrap();
+        others += 1;
+        assert!(others < 10_000, "the poisoned request never gave up");
+    }
+    let e = poison.await.unwrap().unwrap_err();
     assert_eq!(e.kind(), "server_error");
-    assert!(matches!(e, LlmError::ServerError { status: 502, .. }));
-    assert_eq!(server.requests(), 3);
+    assert_eq!(e.fault(), Fault::Document);
+    assert!(e.to_string().contains("while the server answered other requests"), "{e}");
+    assert!(c.health().is_up());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_with_nothing_answered_are_an_outage_not_a_failure() {
+    let server = ScriptedServer::start().await.unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.max_retries = 1;
+    cfg.outage_after_failures = 3;
+    let c = client(cfg);
+    c.health().mark_up();
+    server.set_status_override(Some((503, "loading model")));
+    let call = {
+        let c = c.clone();
+        tokio::spawn(async move { c.chat_json("s", req("x")).await })
+    };
+    let t0 = Instant::now();
+    while c.health().is_up() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no outage declared");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = c.health().status();
+    assert!(status.describe().contains("loading model"), "{status:?}");
+    assert!(c.health().paused().load(std::sync::atomic::Ordering::Relaxed));
+    // Far past max_retries, the call is still waiting, not failed.
+    while server.log().len() < 8 {
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!call.is_finished());
+    server.set_status_override(None);
+    let r = call.await.unwrap().unwrap();
+    assert!(r.attempts >= 8, "{}", r.attempts);
+    assert!(c.health().is_up());
+    assert!(c.usage().total.failures.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,14 +313,6 @@ async fn timeouts_are_retried() {
     assert_eq!(resp.attempts, 2);
     assert_eq!(c.usage().total.errors["timeout"], 1);
 
-    // Every attempt hangs: the call ends as a timeout.
-    let mut cfg = config(&[&server]);
-    cfg.timeout_secs = 1;
-    cfg.max_retries = 1;
-    let c = client(cfg);
-    server.on_prompt("always slow", Reply::Hang(Duration::from_secs(3)), 2);
-    let e = c.chat_json("s", req("always slow")).await.unwrap_err();
-    assert_eq!(e.kind(), "timeout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,6 +354,26 @@ async fn malformed_answer_is_retried_then_dead_lettered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_too_long_and_content_filter_are_the_documents_fault() {
+    let server = ScriptedServer::start().await.unwrap();
+    let c = client(config(&[&server]));
+    server.push_reply(Reply::Status(
+        400,
+        "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens".to_owned(),
+    ));
+    let e = c.chat_json("s", req("long")).await.unwrap_err();
+    assert_eq!(e.kind(), "context_too_long");
+    assert_eq!(e.fault(), Fault::Document);
+    server.push_reply(Reply::Status(
+        400,
+        r#"{"error": {"code": "content_filter", "message": "flagged"}}"#.to_owned(),
+    ));
+    let e = c.chat_json("s", req("rude")).await.unwrap_err();
+    assert_eq!(e.kind(), "content_filter");
+    assert_eq!(server.requests(), 2, "neither is retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_errors_are_not_retried() {
     let server = ScriptedServer::start().await.unwrap();
     let c = client(config(&[&server]));
@@ -322,29 +385,46 @@ async fn client_errors_are_not_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_errors_are_retried_then_reported() {
-    // A port with no listener.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+async fn a_server_down_and_back_loses_no_call() {
+    let server = ScriptedServer::start().await.unwrap();
+    let port = server.addr().port();
     let cfg = LlmConfig {
+        // Credentials in the URL must never show.
         endpoints: vec![format!("http://user:secretpw@127.0.0.1:{port}/v1")],
         api_key_env: String::new(),
-        max_retries: 2,
+        max_retries: 1,
         backoff_base_ms: 5,
-        backoff_max_ms: 20,
+        backoff_max_ms: 50,
         ..LlmConfig::default()
     };
     let c = client(cfg);
-    let e = c.chat_json("s", req("x")).await.unwrap_err();
-    assert_eq!(e.kind(), "connection");
-    let text = format!("{e} {e:?}");
-    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
-    assert!(!text.contains("secretpw"), "{text}");
+    c.health().mark_up();
+    let srv = std::sync::Arc::new(server);
+    {
+        let srv = srv.clone();
+        tokio::task::spawn_blocking(move || srv.go_down()).await.unwrap();
+    }
+    let call = {
+        let c = c.clone();
+        tokio::spawn(async move { c.chat_json("s", req("x")).await })
+    };
+    let t0 = Instant::now();
+    while c.health().is_up() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no outage declared");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let line = c.health().status().describe();
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+    assert!(!line.contains("secretpw"), "{line}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!call.is_finished(), "a connection failure must not end the call");
+    srv.come_up().unwrap();
+    let r = call.await.unwrap().unwrap();
+    assert!(r.attempts > 2);
+    assert!(c.health().is_up());
     let u = c.usage();
-    assert_eq!(u.total.errors["connection"], 3);
-    assert_eq!(u.total.retries, 2);
+    assert!(u.total.errors["connection"] >= 3);
+    assert!(u.total.failures.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,9 +448,9 @@ async fn response_format_sent_and_fallback_when_unsupported() {
         "string"
     );
 
-    // Unsupported: a 400 naming response_format, then plain requests.
+    // Unsupported: a 400 naming response_format, then the next dialects.
     let server = ScriptedServer::start_with(ScriptedServerConfig {
-        supports_response_format: false,
+        dialect: ServerDialect::Plain,
         ..ScriptedServerConfig::default()
     })
     .await
@@ -379,20 +459,26 @@ async fn response_format_sent_and_fallback_when_unsupported() {
     let r = req("b").schema(schema.clone());
     let resp = c.chat_json("s", r.clone()).await.unwrap();
     assert_eq!(resp.value, expected_value(&r));
-    assert_eq!(resp.attempts, 2);
-    assert!(!c.endpoint_stats()[0].supports_response_format);
+    // json_schema refused, json_object refused, guided_json (a body field
+    // this server ignores) answered.
+    assert_eq!(resp.attempts, 3);
+    assert_eq!(
+        c.endpoint_stats()[0].dialect,
+        StructuredOutput::GuidedJson
+    );
     c.chat_json("s", req("c").schema(schema)).await.unwrap();
     let log = server.log();
     let flags: Vec<(bool, u16)> = log
         .iter()
         .map(|l| (l.has_response_format, l.status))
         .collect();
-    assert_eq!(flags, vec![(true, 400), (false, 200), (false, 200)]);
+    assert_eq!(flags, vec![(true, 400), (true, 400), (false, 200), (false, 200)]);
+    assert!(log[3].body.get("guided_json").is_some());
 
-    // json_schema = false: never sent.
+    // structured_output = "none": never sent.
     let server = ScriptedServer::start().await.unwrap();
     let mut cfg = config(&[&server]);
-    cfg.json_schema = false;
+    cfg.structured_output = StructuredOutput::None;
     let c = client(cfg);
     c.chat_json("s", req("d").schema(ResponseSchema::new("qa", json!({}))))
         .await
@@ -554,14 +640,16 @@ async fn api_key_is_sent_as_bearer_and_never_shown() {
         Some(format!("Bearer {key}").as_str())
     );
 
-    // A server echoing the key (whole or truncated) in its error.
+    // A server echoing the key (whole or truncated) in its error: at
+    // start-up a refused key stops the engine with a clear message.
     let truncated: String = key.chars().take(12).collect();
-    server.push_reply(Reply::Status(
-        401,
-        format!("Incorrect API key provided: {key}. Also seen as {truncated}****."),
-    ));
-    let e = c.chat_json("s", req("again")).await.unwrap_err();
-    assert_eq!(e.kind(), "client_error");
+    let refusal = format!("Incorrect API key provided: {key}. Also seen as {truncated}****.");
+    server.set_status_override(Some((401, refusal.as_str())));
+    let e = match c.startup_check(&[]).await {
+        Err(StartupError::Fatal(m)) => m,
+        other => panic!("a refused key stops the start: {other:?}"),
+    };
+    assert!(e.contains("401") && e.contains("$PATH"), "{e}");
     for shown in [e.to_string(), format!("{e:?}"), format!("{c:?}")] {
         assert!(!shown.contains(&key), "key leaked: {shown}");
         assert!(!shown.contains(&truncated), "key prefix leaked: {shown}");
@@ -571,6 +659,11 @@ async fn api_key_is_sent_as_bearer_and_never_shown() {
             .contains("Incorrect API key provided: [redacted]"),
         "{e}"
     );
+    server.set_status_override(None);
+
+    // While running, a 401 (a key rotated under us) is retried, not failed.
+    server.push_reply(Reply::Status(401, refusal.clone()));
+    assert_eq!(c.chat_json("s", req("rotated")).await.unwrap().attempts, 2);
 
     // No key configured: no Authorization header.
     let mut cfg = config(&[&server]);
@@ -721,4 +814,158 @@ async fn invalid_requests_fail_without_http() {
         .unwrap();
     assert_eq!(resp.model, "default-model");
     assert!(c.usage().get("s", "default-model").is_some());
+}
+
+fn fatal<T: std::fmt::Debug>(r: Result<T, StartupError>) -> String {
+    match r {
+        Err(StartupError::Fatal(m)) => m,
+        other => panic!("expected a fatal start-up error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_resolves_the_model_from_the_server() {
+    let with_models = |models: Option<Vec<&str>>| ScriptedServerConfig {
+        models: models.map(|m| m.into_iter().map(str::to_owned).collect()),
+        ..ScriptedServerConfig::default()
+    };
+    let unnamed = |server: &ScriptedServer| {
+        let mut cfg = config(&[server]);
+        cfg.model = None;
+        client(cfg)
+    };
+    // One model listed, none named: that one, printed as such.
+    let one = ScriptedServer::start_with(with_models(Some(vec!["qwen-7b"])))
+        .await
+        .unwrap();
+    let c = unnamed(&one);
+    let report = c.startup_check(&[]).await.unwrap();
+    assert_eq!(report.model, "qwen-7b");
+    assert!(report.model_from_server);
+    assert!(report.lines()[0].contains("the one model the server lists"));
+    assert_eq!(c.default_model().as_deref(), Some("qwen-7b"));
+    assert!(c.health().is_up());
+    // Requests without a model now name it.
+    c.chat_json("s", ChatRequest::new("").user("hi")).await.unwrap();
+    assert_eq!(one.log()[0].body["model"], "qwen-7b");
+
+    // Two listed, none named: stop, listing them.
+    let two = ScriptedServer::start_with(with_models(Some(vec!["a", "b"])))
+        .await
+        .unwrap();
+    let m = fatal(unnamed(&two).startup_check(&[]).await);
+    assert!(m.contains("a, b") && m.contains("--llm-model"), "{m}");
+    // Zero listed.
+    let zero = ScriptedServer::start_with(with_models(Some(vec![])))
+        .await
+        .unwrap();
+    let m = fatal(unnamed(&zero).startup_check(&[]).await);
+    assert!(m.contains("lists no model"), "{m}");
+    // No /models route and no model named.
+    let unlisted = ScriptedServer::start_with(with_models(None)).await.unwrap();
+    let m = fatal(unnamed(&unlisted).startup_check(&[]).await);
+    assert!(m.contains("--llm-model"), "{m}");
+
+    // A named model the server does not serve; then a stage's model.
+    let mut cfg = config(&[&two]);
+    cfg.model = Some("c".into());
+    let m = fatal(client(cfg).startup_check(&[]).await);
+    assert!(m.contains("'c' is not served") && m.contains("it serves: a, b"), "{m}");
+    let mut cfg = config(&[&two]);
+    cfg.model = Some("a".into());
+    let m = fatal(
+        client(cfg)
+            .startup_check(&[("[generate] model".into(), "big".into())])
+            .await,
+    );
+    assert!(m.contains("[generate] model = 'big'"), "{m}");
+    // No probe request reached the pipeline's count.
+    assert_eq!(two.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_probes_each_servers_dialect() {
+    let schema = ResponseSchema::new(
+        "qa",
+        json!({"type": "object", "properties": {"echo": {"type": "string"}}}),
+    );
+    for (dialect, expected) in [
+        (ServerDialect::OpenAi, StructuredOutput::JsonSchema),
+        (ServerDialect::LlamaCppPython, StructuredOutput::JsonObject),
+        (ServerDialect::Plain, StructuredOutput::GuidedJson),
+    ] {
+        let server = ScriptedServer::start_with(ScriptedServerConfig {
+            dialect,
+            models: Some(vec!["test-model".into()]),
+            ..ScriptedServerConfig::default()
+        })
+        .await
+        .unwrap();
+        let c = client(config(&[&server]));
+        let report = c.startup_check(&[]).await.unwrap();
+        assert_eq!(report.endpoints[0].dialect, expected, "{dialect:?}");
+        assert!(report.endpoints[0].probed);
+        assert_eq!(c.endpoint_stats()[0].dialect, expected);
+        // Pipeline calls then go out in that dialect, first time right.
+        let r = c
+            .chat_json("s", req("go").schema(schema.clone()))
+            .await
+            .unwrap();
+        assert_eq!(r.attempts, 1, "{dialect:?}");
+        assert_eq!(r.value["echo"], "go");
+        assert!(server.probes() >= 1);
+        assert_eq!(server.requests(), 1);
+    }
+
+    // llama-cpp-python without its grammar answers prose: every document
+    // would be malformed_answer, which is what the probe avoids.
+    let server = ScriptedServer::start_with(ScriptedServerConfig {
+        dialect: ServerDialect::LlamaCppPython,
+        models: Some(vec!["test-model".into()]),
+        ..ScriptedServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.structured_output = StructuredOutput::None;
+    let c = client(cfg);
+    let report = c.startup_check(&[]).await.unwrap();
+    assert!(!report.endpoints[0].probed);
+    let e = c
+        .chat_json("s", req("go").schema(schema))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), "malformed_answer");
+    assert_eq!(server.probes(), 0, "a forced dialect is not probed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_waits_for_an_unreachable_server() {
+    let server = std::sync::Arc::new(ScriptedServer::start().await.unwrap());
+    {
+        let s = server.clone();
+        tokio::task::spawn_blocking(move || s.go_down()).await.unwrap();
+    }
+    let mut cfg = config(&[&server]);
+    cfg.model = Some("scripted".into());
+    let c = client(cfg);
+    match c.startup_check(&[]).await {
+        Err(StartupError::Unreachable(m)) => {
+            assert!(m.contains(&server.base_url()) && m.contains("not reachable"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!c.health().is_up());
+    assert!(c.health().status().describe().contains("not reachable"));
+    // A 503 while the model loads is the same: wait.
+    server.come_up().unwrap();
+    server.set_status_override(Some((503, "model is loading")));
+    assert!(matches!(
+        c.startup_check(&[]).await,
+        Err(StartupError::Unreachable(_))
+    ));
+    server.set_status_override(None);
+    let report = c.startup_check(&[]).await.unwrap();
+    assert_eq!(report.model, "scripted");
+    assert!(c.health().is_up());
 }

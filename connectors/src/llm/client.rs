@@ -11,26 +11,38 @@
 //!
 //! A call: cache lookup → concurrency permit → global cool-down → RPM/TPM
 //! buckets → endpoint choice (fewest in flight, round-robin among equals,
-//! endpoints in cool-down last) → HTTP → tolerant JSON parse → cache store.
-//! 429, 5xx, 408, timeouts and connection errors are retried with exponential
-//! backoff and full jitter (at least `Retry-After` when given; a 429 also
-//! pauses every request of the process); a malformed answer is retried
-//! without delay up to `max_malformed_retries` times; the permit is released
-//! while waiting to retry.
+//! endpoints in cool-down last: a failing endpoint leaves the rotation and is
+//! tried again when its cool-down ends) → HTTP with the schema in the
+//! endpoint's structured-output dialect → tolerant JSON parse → cache store.
+//!
+//! Faults follow one rule: **a fault of the LLM side never fails a call.**
+//! Connection errors, timeouts, 5xx, 429 and 401/403/404 are retried with
+//! capped exponential backoff and full jitter (at least `Retry-After`; a 429
+//! also pauses every request of the process), without a retry limit, and feed
+//! the [`LlmHealth`] outage detector that pauses the sources. Only two things
+//! end a call with an error: a fault of the request itself (a malformed answer
+//! after `max_malformed_retries`, a prompt too long for the context, a content
+//! filter, another 4xx), and a 5xx or timeout that keeps hitting *this* call
+//! `max_retries` times while the server answers others (the document is the
+//! cause). The permit is released while waiting to retry.
+//!
+//! [`LlmClient::startup_check`] runs before anything is consumed: it lists the
+//! served models, resolves the model to use, and probes each endpoint's
+//! structured-output dialect.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Deserialize;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
 use super::cache::{CachedAnswer, ResponseCache};
-use super::config::LlmConfig;
-use super::error::{LlmError, Redactor, display_url};
+use super::config::{LlmConfig, StructuredOutput};
+use super::error::{Fault, LlmError, Redactor, display_url};
+use super::health::LlmHealth;
 use super::parse::parse_json_answer;
 use super::rate_limit::{Backoff, CoolDown, TokenBucket, parse_retry_after};
 use super::request::{ChatRequest, ChatResponse, Usage};
@@ -42,7 +54,7 @@ const MALFORMED_SNIPPET_CHARS: usize = 500;
 /// Handle on the process-wide LLM client. Clones share everything.
 #[derive(Clone)]
 pub struct LlmClient {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for LlmClient {
@@ -64,14 +76,14 @@ impl std::fmt::Debug for LlmClient {
     }
 }
 
-struct Inner {
-    config: LlmConfig,
+pub(crate) struct Inner {
+    pub(crate) config: LlmConfig,
     handle: Handle,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     /// `Bearer <key>`, marked sensitive; `None` when no key is configured.
-    auth: Option<HeaderValue>,
-    redactor: Redactor,
-    endpoints: Vec<Endpoint>,
+    pub(crate) auth: Option<HeaderValue>,
+    pub(crate) redactor: Redactor,
+    pub(crate) endpoints: Vec<Endpoint>,
     next_endpoint: AtomicUsize,
     permits: Semaphore,
     cooldown: CoolDown,
@@ -80,21 +92,83 @@ struct Inner {
     backoff: Backoff,
     usage: UsageTracker,
     cache: Option<ResponseCache>,
+    pub(crate) health: LlmHealth,
+    /// Answers received (any call); a call that keeps failing while this
+    /// grows is failing because of its own request.
+    answers: AtomicU64,
+    /// The model for requests that name none: `llm.model`, or the one model
+    /// the servers list (set by the start-up check).
+    pub(crate) default_model: RwLock<Option<String>>,
 }
 
 /// One server, with its live state.
-struct Endpoint {
+pub(crate) struct Endpoint {
     /// `<base>/chat/completions`.
-    url: reqwest::Url,
+    pub(crate) url: reqwest::Url,
+    /// `<base>/models`.
+    pub(crate) models_url: reqwest::Url,
     /// Base URL without credentials, for errors, logs and responses.
-    display: String,
+    pub(crate) display: String,
     in_flight: AtomicUsize,
     /// Set after rate limits and failures, to steer traffic elsewhere.
     cooldown: CoolDown,
     consecutive_failures: AtomicU32,
-    /// The server rejected `response_format` once: send plain requests.
-    schema_unsupported: AtomicBool,
+    /// Structured-output dialect, an index into [`DIALECTS`]: set by the
+    /// start-up probe (or the configuration), moved down the list when the
+    /// server refuses the one in use.
+    pub(crate) dialect: AtomicU8,
     requests: AtomicU64,
+}
+
+/// The dialects by index, for [`Endpoint::dialect`].
+const DIALECTS: [StructuredOutput; 5] = [
+    StructuredOutput::Auto,
+    StructuredOutput::JsonSchema,
+    StructuredOutput::JsonObject,
+    StructuredOutput::GuidedJson,
+    StructuredOutput::None,
+];
+
+pub(crate) fn dialect_index(d: StructuredOutput) -> u8 {
+    DIALECTS.iter().position(|x| *x == d).unwrap_or(0) as u8
+}
+
+impl Endpoint {
+    /// The dialect to send a schema in. `Auto` before a probe: the most
+    /// common one, refusals move it down the list.
+    fn dialect(&self) -> StructuredOutput {
+        match DIALECTS[usize::from(self.dialect.load(Ordering::Relaxed)) % DIALECTS.len()] {
+            StructuredOutput::Auto => StructuredOutput::JsonSchema,
+            d => d,
+        }
+    }
+
+    /// The server refused `refused`: use the next dialect (once per refusal).
+    fn fall_back(&self, refused: StructuredOutput) {
+        let order = StructuredOutput::PROBE_ORDER;
+        let next = order
+            .iter()
+            .position(|d| *d == refused)
+            .and_then(|i| order.get(i + 1))
+            .copied()
+            .unwrap_or(StructuredOutput::None);
+        let (from, to) = (dialect_index(refused), dialect_index(next));
+        let swapped = self
+            .dialect
+            .compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+            || (refused == StructuredOutput::JsonSchema
+                && self
+                    .dialect
+                    .compare_exchange(0, to, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok());
+        if swapped {
+            tracing::warn!(
+                endpoint = %self.display,
+                "endpoint refuses structured output as {refused}; using {next} from now on"
+            );
+        }
+    }
 }
 
 /// Live counters of one endpoint.
@@ -103,14 +177,19 @@ pub struct EndpointStats {
     pub endpoint: String,
     pub requests: u64,
     pub in_flight: usize,
-    pub supports_response_format: bool,
+    /// The structured-output dialect in use (`json_schema`, `json_object`,
+    /// `guided_json`, `none`).
+    pub dialect: StructuredOutput,
+    /// Consecutive failed attempts (0 while it answers).
+    pub consecutive_failures: u32,
 }
 
 /// What one HTTP attempt produced.
 enum Attempt {
     Answer(Completion),
-    /// 400 about `response_format`: retry the same call without it.
-    SchemaUnsupported,
+    /// The server refused the structured-output dialect: retry the same call
+    /// in the next one.
+    DialectRefused,
     Failed {
         error: LlmError,
         retry_after: Option<Duration>,
@@ -143,6 +222,16 @@ struct Choice {
 struct ChoiceMessage {
     #[serde(default)]
     content: Option<String>,
+}
+
+/// Retry bookkeeping of one call.
+struct RetryState {
+    /// Retries so far (the backoff grows with them, up to its cap).
+    retries: u32,
+    /// 5xx / timeouts of this call that came while other calls were answered.
+    suspect_failures: u32,
+    /// [`Inner::answers`] when the last suspect failure was counted.
+    answers_seen: u64,
 }
 
 /// Calls `done` exactly once: with the call's result, or with
@@ -211,18 +300,19 @@ impl LlmClient {
             .endpoints
             .iter()
             .map(|base| {
-                let url = reqwest::Url::parse(&format!(
-                    "{}/chat/completions",
-                    base.trim_end_matches('/')
-                ))
-                .map_err(|e| LlmError::Config(format!("endpoint {}: {e}", display_url(base))))?;
+                let join = |path: &str| {
+                    reqwest::Url::parse(&format!("{}/{path}", base.trim_end_matches('/'))).map_err(
+                        |e| LlmError::Config(format!("endpoint {}: {e}", display_url(base))),
+                    )
+                };
                 Ok(Endpoint {
-                    url,
+                    url: join("chat/completions")?,
+                    models_url: join("models")?,
                     display: display_url(base),
                     in_flight: AtomicUsize::new(0),
                     cooldown: CoolDown::default(),
                     consecutive_failures: AtomicU32::new(0),
-                    schema_unsupported: AtomicBool::new(false),
+                    dialect: AtomicU8::new(dialect_index(config.structured_output)),
                     requests: AtomicU64::new(0),
                 })
             })
@@ -263,6 +353,9 @@ impl LlmClient {
                 },
                 usage: UsageTracker::new(config.prices.clone()),
                 cache,
+                health: LlmHealth::new(config.outage_after_failures),
+                answers: AtomicU64::new(0),
+                default_model: RwLock::new(config.model.clone()),
                 config,
             }),
         })
@@ -278,7 +371,7 @@ impl LlmClient {
     pub async fn chat_json(&self, stage: &str, req: ChatRequest) -> Result<ChatResponse, LlmError> {
         let inner = &*self.inner;
         let model = if req.model.is_empty() {
-            inner.config.model.clone().unwrap_or_default()
+            self.default_model().unwrap_or_default()
         } else {
             req.model.clone()
         };
@@ -316,6 +409,21 @@ impl LlmClient {
         }));
     }
 
+    /// The model used for requests that name none: `llm.model`, or the one
+    /// model the servers list (after [`LlmClient::startup_check`]).
+    pub fn default_model(&self) -> Option<String> {
+        self.inner
+            .default_model
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The outage detector: whether the LLM side is up, and since when not.
+    pub fn health(&self) -> &LlmHealth {
+        &self.inner.health
+    }
+
     /// Usage and cost counters so far.
     pub fn usage(&self) -> UsageSnapshot {
         self.inner.usage.snapshot()
@@ -330,7 +438,8 @@ impl LlmClient {
                 endpoint: e.display.clone(),
                 requests: e.requests.load(Ordering::Relaxed),
                 in_flight: e.in_flight.load(Ordering::Relaxed),
-                supports_response_format: !e.schema_unsupported.load(Ordering::Relaxed),
+                dialect: e.dialect(),
+                consecutive_failures: e.consecutive_failures.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -396,11 +505,14 @@ impl Inner {
             }
         }
 
-        let want_schema = self.config.json_schema && req.schema.is_some();
-        let mut body_schema: Option<Vec<u8>> = None;
-        let mut body_plain: Option<Vec<u8>> = None;
+        // One body per dialect tried, built once.
+        let mut bodies: Vec<(StructuredOutput, Vec<u8>)> = Vec::with_capacity(1);
         let estimate = req.estimated_prompt_tokens() as f64;
-        let mut retries = 0u32;
+        let mut retry = RetryState {
+            retries: 0,
+            suspect_failures: 0,
+            answers_seen: self.answers.load(Ordering::Relaxed),
+        };
         let mut malformed_retries = 0u32;
         let mut attempts = 0u32;
 
@@ -421,30 +533,31 @@ impl Inner {
             self.cooldown.wait().await;
 
             let ep = self.pick_endpoint();
-            let use_schema = want_schema && !ep.schema_unsupported.load(Ordering::Relaxed);
-            let slot = if use_schema {
-                &mut body_schema
+            let dialect = if req.schema.is_some() {
+                ep.dialect()
             } else {
-                &mut body_plain
+                StructuredOutput::None
             };
-            let body = match slot {
-                Some(b) => b.clone(),
+            let body = match bodies.iter().find(|(d, _)| *d == dialect) {
+                Some((_, b)) => b.clone(),
                 None => {
-                    let b = serde_json::to_vec(&req.body(model, use_schema))
+                    let b = serde_json::to_vec(&req.body(model, dialect))
                         .map_err(|e| LlmError::InvalidRequest(e.to_string()))?;
-                    *slot = Some(b.clone());
+                    bodies.push((dialect, b.clone()));
                     b
                 }
             };
 
             self.usage.record_attempt(stage, model, attempts > 0);
             attempts += 1;
-            let outcome = self.attempt(ep, body, use_schema).await;
+            let outcome = self.attempt(ep, body, dialect).await;
             drop(permit);
 
-            match outcome {
+            let error = match outcome {
                 Attempt::Answer(c) => {
                     ep.consecutive_failures.store(0, Ordering::Relaxed);
+                    self.health.record_success();
+                    self.answers.fetch_add(1, Ordering::Relaxed);
                     let usage = c.usage.unwrap_or_default();
                     if let (Some(b), Some(u)) = (&self.tpm, &c.usage) {
                         b.adjust((u.prompt_tokens + u.completion_tokens) as f64 - estimate);
@@ -456,110 +569,141 @@ impl Inner {
                         usage.completion_tokens,
                     );
                     let answer_model = c.model.unwrap_or_else(|| model.to_owned());
-                    let Some(choice) = c.choices.into_iter().next() else {
-                        let e = LlmError::ServerError {
+                    match c.choices.into_iter().next() {
+                        None => LlmError::ServerError {
                             endpoint: ep.display.clone(),
                             status: 200,
                             message: "answer has no choices".to_owned(),
-                        };
-                        self.usage.record_error(stage, model, e.kind());
-                        if retries >= self.config.max_retries {
-                            return Err(e);
-                        }
-                        self.sleep_before_retry(retries, None).await?;
-                        retries += 1;
-                        continue;
-                    };
-                    let finish_reason = choice.finish_reason;
-                    let content = choice
-                        .message
-                        .and_then(|m| m.content)
-                        .or(choice.text)
-                        .unwrap_or_default();
-                    match parse_json_answer(&content) {
-                        Some(value) => {
-                            if let (Some(cache), Some(key)) = (&self.cache, cache_key) {
-                                cache.put(
-                                    key,
-                                    CachedAnswer {
-                                        content: content.clone(),
-                                        model: answer_model.clone(),
-                                        prompt_tokens: usage.prompt_tokens,
-                                        completion_tokens: usage.completion_tokens,
-                                        finish_reason: finish_reason.clone(),
-                                    },
-                                );
-                            }
-                            return Ok(ChatResponse {
-                                content,
-                                value,
-                                usage,
-                                model: answer_model,
-                                endpoint: Some(ep.display.clone()),
-                                cached: false,
-                                finish_reason,
-                                attempts,
-                            });
-                        }
-                        None => {
-                            let e = LlmError::MalformedAnswer {
-                                content: self.redactor.message(
-                                    &content
-                                        .chars()
-                                        .take(MALFORMED_SNIPPET_CHARS)
-                                        .collect::<String>(),
-                                ),
-                                finish_reason,
-                            };
-                            self.usage.record_error(stage, model, e.kind());
-                            if malformed_retries >= self.config.max_malformed_retries
-                                || retries >= self.config.max_retries
-                            {
+                        },
+                        Some(choice) => {
+                            let finish_reason = choice.finish_reason;
+                            let content = choice
+                                .message
+                                .and_then(|m| m.content)
+                                .or(choice.text)
+                                .unwrap_or_default();
+                            if finish_reason.as_deref() == Some("content_filter") {
+                                let e = LlmError::ContentFilter {
+                                    endpoint: ep.display.clone(),
+                                    message: "finish_reason content_filter".to_owned(),
+                                };
+                                self.usage.record_error(stage, model, e.kind());
                                 return Err(e);
                             }
-                            tracing::debug!(stage, model, "malformed answer, retrying");
-                            malformed_retries += 1;
-                            retries += 1;
+                            match parse_json_answer(&content) {
+                                Some(value) => {
+                                    if let (Some(cache), Some(key)) = (&self.cache, cache_key) {
+                                        cache.put(
+                                            key,
+                                            CachedAnswer {
+                                                content: content.clone(),
+                                                model: answer_model.clone(),
+                                                prompt_tokens: usage.prompt_tokens,
+                                                completion_tokens: usage.completion_tokens,
+                                                finish_reason: finish_reason.clone(),
+                                            },
+                                        );
+                                    }
+                                    return Ok(ChatResponse {
+                                        content,
+                                        value,
+                                        usage,
+                                        model: answer_model,
+                                        endpoint: Some(ep.display.clone()),
+                                        cached: false,
+                                        finish_reason,
+                                        attempts,
+                                    });
+                                }
+                                None => {
+                                    let e = LlmError::MalformedAnswer {
+                                        content: self.redactor.message(
+                                            &content
+                                                .chars()
+                                                .take(MALFORMED_SNIPPET_CHARS)
+                                                .collect::<String>(),
+                                        ),
+                                        finish_reason,
+                                    };
+                                    self.usage.record_error(stage, model, e.kind());
+                                    if malformed_retries >= self.config.max_malformed_retries {
+                                        return Err(e);
+                                    }
+                                    tracing::debug!(stage, model, "malformed answer, retrying");
+                                    malformed_retries += 1;
+                                    continue;
+                                }
+                            }
                         }
                     }
                 }
-                Attempt::SchemaUnsupported => {
-                    // Bounded: happens at most once per endpoint.
+                Attempt::DialectRefused => {
+                    // Bounded: each refusal moves the endpoint down a finite list.
                     self.usage.record_error(stage, model, "client_error");
-                    if !ep.schema_unsupported.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            endpoint = %ep.display,
-                            "endpoint rejects response_format; sending plain requests to it"
-                        );
-                    }
+                    self.health.record_success();
+                    ep.fall_back(dialect);
+                    continue;
                 }
                 Attempt::Failed { error, retry_after } => {
                     self.usage.record_error(stage, model, error.kind());
-                    match &error {
-                        LlmError::RateLimited { .. } => {
-                            let pause = retry_after.unwrap_or(Duration::from_secs(
-                                self.config.cooldown_secs_after_429,
-                            ));
-                            self.cooldown.extend(pause);
-                            ep.cooldown.extend(pause);
-                        }
-                        LlmError::ServerError { .. }
-                        | LlmError::Timeout { .. }
-                        | LlmError::Connection { .. } => {
-                            let n = ep.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-                            ep.cooldown.extend(self.backoff.ceiling(n));
-                        }
-                        _ => {}
-                    }
-                    if !error.is_retriable() || retries >= self.config.max_retries {
+                    if error.fault() != Fault::World {
+                        // The server answered: it is up, the request is at fault.
+                        self.health.record_success();
                         return Err(error);
                     }
-                    tracing::debug!(stage, model, retry = retries + 1, "{error}");
-                    self.sleep_before_retry(retries, retry_after).await?;
-                    retries += 1;
+                    self.world_fault(ep, error, retry_after, &mut retry).await?;
+                    continue;
                 }
+            };
+            // A 200 that is not a usable completion: a server fault, retried like a 5xx.
+            self.usage.record_error(stage, model, error.kind());
+            self.world_fault(ep, error, None, &mut retry).await?;
+        }
+    }
+
+    /// A fault of the LLM side: cool the endpoint down, tell the outage
+    /// detector, wait (capped backoff, at least `retry_after`) and let the
+    /// caller retry — without a limit, except for a 5xx or timeout that keeps
+    /// hitting this call while others are answered (then the request is the
+    /// cause: [`LlmError::Persistent`]). Fails only when the client is closed.
+    async fn world_fault(
+        &self,
+        ep: &Endpoint,
+        error: LlmError,
+        retry_after: Option<Duration>,
+        retry: &mut RetryState,
+    ) -> Result<(), LlmError> {
+        if let LlmError::RateLimited { .. } = &error {
+            let pause = retry_after.unwrap_or(Duration::from_secs(
+                self.config.cooldown_secs_after_429,
+            ));
+            self.cooldown.extend(pause);
+            ep.cooldown.extend(pause);
+        } else {
+            let n = ep.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+            ep.cooldown.extend(self.backoff.ceiling(n));
+        }
+        self.health.record_failure(&error.to_string());
+        if matches!(error, LlmError::ServerError { .. } | LlmError::Timeout { .. }) {
+            let answers = self.answers.load(Ordering::Relaxed);
+            if answers > retry.answers_seen {
+                retry.suspect_failures += 1;
+                retry.answers_seen = answers;
+            }
+            if retry.suspect_failures > self.config.max_retries {
+                return Err(LlmError::Persistent {
+                    kind: error.kind(),
+                    message: format!(
+                        "{error} ({} attempts failed while the server answered other requests)",
+                        retry.retries + 1
+                    ),
+                });
             }
         }
+        tracing::debug!(retry = retry.retries + 1, "{error}");
+        self.sleep_before_retry(retry.retries, retry_after).await?;
+        retry.retries = retry.retries.saturating_add(1);
+        Ok(())
     }
 
     /// Backoff with full jitter, at least `retry_after`; fails fast when the
@@ -609,7 +753,7 @@ impl Inner {
         best
     }
 
-    async fn attempt(&self, ep: &Endpoint, body: Vec<u8>, use_schema: bool) -> Attempt {
+    async fn attempt(&self, ep: &Endpoint, body: Vec<u8>, dialect: StructuredOutput) -> Attempt {
         ep.in_flight.fetch_add(1, Ordering::Relaxed);
         let _in_flight = InFlight(&ep.in_flight);
         ep.requests.fetch_add(1, Ordering::Relaxed);
@@ -649,32 +793,10 @@ impl Inner {
         }
 
         let message = self.redactor.message(&String::from_utf8_lossy(&bytes));
-        let endpoint = ep.display.clone();
-        let error = match status {
-            StatusCode::TOO_MANY_REQUESTS => LlmError::RateLimited {
-                endpoint,
-                retry_after,
-                message,
-            },
-            StatusCode::REQUEST_TIMEOUT => LlmError::Timeout { endpoint },
-            s if s.is_server_error() => LlmError::ServerError {
-                endpoint,
-                status: s.as_u16(),
-                message,
-            },
-            StatusCode::BAD_REQUEST
-                if use_schema
-                    && (message.contains("response_format") || message.contains("json_schema")) =>
-            {
-                return Attempt::SchemaUnsupported;
-            }
-            s => LlmError::ClientError {
-                endpoint,
-                status: s.as_u16(),
-                message,
-            },
-        };
-        Attempt::Failed { error, retry_after }
+        match classify_refusal(status.as_u16(), &ep.display, message, retry_after, dialect) {
+            None => Attempt::DialectRefused,
+            Some(error) => Attempt::Failed { error, retry_after },
+        }
     }
 
     fn transport_failure(&self, ep: &Endpoint, e: reqwest::Error) -> Attempt {
@@ -702,6 +824,77 @@ impl Inner {
             retry_after: None,
         }
     }
+}
+
+/// Phrases servers use when a prompt does not fit the context window (vLLM,
+/// OpenAI's `context_length_exceeded`, llama.cpp, llama-cpp-python, SGLang).
+const CONTEXT_PHRASES: [&str; 8] = [
+    "context length",
+    "context_length",
+    "context window",
+    "context size",
+    "maximum context",
+    "too many tokens",
+    "prompt is too long",
+    "exceed context",
+];
+
+/// Phrases of content-filter refusals (OpenAI, Azure, Anthropic-style gateways).
+const FILTER_PHRASES: [&str; 4] = [
+    "content_filter",
+    "content management policy",
+    "content_policy",
+    "flagged by",
+];
+
+/// Words a server's refusal of a structured-output dialect mentions.
+const DIALECT_PHRASES: [&str; 6] = [
+    "response_format",
+    "json_schema",
+    "json_object",
+    "guided_json",
+    "schema",
+    "grammar",
+];
+
+/// What an HTTP error answer means: `None` when the server refuses the
+/// structured-output `dialect` the request used (servers say so with 400,
+/// 422 or — llama-cpp-python — 500, naming the field in the body), else the
+/// error. `message` is already redacted.
+pub(crate) fn classify_refusal(
+    status: u16,
+    endpoint: &str,
+    message: String,
+    retry_after: Option<Duration>,
+    dialect: StructuredOutput,
+) -> Option<LlmError> {
+    let lower = message.to_ascii_lowercase();
+    let has = |phrases: &[&str]| phrases.iter().any(|p| lower.contains(p));
+    let constrained = !matches!(dialect, StructuredOutput::None | StructuredOutput::Auto);
+    if constrained && matches!(status, 400 | 422 | 500) && has(&DIALECT_PHRASES) {
+        return None;
+    }
+    let endpoint = endpoint.to_owned();
+    Some(match status {
+        429 => LlmError::RateLimited {
+            endpoint,
+            retry_after,
+            message,
+        },
+        408 => LlmError::Timeout { endpoint },
+        400 | 413 | 422 if has(&CONTEXT_PHRASES) => LlmError::ContextTooLong { endpoint, message },
+        400 | 403 | 422 if has(&FILTER_PHRASES) => LlmError::ContentFilter { endpoint, message },
+        s if s >= 500 => LlmError::ServerError {
+            endpoint,
+            status: s,
+            message,
+        },
+        s => LlmError::ClientError {
+            endpoint,
+            status: s,
+            message,
+        },
+    })
 }
 
 /// `retry-after-ms` (OpenAI) or `Retry-After` (seconds or HTTP date).
@@ -732,6 +925,66 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
         h.insert("retry-after-ms", HeaderValue::from_static("250"));
         assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn http_errors_are_classified() {
+        let c = |status, msg: &str, d| {
+            classify_refusal(status, "http://x/v1", msg.to_owned(), None, d).map(|e| e.kind())
+        };
+        use StructuredOutput as D;
+        // llama-cpp-python answers json_schema with a 500 naming response_format.
+        let lcp = "1 validation error for CreateChatCompletionRequest\nresponse_format.type: Input should be 'text' or 'json_object'";
+        assert_eq!(c(500, lcp, D::JsonSchema), None);
+        assert_eq!(c(400, "unknown field guided_json", D::GuidedJson), None);
+        assert_eq!(c(422, "schema not supported", D::JsonObject), None);
+        // Without a constraint, the same words are a plain error.
+        assert_eq!(c(500, lcp, D::None), Some("server_error"));
+        assert_eq!(c(500, "CUDA out of memory", D::JsonSchema), Some("server_error"));
+        assert_eq!(c(503, "loading model", D::JsonSchema), Some("server_error"));
+        assert_eq!(c(429, "slow down", D::None), Some("rate_limited"));
+        assert_eq!(c(408, "", D::None), Some("timeout"));
+        let vllm = "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens";
+        assert_eq!(c(400, vllm, D::None), Some("context_too_long"));
+        assert_eq!(
+            c(400, "Requested tokens (9000) exceed context window of 8192", D::None),
+            Some("context_too_long")
+        );
+        assert_eq!(
+            c(400, "the request exceeds the available context size", D::None),
+            Some("context_too_long")
+        );
+        assert_eq!(
+            c(400, "{\"error\":{\"code\":\"content_filter\"}}", D::None),
+            Some("content_filter")
+        );
+        assert_eq!(c(400, "bad temperature", D::None), Some("client_error"));
+        assert_eq!(c(401, "invalid key", D::None), Some("client_error"));
+    }
+
+    #[test]
+    fn endpoints_fall_back_down_the_dialect_list() {
+        let ep = Endpoint {
+            url: reqwest::Url::parse("http://x/v1/chat/completions").unwrap(),
+            models_url: reqwest::Url::parse("http://x/v1/models").unwrap(),
+            display: "http://x/v1".into(),
+            in_flight: AtomicUsize::new(0),
+            cooldown: CoolDown::default(),
+            consecutive_failures: AtomicU32::new(0),
+            dialect: AtomicU8::new(dialect_index(StructuredOutput::Auto)),
+            requests: AtomicU64::new(0),
+        };
+        assert_eq!(ep.dialect(), StructuredOutput::JsonSchema);
+        ep.fall_back(StructuredOutput::JsonSchema);
+        assert_eq!(ep.dialect(), StructuredOutput::JsonObject);
+        // A late refusal of the old dialect does not skip one.
+        ep.fall_back(StructuredOutput::JsonSchema);
+        assert_eq!(ep.dialect(), StructuredOutput::JsonObject);
+        ep.fall_back(StructuredOutput::JsonObject);
+        ep.fall_back(StructuredOutput::GuidedJson);
+        assert_eq!(ep.dialect(), StructuredOutput::None);
+        ep.fall_back(StructuredOutput::None);
+        assert_eq!(ep.dialect(), StructuredOutput::None);
     }
 
     #[test]

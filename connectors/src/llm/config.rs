@@ -30,6 +30,53 @@ impl Price {
     }
 }
 
+/// How a JSON schema travels in the request: the structured-output dialects
+/// of the servers in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StructuredOutput {
+    /// Probe each endpoint at start-up, in the order of the variants below.
+    Auto,
+    /// OpenAI, vLLM, SGLang, llama.cpp's server:
+    /// `response_format: {type: "json_schema", json_schema: {name, schema, strict}}`.
+    JsonSchema,
+    /// llama-cpp-python's server: `response_format: {type: "json_object", schema}`
+    /// (it answers `json_schema` with HTTP 500).
+    JsonObject,
+    /// Older vLLM releases: `guided_json: schema` in the body.
+    GuidedJson,
+    /// No constraint: the schema is only described by the prompt and the
+    /// answer is parsed tolerantly.
+    None,
+}
+
+impl StructuredOutput {
+    /// The dialects a probe tries, most specific first.
+    pub const PROBE_ORDER: [StructuredOutput; 4] = [
+        StructuredOutput::JsonSchema,
+        StructuredOutput::JsonObject,
+        StructuredOutput::GuidedJson,
+        StructuredOutput::None,
+    ];
+
+    /// The name used in the configuration and on `/api/state`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StructuredOutput::Auto => "auto",
+            StructuredOutput::JsonSchema => "json_schema",
+            StructuredOutput::JsonObject => "json_object",
+            StructuredOutput::GuidedJson => "guided_json",
+            StructuredOutput::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for StructuredOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Settings of the OpenAI-compatible chat-completions client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -52,8 +99,10 @@ pub struct LlmConfig {
     pub tokens_per_minute: Option<u32>,
     /// Timeout of one HTTP request (connect + answer), in seconds.
     pub timeout_secs: u64,
-    /// Retries after the first attempt (429, 5xx, timeouts, connection errors,
-    /// malformed answers).
+    /// Retries of one call that fails with a 5xx or a timeout while the
+    /// server answers other calls: past them the document itself is taken to
+    /// be the cause (dead letter). Failures while no call succeeds (an
+    /// outage) are retried without limit, never dead-lettered.
     pub max_retries: u32,
     /// Of those, at most this many for malformed answers (no JSON found).
     pub max_malformed_retries: u32,
@@ -63,10 +112,21 @@ pub struct LlmConfig {
     pub backoff_max_ms: u64,
     /// Global pause after a 429 that carries no `Retry-After`, in seconds.
     pub cooldown_secs_after_429: u64,
-    /// Send `response_format: {type: "json_schema", …}` when a request carries
-    /// a schema. An endpoint answering 400 about `response_format` is
-    /// remembered as not supporting it and gets plain requests from then on.
-    pub json_schema: bool,
+    /// How a request's JSON schema is sent (the server's structured-output
+    /// dialect). `auto` probes each endpoint at start-up with one tiny request
+    /// and remembers what works; the others force one dialect everywhere.
+    pub structured_output: StructuredOutput,
+    /// File mode: how long to wait at start for an endpoint to answer before
+    /// giving up (Kafka mode waits, not ready, for as long as it takes).
+    pub startup_timeout_secs: u64,
+    /// Consecutive failures of the LLM side (connection, timeout, 5xx, 429,
+    /// 401/403, unknown model) after which the engine declares an outage:
+    /// the sources stop reading until an endpoint answers again.
+    pub outage_after_failures: u32,
+    /// Longest outage tolerated before the engine stops (non-zero exit,
+    /// nothing unfinished committed). Unset: unlimited in Kafka mode, 600 s
+    /// in file mode.
+    pub max_outage_secs: Option<u64>,
     /// Price per model name, for cost accounting.
     pub prices: HashMap<String, Price>,
     /// Response cache (redb file); no cache when unset.
@@ -88,7 +148,10 @@ impl Default for LlmConfig {
             backoff_base_ms: 500,
             backoff_max_ms: 30_000,
             cooldown_secs_after_429: 10,
-            json_schema: true,
+            structured_output: StructuredOutput::Auto,
+            startup_timeout_secs: 60,
+            outage_after_failures: 3,
+            max_outage_secs: None,
             prices: HashMap::new(),
             cache_path: None,
         }
@@ -123,6 +186,15 @@ impl LlmConfig {
         }
         if self.timeout_secs == 0 {
             return Err("llm.timeout_secs must be at least 1".to_owned());
+        }
+        if self.startup_timeout_secs == 0 {
+            return Err("llm.startup_timeout_secs must be at least 1".to_owned());
+        }
+        if self.outage_after_failures == 0 {
+            return Err("llm.outage_after_failures must be at least 1".to_owned());
+        }
+        if self.max_outage_secs == Some(0) {
+            return Err("llm.max_outage_secs must be at least 1 (or unset: no limit in Kafka mode)".to_owned());
         }
         if self.backoff_max_ms < self.backoff_base_ms {
             return Err("llm.backoff_max_ms must be >= llm.backoff_base_ms".to_owned());
@@ -161,6 +233,19 @@ mod tests {
     }
 
     #[test]
+    fn structured_output_names_round_trip() {
+        for d in [StructuredOutput::Auto]
+            .into_iter()
+            .chain(StructuredOutput::PROBE_ORDER)
+        {
+            let c: LlmConfig =
+                serde_json::from_str(&format!(r#"{{"structured_output": "{d}"}}"#)).unwrap();
+            assert_eq!(c.structured_output, d);
+        }
+        assert!(serde_json::from_str::<LlmConfig>(r#"{"structured_output": "xml"}"#).is_err());
+    }
+
+    #[test]
     fn prices_parse_and_cost() {
         let c: LlmConfig = serde_json::from_str(
             r#"{"prices": {"m": {"prompt_per_million": 2.0, "completion_per_million": 8.0}}}"#,
@@ -185,5 +270,8 @@ mod tests {
         assert!(bad(|c| c.tokens_per_minute = Some(0)).contains("tokens_per_minute"));
         assert!(bad(|c| c.timeout_secs = 0).contains("timeout_secs"));
         assert!(bad(|c| c.backoff_max_ms = 1).contains("backoff_max_ms"));
+        assert!(bad(|c| c.startup_timeout_secs = 0).contains("startup_timeout_secs"));
+        assert!(bad(|c| c.outage_after_failures = 0).contains("outage_after_failures"));
+        assert!(bad(|c| c.max_outage_secs = Some(0)).contains("max_outage_secs"));
     }
 }

@@ -11,6 +11,18 @@ use std::time::Duration;
 /// Longest server message kept in an error, in characters.
 const MAX_MESSAGE_CHARS: usize = 300;
 
+/// Who caused a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The world around the document: server down or overloaded, network,
+    /// quota, credentials, shutdown. Retried; never a dead letter.
+    World,
+    /// The document (or what the model made of it): a dead letter.
+    Document,
+    /// The engine's own configuration: stop.
+    Config,
+}
+
 /// Why a call failed.
 #[derive(Clone, PartialEq, Eq)]
 pub enum LlmError {
@@ -36,12 +48,21 @@ pub enum LlmError {
         content: String,
         finish_reason: Option<String>,
     },
-    /// HTTP 4xx other than 408/429: the request itself is wrong.
+    /// HTTP 400 saying the prompt does not fit the model's context window.
+    ContextTooLong { endpoint: String, message: String },
+    /// The server's content filter refused the request or cut the answer.
+    ContentFilter { endpoint: String, message: String },
+    /// HTTP 4xx other than 408/429: the request itself is wrong (or, for
+    /// 401/403/404, the key or the model is; see [`LlmError::fault`]).
     ClientError {
         endpoint: String,
         status: u16,
         message: String,
     },
+    /// A 5xx or timeout that kept hitting this one request while the server
+    /// answered others: the request (the document) is the cause. `kind` is
+    /// the kind of the last failure (`server_error`, `timeout`).
+    Persistent { kind: &'static str, message: String },
     /// The client was closed before the call finished, or the runtime that
     /// ran it shut down.
     Cancelled,
@@ -61,23 +82,44 @@ impl LlmError {
             LlmError::Connection { .. } => "connection",
             LlmError::MalformedAnswer { .. } => "malformed_answer",
             LlmError::ClientError { .. } => "client_error",
+            LlmError::ContextTooLong { .. } => "context_too_long",
+            LlmError::ContentFilter { .. } => "content_filter",
+            LlmError::Persistent { kind, .. } => kind,
             LlmError::Cancelled => "cancelled",
             LlmError::InvalidRequest(_) => "invalid_request",
             LlmError::Config(_) => "config",
         }
     }
 
-    /// Whether another attempt may succeed (transient server or network
-    /// condition, or an answer that may come out well-formed next time).
-    pub fn is_retriable(&self) -> bool {
-        matches!(
-            self,
+    /// Whose fault the error is: the rule of the engine is that only a
+    /// [`Fault::Document`] may become a dead letter.
+    pub fn fault(&self) -> Fault {
+        match self {
             LlmError::RateLimited { .. }
-                | LlmError::ServerError { .. }
-                | LlmError::Timeout { .. }
-                | LlmError::Connection { .. }
-                | LlmError::MalformedAnswer { .. }
-        )
+            | LlmError::ServerError { .. }
+            | LlmError::Timeout { .. }
+            | LlmError::Connection { .. }
+            | LlmError::Cancelled => Fault::World,
+            // A revoked key, a quota on the account, a model being reloaded:
+            // none of these is the document's doing.
+            LlmError::ClientError { status, .. } if matches!(status, 401 | 402 | 403 | 404) => {
+                Fault::World
+            }
+            LlmError::ClientError { .. }
+            | LlmError::MalformedAnswer { .. }
+            | LlmError::ContextTooLong { .. }
+            | LlmError::ContentFilter { .. }
+            | LlmError::Persistent { .. }
+            | LlmError::InvalidRequest(_) => Fault::Document,
+            LlmError::Config(_) => Fault::Config,
+        }
+    }
+
+    /// Whether another attempt may succeed (a fault of the LLM side, or an
+    /// answer that may come out well-formed next time).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, LlmError::MalformedAnswer { .. })
+            || (self.fault() == Fault::World && *self != LlmError::Cancelled)
     }
 }
 
@@ -122,6 +164,13 @@ impl fmt::Display for LlmError {
                 status,
                 message,
             } => write!(f, "request rejected with {status} by {endpoint}: {message}"),
+            LlmError::ContextTooLong { endpoint, message } => {
+                write!(f, "prompt too long for the model at {endpoint}: {message}")
+            }
+            LlmError::ContentFilter { endpoint, message } => {
+                write!(f, "refused by the content filter of {endpoint}: {message}")
+            }
+            LlmError::Persistent { message, .. } => f.write_str(message),
             LlmError::Cancelled => write!(f, "cancelled: the LLM client was closed"),
             LlmError::InvalidRequest(m) => write!(f, "invalid LLM request: {m}"),
             LlmError::Config(m) => write!(f, "LLM client configuration: {m}"),
@@ -248,6 +297,31 @@ mod tests {
                 "client_error",
                 false,
             ),
+            (
+                LlmError::ClientError {
+                    endpoint: e("x"),
+                    status: 401,
+                    message: e(""),
+                },
+                "client_error",
+                true,
+            ),
+            (
+                LlmError::ContextTooLong {
+                    endpoint: e("x"),
+                    message: e(""),
+                },
+                "context_too_long",
+                false,
+            ),
+            (
+                LlmError::ContentFilter {
+                    endpoint: e("x"),
+                    message: e(""),
+                },
+                "content_filter",
+                false,
+            ),
             (LlmError::Cancelled, "cancelled", false),
             (LlmError::InvalidRequest(e("")), "invalid_request", false),
             (LlmError::Config(e("")), "config", false),
@@ -255,8 +329,36 @@ mod tests {
         for (err, kind, retriable) in all {
             assert_eq!(err.kind(), kind);
             assert_eq!(err.is_retriable(), retriable, "{kind}");
+            // Every retriable error but a malformed answer is the world's fault.
+            if retriable && kind != "malformed_answer" {
+                assert_eq!(err.fault(), Fault::World, "{kind}");
+            }
             assert!(format!("{err:?}").contains(kind));
         }
+    }
+
+    #[test]
+    fn faults_of_the_world_and_of_the_document() {
+        let client = |status| LlmError::ClientError {
+            endpoint: "x".into(),
+            status,
+            message: String::new(),
+        };
+        for s in [401, 403, 404] {
+            assert_eq!(client(s).fault(), Fault::World, "{s}");
+        }
+        for s in [400, 413, 422] {
+            assert_eq!(client(s).fault(), Fault::Document, "{s}");
+        }
+        assert_eq!(LlmError::Cancelled.fault(), Fault::World);
+        assert_eq!(LlmError::Config("x".into()).fault(), Fault::Config);
+        assert_eq!(
+            LlmError::Timeout {
+                endpoint: "x".into()
+            }
+            .fault(),
+            Fault::World
+        );
     }
 
     #[test]

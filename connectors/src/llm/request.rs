@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::cache::{key_of, write_canonical_json};
+use super::config::StructuredOutput;
 
 /// One message of the conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,7 +55,14 @@ impl ResponseSchema {
 }
 
 /// Parameters the client sets itself; `extra` may not override them.
-const RESERVED_PARAMS: [&str; 5] = ["model", "messages", "response_format", "stream", "n"];
+const RESERVED_PARAMS: [&str; 6] = [
+    "model",
+    "messages",
+    "response_format",
+    "guided_json",
+    "stream",
+    "n",
+];
 
 /// A chat-completions request whose answer is expected to be JSON.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -135,9 +143,9 @@ impl ChatRequest {
         Ok(())
     }
 
-    /// The OpenAI-compatible request body for `model`; `response_format` only
-    /// when `with_schema` and a schema is set.
-    pub(crate) fn body(&self, model: &str, with_schema: bool) -> Value {
+    /// The OpenAI-compatible request body for `model`, with the schema (if
+    /// any) in the server's structured-output `dialect`.
+    pub(crate) fn body(&self, model: &str, dialect: StructuredOutput) -> Value {
         let mut body = self.extra.clone();
         body.insert("model".to_owned(), Value::String(model.to_owned()));
         body.insert(
@@ -159,14 +167,28 @@ impl ChatRequest {
         if !self.stop.is_empty() {
             body.insert("stop".to_owned(), json!(self.stop));
         }
-        if with_schema && let Some(s) = &self.schema {
-            body.insert(
-                "response_format".to_owned(),
-                json!({
-                    "type": "json_schema",
-                    "json_schema": {"name": s.name, "schema": s.schema, "strict": s.strict},
-                }),
-            );
+        if let Some(s) = &self.schema {
+            match dialect {
+                StructuredOutput::JsonSchema => {
+                    body.insert(
+                        "response_format".to_owned(),
+                        json!({
+                            "type": "json_schema",
+                            "json_schema": {"name": s.name, "schema": s.schema, "strict": s.strict},
+                        }),
+                    );
+                }
+                StructuredOutput::JsonObject => {
+                    body.insert(
+                        "response_format".to_owned(),
+                        json!({"type": "json_object", "schema": s.schema}),
+                    );
+                }
+                StructuredOutput::GuidedJson => {
+                    body.insert("guided_json".to_owned(), s.schema.clone());
+                }
+                StructuredOutput::None | StructuredOutput::Auto => {}
+            }
         }
         Value::Object(body)
     }
@@ -175,7 +197,7 @@ impl ChatRequest {
     /// the answer (model, messages, parameters, schema, extra parameters).
     /// Whether `response_format` is actually sent is not part of it.
     pub fn cache_key(&self, model: &str) -> u128 {
-        let mut body = self.body(model, false);
+        let mut body = self.body(model, StructuredOutput::None);
         if let (Value::Object(map), Some(s)) = (&mut body, &self.schema) {
             map.insert(
                 "\u{0}schema".to_owned(),
@@ -244,7 +266,7 @@ mod tests {
         let r = req()
             .schema(ResponseSchema::new("qa", json!({"type": "object"})))
             .param("top_k", json!(20));
-        let b = r.body("m", true);
+        let b = r.body("m", StructuredOutput::JsonSchema);
         assert_eq!(b["model"], "m");
         assert_eq!(b["messages"][0]["role"], "system");
         assert_eq!(b["messages"][1]["content"], "Passage: the sky is blue.");
@@ -254,8 +276,30 @@ mod tests {
         assert_eq!(b["response_format"]["type"], "json_schema");
         assert_eq!(b["response_format"]["json_schema"]["name"], "qa");
         assert_eq!(b["response_format"]["json_schema"]["strict"], true);
-        assert!(r.body("m", false).get("response_format").is_none());
+        assert!(
+            r.body("m", StructuredOutput::None)
+                .get("response_format")
+                .is_none()
+        );
         assert!(b.get("seed").is_none() && b.get("stop").is_none());
+    }
+
+    #[test]
+    fn schema_in_each_dialect() {
+        let schema = json!({"type": "object", "required": ["ok"]});
+        let r = req().schema(ResponseSchema::new("qa", schema.clone()));
+        let b = r.body("m", StructuredOutput::JsonObject);
+        assert_eq!(b["response_format"], json!({"type": "json_object", "schema": schema}));
+        let b = r.body("m", StructuredOutput::GuidedJson);
+        assert_eq!(b["guided_json"], schema);
+        assert!(b.get("response_format").is_none());
+        for d in [StructuredOutput::None, StructuredOutput::Auto] {
+            let b = r.body("m", d);
+            assert!(b.get("response_format").is_none() && b.get("guided_json").is_none());
+        }
+        // Without a schema no dialect adds anything.
+        let b = req().body("m", StructuredOutput::JsonSchema);
+        assert!(b.get("response_format").is_none());
     }
 
     #[test]

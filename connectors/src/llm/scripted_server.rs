@@ -11,13 +11,19 @@
 //!   arrival order;
 //! * [`ScriptedServer::on_prompt`] replies to requests whose messages contain
 //!   a substring (deterministic under concurrency), a given number of times;
-//! * [`ScriptedServerConfig::supports_response_format`] `= false` makes every
-//!   request carrying `response_format` fail with a 400 naming it, as servers
-//!   without structured output do.
+//! * [`ScriptedServerConfig::dialect`] chooses which structured-output
+//!   dialects it honours, as real servers differ ([`ServerDialect`]);
+//! * [`ScriptedServerConfig::models`] is what `GET /v1/models` lists;
+//! * [`ScriptedServer::go_down`] / [`ScriptedServer::come_up`] stop and
+//!   restart it on the same port (connections refused meanwhile), and
+//!   [`ScriptedServer::set_status_override`] answers every request with one
+//!   status (a server that is up but failing, e.g. 503 while loading).
 //!
 //! The server counts requests, the maximum number in flight at once, and
 //! keeps a log of what it received (arrival time, `Authorization` header,
-//! body, status returned).
+//! body, status returned). The engine's start-up probes (marked with
+//! [`PROBE_MARKER`]) are logged but counted apart: [`ScriptedServer::requests`]
+//! counts the pipeline's calls only.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -29,8 +35,10 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Response, StatusCode, header};
-use axum::routing::post;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
+
+use super::startup::PROBE_MARKER;
 
 /// Computes the answer text from the request body.
 pub type AnswerFn = Arc<dyn Fn(&Value) -> String + Send + Sync>;
@@ -57,13 +65,28 @@ pub enum Reply {
     InvalidBody,
 }
 
+/// Which structured-output requests a server honours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerDialect {
+    /// OpenAI, vLLM, SGLang: `response_format` `json_schema` (and anything else).
+    OpenAi,
+    /// llama-cpp-python's server: `response_format` `json_schema` fails with
+    /// HTTP 500 (its request validation); `json_object` with a `schema` is
+    /// honoured; without that grammar the (small) model answers in prose.
+    LlamaCppPython,
+    /// No structured output: any `response_format` gets a 400 naming it.
+    Plain,
+}
+
 /// Settings of a [`ScriptedServer`].
 #[derive(Clone)]
 pub struct ScriptedServerConfig {
     /// Delay before every reply.
     pub latency: Duration,
-    /// Whether `response_format` is accepted (otherwise: 400 naming it).
-    pub supports_response_format: bool,
+    /// The structured-output dialect it speaks.
+    pub dialect: ServerDialect,
+    /// What `GET /v1/models` lists; `None`: that route answers 404.
+    pub models: Option<Vec<String>>,
     /// Answer text as a function of the request body; [`default_answer`]
     /// when unset.
     pub answer: Option<AnswerFn>,
@@ -75,7 +98,8 @@ impl Default for ScriptedServerConfig {
     fn default() -> Self {
         ScriptedServerConfig {
             latency: Duration::ZERO,
-            supports_response_format: true,
+            dialect: ServerDialect::OpenAi,
+            models: Some(vec!["scripted".to_owned()]),
             answer: None,
             log_bodies: true,
         }
@@ -105,6 +129,8 @@ struct Shared {
     queue: Mutex<VecDeque<Reply>>,
     rules: Mutex<Vec<Rule>>,
     requests: AtomicU64,
+    probes: AtomicU64,
+    status_override: Mutex<Option<(u16, String)>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     log: Mutex<Vec<LoggedRequest>>,
@@ -114,7 +140,45 @@ struct Shared {
 pub struct ScriptedServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    serving: Mutex<Option<Serving>>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The listener task and the switch that stops it gracefully.
+struct Serving {
     task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Binds `addr` (port 0: a free one) with `SO_REUSEADDR`, so a restart can
+/// take the same port back at once.
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> Serving {
+    let app = Router::new()
+        .route("/v1/chat/completions", post(handle))
+        .route("/v1/models", get(models))
+        .with_state(shared);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        // Graceful: the listener closes and idle keep-alive connections are
+        // dropped at once, as when a real server process stops.
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!("scripted LLM server stopped: {e}");
+        }
+    });
+    Serving { task, stop }
 }
 
 impl ScriptedServer {
@@ -126,7 +190,7 @@ impl ScriptedServer {
 
     /// Starts a server with `config` on the current tokio runtime.
     pub async fn start_with(config: ScriptedServerConfig) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             latency_us: AtomicU64::new(
@@ -136,19 +200,46 @@ impl ScriptedServer {
             queue: Mutex::default(),
             rules: Mutex::default(),
             requests: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
+            status_override: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             log: Mutex::default(),
         });
-        let app = Router::new()
-            .route("/v1/chat/completions", post(handle))
-            .with_state(Arc::clone(&shared));
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!("scripted LLM server stopped: {e}");
-            }
-        });
-        Ok(ScriptedServer { addr, shared, task })
+        let serving = serve(listener, Arc::clone(&shared));
+        Ok(ScriptedServer {
+            addr,
+            shared,
+            serving: Mutex::new(Some(serving)),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// Stops listening: new connections are refused, idle ones closed,
+    /// requests in progress finish. Blocks until the listener is closed;
+    /// call it from outside the server's runtime.
+    pub fn go_down(&self) {
+        if let Some(s) = lock(&self.serving).take() {
+            let _ = s.stop.send(());
+            let _ = self.runtime.block_on(s.task);
+        }
+    }
+
+    /// Listens again on the same address after [`ScriptedServer::go_down`].
+    pub fn come_up(&self) -> std::io::Result<()> {
+        let mut serving = lock(&self.serving);
+        if serving.is_none() {
+            let _rt = self.runtime.enter();
+            let listener = bind(self.addr)?;
+            *serving = Some(serve(listener, Arc::clone(&self.shared)));
+        }
+        Ok(())
+    }
+
+    /// Answers every request (models list included) with this status and
+    /// body until cleared with `None`.
+    pub fn set_status_override(&self, status: Option<(u16, &str)>) {
+        *lock(&self.shared.status_override) = status.map(|(s, b)| (s, b.to_owned()));
     }
 
     /// Base URL to configure as an endpoint: `http://127.0.0.1:<port>/v1`.
@@ -182,9 +273,14 @@ impl ScriptedServer {
         );
     }
 
-    /// Requests received so far.
+    /// Chat requests received so far, start-up probes not counted.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Start-up probes received so far.
+    pub fn probes(&self) -> u64 {
+        self.shared.probes.load(Ordering::SeqCst)
     }
 
     /// Most requests ever in flight at once.
@@ -207,8 +303,31 @@ impl ScriptedServer {
 
 impl Drop for ScriptedServer {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(s) = lock(&self.serving).take() {
+            s.task.abort();
+        }
     }
+}
+
+async fn models(State(s): State<Arc<Shared>>) -> Response<Body> {
+    let overridden = lock(&s.status_override).clone();
+    let (status, text) = match (overridden, &s.config.models) {
+        (Some((status, body)), _) => (status, body),
+        (None, None) => (404, error_body("not found")),
+        (None, Some(list)) => (
+            200,
+            json!({
+                "object": "list",
+                "data": list.iter().map(|m| json!({"id": m, "object": "model", "owned_by": "scripted"})).collect::<Vec<_>>(),
+            })
+            .to_string(),
+        ),
+    };
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(text))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -259,13 +378,52 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
     let n = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     let _guard = InFlightGuard(&s);
     s.max_in_flight.fetch_max(n, Ordering::SeqCst);
-    let id = s.requests.fetch_add(1, Ordering::SeqCst);
-
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let prompt = prompt_text(&parsed);
     let has_response_format = parsed.get("response_format").is_some();
+    let probe = prompt.contains(PROBE_MARKER);
+    let id = if probe {
+        s.probes.fetch_add(1, Ordering::SeqCst)
+    } else {
+        s.requests.fetch_add(1, Ordering::SeqCst)
+    };
+    let format_type = parsed
+        .pointer("/response_format/type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    // What the dialect makes of the request: refused, or answered — in JSON,
+    // or (llama-cpp-python's small model without its grammar) in prose.
+    let (refusal, answers_json) = match s.config.dialect {
+        ServerDialect::OpenAi => (None, true),
+        ServerDialect::Plain if has_response_format => (
+            Some((
+                400,
+                error_body("response_format of type json_schema is not supported by this server"),
+            )),
+            false,
+        ),
+        ServerDialect::Plain => (None, true),
+        ServerDialect::LlamaCppPython if format_type == "json_schema" => (
+            Some((
+                500,
+                error_body(
+                    "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input should be 'text' or 'json_object'",
+                ),
+            )),
+            false,
+        ),
+        ServerDialect::LlamaCppPython => (
+            None,
+            format_type == "json_object"
+                && parsed.pointer("/response_format/schema").is_some(),
+        ),
+    };
+    let overridden = lock(&s.status_override).clone();
 
-    let reply = {
+    // Scripted replies are for the pipeline's calls, never for probes.
+    let reply = if probe {
+        Reply::Answer
+    } else {
         let mut rules = lock(&s.rules);
         let hit = rules
             .iter_mut()
@@ -277,9 +435,9 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
             }
             None => None,
         }
-    }
-    .or_else(|| lock(&s.queue).pop_front())
-    .unwrap_or(Reply::Answer);
+        .or_else(|| lock(&s.queue).pop_front())
+        .unwrap_or(Reply::Answer)
+    };
 
     let latency = Duration::from_micros(s.latency_us.load(Ordering::Relaxed));
     if !latency.is_zero() {
@@ -290,13 +448,18 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         Some(f) => f(body),
         None => default_answer(body),
     };
-    let (status, extra_header, text) = if parsed.is_null() {
+    let (status, extra_header, text) = if let Some((status, body)) = overridden {
+        (status, None, body)
+    } else if parsed.is_null() {
         (400, None, error_body("request body is not JSON"))
-    } else if has_response_format && !s.config.supports_response_format {
+    } else if let Some((status, body)) = refusal {
+        (status, None, body)
+    } else if !answers_json && reply == Reply::Answer {
+        // A small model without a grammar: prose around no JSON at all.
         (
-            400,
+            200,
             None,
-            error_body("response_format of type json_schema is not supported by this server"),
+            completion(&parsed, &prompt, "Sure! Here is what I think about it.", id),
         )
     } else {
         match reply {
