@@ -64,6 +64,7 @@ fn with_copies(docs: &[Document]) -> Vec<Document> {
         Document {
             id: format!("{}#copy", d.id),
             text: words.join(" "),
+            filter_model: None,
             origin: Origin {
                 offset: d.origin.offset + 1_000_000,
                 ..d.origin.clone()

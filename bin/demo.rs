@@ -105,9 +105,15 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         &funnel,
         llm.as_ref(),
     )?;
+    let stop = crate::shutdown::install()?;
+    let llm_watch = match &llm {
+        Some(l) => Some(l.check(&cfg, false, &stop, cli.quiet)?),
+        None => None,
+    };
     let control = RunControl {
-        stop: crate::shutdown::install()?,
+        stop,
         until_caught_up: true,
+        llm: llm_watch,
     };
     let started = Instant::now();
     let kafka = cfg.kafka.clone();

@@ -3,12 +3,15 @@
 //! or `--no-llm` (CPU stages only; the output is the surviving documents).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
-use webscale_rl_connectors::llm::LlmConfig;
+use webscale_rl_connectors::llm::{LlmConfig, StartupError};
 use webscale_rl_dataflow::PipelineConfig;
 use webscale_rl_dataflow::llm_service::LlmBackend;
+use webscale_rl_dataflow::runtime::LlmWatch;
 use webscale_rl_operators::llm_call::LlmService;
 
 #[derive(Args, Debug, Clone, Default)]
@@ -22,7 +25,8 @@ pub struct LlmArgs {
     /// Run only the CPU stages; the output is the surviving documents.
     #[arg(long, conflicts_with_all = ["llm_url", "llm"])]
     pub no_llm: bool,
-    /// Model name sent to the server (default: [llm] model, or the server's own default).
+    /// Model name sent to the server (default: [llm] model, else the one model the server lists
+    /// at `GET /models`; with several listed the run stops and names them).
     #[arg(long)]
     pub llm_model: Option<String>,
     /// Most LLM requests in flight for the whole process.
@@ -45,7 +49,100 @@ impl LlmSetup {
     pub fn service(&self) -> Arc<dyn LlmService> {
         self.backend.service()
     }
+
+    /// The start-up check, before anything is consumed: the served models, the model to use,
+    /// each endpoint's structured-output dialect. A mistake (unknown model, refused key) stops
+    /// at once. Nobody answering: with `wait_forever` (Kafka mode) wait, not ready, logging at
+    /// most once a minute, until an endpoint answers or a stop signal; otherwise give up after
+    /// `llm.startup_timeout_secs`. Returns what the runtime watches of the LLM from then on.
+    pub fn check(
+        &self,
+        cfg: &PipelineConfig,
+        wait_forever: bool,
+        stop: &AtomicBool,
+        quiet: bool,
+    ) -> anyhow::Result<LlmWatch> {
+        let llm = cfg.llm.as_ref().expect("an LLM is configured");
+        let stage_models: Vec<(String, String)> = [
+            (
+                "[llm_filter] model",
+                cfg.llm_filter.enabled,
+                &cfg.llm_filter.model,
+            ),
+            (
+                "[classify] model",
+                cfg.classify.enabled,
+                &cfg.classify.model,
+            ),
+            (
+                "[generate] model",
+                cfg.generate.enabled,
+                &cfg.generate.model,
+            ),
+            ("[verify] model", cfg.verify.enabled, &cfg.verify.model),
+        ]
+        .into_iter()
+        .filter(|(_, enabled, m)| *enabled && !m.is_empty())
+        .map(|(setting, _, m)| (setting.to_string(), m.clone()))
+        .collect();
+        let client = &self.backend.client;
+        let started = Instant::now();
+        let timeout = Duration::from_secs(llm.startup_timeout_secs);
+        let mut last_said: Option<Instant> = None;
+        loop {
+            match self.backend.block_on(client.startup_check(&stage_models)) {
+                Ok(report) => {
+                    if !quiet {
+                        for line in report.lines() {
+                            eprintln!("{line}");
+                        }
+                    }
+                    break;
+                }
+                Err(StartupError::Fatal(m)) => bail!("{m}"),
+                Err(StartupError::Unreachable(m)) => {
+                    if !wait_forever && started.elapsed() >= timeout {
+                        bail!(
+                            "{m}; no answer within llm.startup_timeout_secs = {} s. Start the \
+                             server, check --llm-url, or run with --no-llm; nothing was consumed",
+                            timeout.as_secs()
+                        );
+                    }
+                    if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        last_said = Some(Instant::now());
+                        let until = if wait_forever {
+                            "until it answers (/readyz: 503)".to_string()
+                        } else {
+                            format!("up to {} s", timeout.as_secs())
+                        };
+                        eprintln!(
+                            "waiting for the LLM, {until}; nothing is consumed meanwhile: {m}"
+                        );
+                    }
+                    let pause = Instant::now();
+                    while pause.elapsed() < STARTUP_RETRY {
+                        if stop.load(Ordering::Relaxed) {
+                            bail!("stopped while waiting for the LLM; nothing was consumed");
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        }
+        Ok(LlmWatch {
+            health: client.health().clone(),
+            max_outage: llm
+                .max_outage_secs
+                .or((!wait_forever).then_some(DEFAULT_FILE_MAX_OUTAGE_SECS))
+                .map(Duration::from_secs),
+        })
+    }
 }
+
+/// Pause between start-up checks while no endpoint answers.
+const STARTUP_RETRY: Duration = Duration::from_secs(2);
+/// `llm.max_outage_secs` of file mode (and the demo) when unset: a batch job should not hang.
+const DEFAULT_FILE_MAX_OUTAGE_SECS: u64 = 600;
 
 pub const NO_LLM_HELP: &str = "no LLM configured: give --llm-url URL (an OpenAI-compatible server such as vLLM, \
      SGLang, llama.cpp or OpenAI), --llm local[:PATH] (a small model on the CPU), or --no-llm \
@@ -83,6 +180,8 @@ impl LlmArgs {
             // them time out (and their retries queue behind the abandoned ones).
             llm.concurrency = 1;
             llm.timeout_secs = llm.timeout_secs.max(900);
+            // Its dialect is known: no probe (each request costs seconds on the CPU).
+            llm.structured_output = webscale_rl_connectors::llm::StructuredOutput::JsonSchema;
             local = Some(started.handle);
         } else if cfg.llm.is_none() {
             bail!("{NO_LLM_HELP}");

@@ -136,10 +136,6 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         benchmarks: load_benchmarks(&mut cfg, &args.benchmarks, cli.quiet)?,
     };
     let stop = shutdown::install()?;
-    let control = RunControl {
-        stop,
-        until_caught_up: args.until_caught_up,
-    };
     let funnel = Funnel::default();
     let _metrics = monitoring::start(
         cli,
@@ -148,6 +144,16 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         &funnel,
         llm.as_ref(),
     )?;
+    // Before anything is consumed: Kafka mode waits (not ready) for the LLM, file mode gives up.
+    let llm_watch = match &llm {
+        Some(l) => Some(l.check(&cfg, !file_mode, &stop, cli.quiet)?),
+        None => None,
+    };
+    let control = RunControl {
+        stop,
+        until_caught_up: args.until_caught_up,
+        llm: llm_watch,
+    };
     let started = Instant::now();
     let mode = if let (Some(input), Some(output)) = (&args.input, &args.output) {
         let run = FileRun {

@@ -8,5 +8,6 @@ mod cli;
 mod file_mode;
 mod kafka;
 mod llm;
+mod llm_faults;
 mod observability;
 mod tools;

@@ -164,6 +164,7 @@ fn documents_become_verified_qa_pairs_and_every_rejection_is_accounted_for() {
         assert!(p["persona"].as_str().unwrap().starts_with("a "));
         assert_eq!(p["answer"], "Jupiter");
         assert_eq!(p["models"]["generator"], "scripted");
+        assert_eq!(p["models"]["filter"], "scripted", "{p}");
         assert_eq!(p["id"].as_str().unwrap().len(), 32);
     }
 

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use webscale_rl_dataflow::metrics::{EngineMetrics, sample};
 use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
 use webscale_rl_dataflow::{Funnel, PipelineConfig};
 
-use crate::support::{BIN, Kafka, oracle};
+use crate::support::{BIN, Kafka, http_get, oracle};
 
 fn scripted_server(runtime: &tokio::runtime::Runtime) -> ScriptedServer {
     crate::support::scripted_server(runtime, oracle, Duration::from_millis(20))
@@ -57,24 +56,6 @@ fn corpus() -> Vec<Vec<u8>> {
     lines.push(b"{not json".to_vec());
     lines.push(br#"{"id": "bullets", "text": "- a\n- b\n- c\n- d\n- e\n- f\n- g\n- h"}"#.to_vec());
     lines
-}
-
-/// `GET path` over plain HTTP/1.1: (status, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
 }
 
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {

@@ -28,6 +28,7 @@ pub fn load_sample() -> Vec<Document> {
                 url: None,
                 source: None,
                 meta: None,
+                filter_model: None,
                 origin: Origin {
                     topic: "sample".into(),
                     partition: 0,

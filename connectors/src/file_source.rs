@@ -6,6 +6,8 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use timely::dataflow::channels::pact::Exchange;
@@ -38,12 +40,14 @@ pub struct FileSourceConfig {
 }
 
 /// Reads `input` on worker 0 (other workers pass `None`) and spreads its lines over all workers.
+/// Reading stops while `pause` is set (the LLM side is down).
 pub fn file_source<'s>(
     scope: Scope<'s, u64>,
     input: Option<JsonlInput>,
     cfg: FileSourceConfig,
     durable: ProbeHandle<u64>,
     progress: Rc<RefCell<FileProgress>>,
+    pause: Arc<AtomicBool>,
 ) -> StreamVec<'s, u64, RawMessage> {
     let lines = source(scope, "FileSource", move |cap, info| {
         let activator = scope.activator_for(info.address.clone());
@@ -65,7 +69,7 @@ pub fn file_source<'s>(
             let Some(c) = cap.as_mut() else { return };
             // Flow control: let the pipeline catch up before reading further ahead.
             let behind = c.time().saturating_sub(cfg.max_open_epochs);
-            if durable.less_than(&behind) {
+            if durable.less_than(&behind) || pause.load(Ordering::Relaxed) {
                 activator.activate_after(Duration::from_millis(1));
                 return;
             }

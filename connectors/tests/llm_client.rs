@@ -253,14 +253,20 @@ async fn server_errors_of_one_request_while_others_succeed_fail_it() {
     // Other documents keep being answered meanwhile.
     let mut others = 0;
     while !poison.is_finished() {
-        c.chat_json("s", req(&format!("fine {others}"))).await.unwrap();
+        c.chat_json("s", req(&format!("fine {others}")))
+            .await
+            .unwrap();
         others += 1;
         assert!(others < 10_000, "the poisoned request never gave up");
     }
     let e = poison.await.unwrap().unwrap_err();
     assert_eq!(e.kind(), "server_error");
     assert_eq!(e.fault(), Fault::Document);
-    assert!(e.to_string().contains("while the server answered other requests"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("while the server answered other requests"),
+        "{e}"
+    );
     assert!(c.health().is_up());
 }
 
@@ -284,7 +290,11 @@ async fn server_errors_with_nothing_answered_are_an_outage_not_a_failure() {
     }
     let status = c.health().status();
     assert!(status.describe().contains("loading model"), "{status:?}");
-    assert!(c.health().paused().load(std::sync::atomic::Ordering::Relaxed));
+    assert!(
+        c.health()
+            .paused()
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     // Far past max_retries, the call is still waiting, not failed.
     while server.log().len() < 8 {
         assert!(t0.elapsed() < Duration::from_secs(20));
@@ -312,7 +322,6 @@ async fn timeouts_are_retried() {
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
     assert_eq!(resp.attempts, 2);
     assert_eq!(c.usage().total.errors["timeout"], 1);
-
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,7 +368,8 @@ async fn context_too_long_and_content_filter_are_the_documents_fault() {
     let c = client(config(&[&server]));
     server.push_reply(Reply::Status(
         400,
-        "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens".to_owned(),
+        "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens"
+            .to_owned(),
     ));
     let e = c.chat_json("s", req("long")).await.unwrap_err();
     assert_eq!(e.kind(), "context_too_long");
@@ -402,7 +412,9 @@ async fn a_server_down_and_back_loses_no_call() {
     let srv = std::sync::Arc::new(server);
     {
         let srv = srv.clone();
-        tokio::task::spawn_blocking(move || srv.go_down()).await.unwrap();
+        tokio::task::spawn_blocking(move || srv.go_down())
+            .await
+            .unwrap();
     }
     let call = {
         let c = c.clone();
@@ -417,7 +429,10 @@ async fn a_server_down_and_back_loses_no_call() {
     assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
     assert!(!line.contains("secretpw"), "{line}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!call.is_finished(), "a connection failure must not end the call");
+    assert!(
+        !call.is_finished(),
+        "a connection failure must not end the call"
+    );
     srv.come_up().unwrap();
     let r = call.await.unwrap().unwrap();
     assert!(r.attempts > 2);
@@ -462,17 +477,17 @@ async fn response_format_sent_and_fallback_when_unsupported() {
     // json_schema refused, json_object refused, guided_json (a body field
     // this server ignores) answered.
     assert_eq!(resp.attempts, 3);
-    assert_eq!(
-        c.endpoint_stats()[0].dialect,
-        StructuredOutput::GuidedJson
-    );
+    assert_eq!(c.endpoint_stats()[0].dialect, StructuredOutput::GuidedJson);
     c.chat_json("s", req("c").schema(schema)).await.unwrap();
     let log = server.log();
     let flags: Vec<(bool, u16)> = log
         .iter()
         .map(|l| (l.has_response_format, l.status))
         .collect();
-    assert_eq!(flags, vec![(true, 400), (true, 400), (false, 200), (false, 200)]);
+    assert_eq!(
+        flags,
+        vec![(true, 400), (true, 400), (false, 200), (false, 200)]
+    );
     assert!(log[3].body.get("guided_json").is_some());
 
     // structured_output = "none": never sent.
@@ -846,7 +861,9 @@ async fn startup_resolves_the_model_from_the_server() {
     assert_eq!(c.default_model().as_deref(), Some("qwen-7b"));
     assert!(c.health().is_up());
     // Requests without a model now name it.
-    c.chat_json("s", ChatRequest::new("").user("hi")).await.unwrap();
+    c.chat_json("s", ChatRequest::new("").user("hi"))
+        .await
+        .unwrap();
     assert_eq!(one.log()[0].body["model"], "qwen-7b");
 
     // Two listed, none named: stop, listing them.
@@ -870,7 +887,10 @@ async fn startup_resolves_the_model_from_the_server() {
     let mut cfg = config(&[&two]);
     cfg.model = Some("c".into());
     let m = fatal(client(cfg).startup_check(&[]).await);
-    assert!(m.contains("'c' is not served") && m.contains("it serves: a, b"), "{m}");
+    assert!(
+        m.contains("'c' is not served") && m.contains("it serves: a, b"),
+        "{m}"
+    );
     let mut cfg = config(&[&two]);
     cfg.model = Some("a".into());
     let m = fatal(
@@ -944,14 +964,19 @@ async fn startup_waits_for_an_unreachable_server() {
     let server = std::sync::Arc::new(ScriptedServer::start().await.unwrap());
     {
         let s = server.clone();
-        tokio::task::spawn_blocking(move || s.go_down()).await.unwrap();
+        tokio::task::spawn_blocking(move || s.go_down())
+            .await
+            .unwrap();
     }
     let mut cfg = config(&[&server]);
     cfg.model = Some("scripted".into());
     let c = client(cfg);
     match c.startup_check(&[]).await {
         Err(StartupError::Unreachable(m)) => {
-            assert!(m.contains(&server.base_url()) && m.contains("not reachable"), "{m}")
+            assert!(
+                m.contains(&server.base_url()) && m.contains("not reachable"),
+                "{m}"
+            )
         }
         other => panic!("{other:?}"),
     }

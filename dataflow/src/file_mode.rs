@@ -166,7 +166,14 @@ fn file_worker(
     };
     let is_reader = input.is_some();
     worker.dataflow::<u64, _, _>(|scope| -> anyhow::Result<()> {
-        let messages = file_source(scope, input, source_cfg, durable.clone(), progress.clone());
+        let messages = file_source(
+            scope,
+            input,
+            source_cfg,
+            durable.clone(),
+            progress.clone(),
+            control.pause(),
+        );
         let outs = graph::build(messages, cfg, funnel, resources).map_err(|e| anyhow!(e))?;
         // Counted on their way into the sinks: the funnel's `emitted` / `dead_lettered`.
         let counted_out = count(outs.output, funnel, EMITTED.0, EMITTED.1);
@@ -188,6 +195,9 @@ fn file_worker(
         if let Some(bar) = bar.as_mut() {
             let p = progress.borrow();
             bar.update(p.bytes_read, p.lines, funnel.get(EMITTED.0, EMITTED.1));
+        }
+        if let Some(reason) = control.llm_stop_reason() {
+            return Err(anyhow!("{reason}"));
         }
         if control.stop.load(std::sync::atomic::Ordering::Relaxed) && is_reader {
             // File mode has no offsets to resume from: a stop abandons the temp outputs.

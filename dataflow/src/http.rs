@@ -1,13 +1,12 @@
 //! The observability HTTP server: `/metrics` (OpenMetrics text for Prometheus), `/` (the live
 //! dashboard), `/api/state` (the dashboard's JSON), `/healthz` (the process is up) and `/readyz`
-//! (the source is connected and, with an LLM, an endpoint has answered).
+//! (the source is connected and, with an LLM, the LLM side is up: no outage, start-up check done).
 //!
 //! It runs on its own one-thread tokio runtime, so a slow scraper never competes with the LLM
 //! calls, and it only reads shared state: a scrape never blocks a timely worker for longer than
 //! a counter lock.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,8 +22,6 @@ use crate::metrics::EngineMetrics;
 const DASHBOARD: &str = include_str!("../assets/dashboard.html");
 /// Where the page expects the first state, so it renders without waiting for a request.
 const INITIAL_STATE_MARK: &str = "/*INITIAL_STATE*/null";
-/// How often the readiness probe asks an LLM endpoint until one answers.
-const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A running server; dropping it stops it.
 pub struct MetricsServer {
@@ -62,7 +59,6 @@ impl MetricsServer {
                 tracing::error!(error = %e, "metrics server stopped");
             }
         });
-        runtime.spawn(probe_llm(metrics.clone()));
         // From now on the Kafka runtime also refreshes the partitions' end offsets (for the lag).
         metrics.funnel().live().set_watched();
         tracing::info!(addr = %local, "metrics and dashboard server listening");
@@ -147,37 +143,5 @@ async fn readyz(State(m): State<EngineMetrics>) -> Response {
             format!("not ready\n{}\n", missing.join("\n")),
         )
             .into_response(),
-    }
-}
-
-/// Until an LLM endpoint has answered, asks each for `GET {base}/models` every few seconds. Any
-/// HTTP answer counts (even 401 or 404): the server is reachable. The URL is never logged, since
-/// it may carry credentials.
-async fn probe_llm(metrics: EngineMetrics) {
-    let Some(llm) = metrics.llm().cloned() else {
-        return;
-    };
-    let Ok(http) = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-    else {
-        return;
-    };
-    let endpoints = llm.client.config().endpoints.clone();
-    while !llm.answered() {
-        for (i, base) in endpoints.iter().enumerate() {
-            let url = format!("{}/models", base.trim_end_matches('/'));
-            match http.get(&url).send().await {
-                Ok(resp) => {
-                    tracing::info!(endpoint = i, status = %resp.status(), "LLM endpoint answered the readiness probe");
-                    llm.answered.store(true, Ordering::Relaxed);
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(endpoint = i, error = %e.without_url(), "LLM readiness probe")
-                }
-            }
-        }
-        tokio::time::sleep(PROBE_INTERVAL).await;
     }
 }

@@ -1,7 +1,7 @@
 //! Backs the stages' [`LlmService`] with the OpenAI-compatible HTTP client, on the process's tokio
 //! runtime.
 
-use webscale_rl_connectors::llm::{ChatRequest, LlmClient, ResponseSchema};
+use webscale_rl_connectors::llm::{ChatRequest, Fault, LlmClient, ResponseSchema};
 use webscale_rl_operators::llm_call::{LlmAnswer, LlmFailure, LlmReply, LlmRequest, LlmService};
 
 use crate::metrics::{LlmHandle, LlmLatency};
@@ -45,6 +45,9 @@ impl LlmService for HttpLlm {
                 Err(e) => Err(LlmFailure {
                     kind: e.kind().to_string(),
                     message: e.to_string(),
+                    // The client returns faults of the world only when it is closed (the engine
+                    // is stopping): the document stays unfinished, its offset uncommitted.
+                    transient: e.fault() != Fault::Document,
                 }),
             })
         });
@@ -77,6 +80,14 @@ impl LlmBackend {
         })
     }
 
+    /// Runs `f` to completion on the backend's runtime (start-up checks, from the main thread).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives as long as the backend")
+            .block_on(f)
+    }
+
     pub fn service(&self) -> std::sync::Arc<dyn LlmService> {
         std::sync::Arc::new(HttpLlm {
             client: self.client.clone(),
@@ -89,7 +100,6 @@ impl LlmBackend {
         LlmHandle {
             client: self.client.clone(),
             latency: self.latency.clone(),
-            answered: Default::default(),
         }
     }
 }

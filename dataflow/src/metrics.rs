@@ -59,6 +59,9 @@ pub struct LatestRecord {
     pub created_at: u64,
 }
 
+/// [`Live`]'s frontier when there is none (not started, or all durable).
+const FRONTIER_NONE: u64 = u64::MAX;
+
 /// Documents consumed and records emitted during one wall-clock minute.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Minute {
@@ -80,11 +83,12 @@ pub struct PartitionState {
 }
 
 impl PartitionState {
-    /// Messages not yet read: end offset minus position (or the committed offset before the
-    /// first fetch). Unknown until both are known.
+    /// Messages not yet durably processed: end offset minus the group's committed offset (what
+    /// a restart would read again), or minus the position before the first commit. Unknown
+    /// until both are known. A backlog read but stuck in flight (an LLM outage) stays visible.
     pub fn lag(&self) -> Option<i64> {
         let high = self.high_watermark?;
-        let at = self.position.or(self.committed)?;
+        let at = self.committed.or(self.position)?;
         Some((high - at).max(0))
     }
 }
@@ -104,7 +108,8 @@ pub struct Live {
     emitted: Mutex<EmittedStats>,
     partitions: Mutex<BTreeMap<(String, i32), PartitionState>>,
     in_flight: Mutex<BTreeMap<usize, u64>>,
-    /// The durable frontier in wall-clock ms (Kafka mode); 0 when unknown or complete.
+    /// The durable frontier in wall-clock ms (Kafka mode); [`FRONTIER_NONE`] before the run and
+    /// once everything is durable.
     frontier_ms: AtomicU64,
     /// The source is connected: Kafka partitions assigned, or the input file opened.
     source_ready: AtomicBool,
@@ -123,7 +128,7 @@ impl Default for Live {
             emitted: Mutex::default(),
             partitions: Mutex::default(),
             in_flight: Mutex::default(),
-            frontier_ms: AtomicU64::new(0),
+            frontier_ms: AtomicU64::new(FRONTIER_NONE),
             source_ready: AtomicBool::new(false),
             sinks: Mutex::default(),
             mode: Mutex::default(),
@@ -296,13 +301,16 @@ impl Live {
     /// The durable frontier, in wall-clock ms (`None`: everything is durable).
     pub fn set_frontier(&self, frontier_ms: Option<u64>) {
         self.frontier_ms
-            .store(frontier_ms.unwrap_or(0), Ordering::Relaxed);
+            .store(frontier_ms.unwrap_or(FRONTIER_NONE), Ordering::Relaxed);
     }
 
     /// How far the durable frontier trails the wall clock, in seconds (Kafka mode, while running).
+    /// Epoch 0 is the first epoch of the run, which began when the process started: a backlog
+    /// read before the first cut and stuck in flight (an LLM outage) shows its true age.
     pub fn frontier_lag_secs(&self) -> Option<f64> {
         match self.frontier_ms.load(Ordering::Relaxed) {
-            0 => None,
+            FRONTIER_NONE => None,
+            0 => Some(now_millis().saturating_sub(self.started_ms) as f64 / 1e3),
             f => Some(now_millis().saturating_sub(f) as f64 / 1e3),
         }
     }
@@ -387,13 +395,12 @@ impl LlmLatency {
 pub struct LlmHandle {
     pub client: LlmClient,
     pub latency: LlmLatency,
-    /// Set once an endpoint answered (the readiness probe, or any successful call).
-    pub answered: Arc<AtomicBool>,
 }
 
 impl LlmHandle {
-    pub fn answered(&self) -> bool {
-        self.answered.load(Ordering::Relaxed) || self.client.usage().total.successes > 0
+    /// The LLM side is up: the start-up check passed and no outage is on.
+    pub fn up(&self) -> bool {
+        self.client.health().is_up()
     }
 }
 
@@ -443,17 +450,18 @@ impl EngineMetrics {
         out
     }
 
-    /// `Ok` when the source is connected and, with an LLM, an endpoint has answered; otherwise
-    /// what is missing.
+    /// `Ok` when the source is connected and, with an LLM, the LLM side is up (start-up check
+    /// passed, no outage); otherwise what is missing, e.g. `llm: LLM unavailable since T (Ns):
+    /// connection to http://host/v1 failed: ...`.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
         let mut missing = Vec::new();
         if !self.funnel.live().source_ready() {
             missing.push("source: not connected (Kafka partitions not assigned yet)".to_string());
         }
         if let Some(llm) = self.llm.get()
-            && !llm.answered()
+            && !llm.up()
         {
-            missing.push("llm: no endpoint has answered yet".to_string());
+            missing.push(format!("llm: {}", llm.client.health().status().describe()));
         }
         if missing.is_empty() {
             Ok(())
@@ -470,7 +478,18 @@ impl EngineMetrics {
         let qa_pairs = snap.qa_pairs;
         let llm = self.llm.get().zip(usage.as_ref()).map(|(handle, u)| {
             let per_1000 = (qa_pairs > 0).then(|| u.total.cost / qa_pairs as f64 * 1000.0);
+            let health = handle.client.health().status();
             json!({
+                "up": health.up,
+                "status": health.describe(),
+                "down_since_ms": health.down_since.map(|t| t
+                    .duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64),
+                "last_error": health.last_error,
+                "model": handle.client.default_model(),
+                "endpoints": handle.client.endpoint_stats().iter().map(|e| json!({
+                    "endpoint": e.endpoint, "dialect": e.dialect.name(), "requests": e.requests,
+                    "in_flight": e.in_flight, "consecutive_failures": e.consecutive_failures,
+                })).collect::<Vec<_>>(),
                 "cost_dollars": u.total.cost,
                 "cost_per_1000_pairs": per_1000,
                 "calls": u.total.calls,
@@ -622,9 +641,24 @@ impl Collector for EngineCollector {
         gauges(
             e,
             "webscale_ready",
-            "1 when the source is connected and the LLM (if any) has answered.",
+            "1 when the source is connected and the LLM (if any) is up.",
             [(vec![], i64::from(self.readiness_ok()))],
         )?;
+        if let Some(llm) = self.llm.get() {
+            let health = llm.client.health();
+            gauges(
+                e,
+                "webscale_llm_up",
+                "1 while the LLM side is up; 0 before the start-up check passes and during an outage (the input is paused).",
+                [(vec![], i64::from(health.is_up()))],
+            )?;
+            gauges(
+                e,
+                "webscale_llm_outage_seconds",
+                "How long the current LLM outage has lasted (0 while up).",
+                [(vec![], health.outage().map_or(0.0, |d| d.as_secs_f64()))],
+            )?;
+        }
         counters(
             e,
             "webscale_documents_consumed",
@@ -711,7 +745,7 @@ impl Collector for EngineCollector {
 
 impl EngineCollector {
     fn readiness_ok(&self) -> bool {
-        self.funnel.live().source_ready() && self.llm.get().is_none_or(LlmHandle::answered)
+        self.funnel.live().source_ready() && self.llm.get().is_none_or(LlmHandle::up)
     }
 }
 
@@ -888,7 +922,8 @@ mod tests {
                 "webscale_kafka_consumer_lag",
                 &[("topic", "in"), ("partition", "0")]
             ),
-            Some(4.0)
+            Some(5.0),
+            "end offset 9 minus committed 4, though the consumer has read up to 5"
         );
         assert_eq!(
             s("webscale_kafka_consumer_lag", &[("partition", "1")]),
@@ -910,6 +945,19 @@ mod tests {
         assert_eq!(state["funnel"][6]["count"], 6);
         assert_eq!(state["throughput"].as_array().unwrap().len(), 60);
         assert_eq!(state["throughput"][59]["consumed"], 10);
+    }
+
+    #[test]
+    fn the_first_epoch_has_a_frontier_lag_too() {
+        let funnel = Funnel::default();
+        let live = funnel.live();
+        assert_eq!(live.frontier_lag_secs(), None, "before the run");
+        // A backlog read into epoch 0 and not yet durable: lagging since the start.
+        live.set_frontier(Some(0));
+        let lag = live.frontier_lag_secs().unwrap();
+        assert!((0.0..60.0).contains(&lag), "{lag}");
+        live.set_frontier(None);
+        assert_eq!(live.frontier_lag_secs(), None, "everything durable");
     }
 
     #[test]

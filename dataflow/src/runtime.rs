@@ -20,6 +20,7 @@ use timely::dataflow::operators::core::{Concat, Probe};
 use webscale_rl_connectors::kafka::{
     KafkaSink, SourceProgress, assign_partitions, commit_offsets, kafka_sink, kafka_source,
 };
+use webscale_rl_connectors::llm::LlmHealth;
 
 use crate::config::PipelineConfig;
 use crate::funnel::{DEAD_LETTERED, EMITTED, Funnel};
@@ -38,6 +39,51 @@ pub struct RunControl {
     pub stop: Arc<AtomicBool>,
     /// Stop once the input partitions reach the end offsets they had at start.
     pub until_caught_up: bool,
+    /// The LLM's health, with LLM stages: the sources pause during an outage, and the run stops
+    /// (without committing what is unfinished) when it lasts too long.
+    pub llm: Option<LlmWatch>,
+}
+
+/// What the runtime watches of the LLM side.
+#[derive(Clone)]
+pub struct LlmWatch {
+    pub health: LlmHealth,
+    /// Longest outage before the run stops; `None`: wait as long as it takes.
+    pub max_outage: Option<Duration>,
+}
+
+impl RunControl {
+    /// The flag the sources pause on (never set without an LLM).
+    pub fn pause(&self) -> Arc<AtomicBool> {
+        self.llm
+            .as_ref()
+            .map_or_else(Arc::default, |w| w.health.paused())
+    }
+
+    /// Why the run must stop now because of the LLM, if it must: an outage past its limit, or a
+    /// stop request that cannot drain while the LLM is down. Unfinished documents are not
+    /// committed either way; a rerun continues from the last commit.
+    pub fn llm_stop_reason(&self) -> Option<String> {
+        let w = self.llm.as_ref()?;
+        let outage = w.health.outage()?;
+        let status = w.health.status().describe();
+        if let Some(max) = w.max_outage
+            && outage > max
+        {
+            return Some(format!(
+                "{status}; gave up after llm.max_outage_secs = {} s. Unfinished documents were not \
+                 committed: run again once the LLM is back, nothing is lost",
+                max.as_secs()
+            ));
+        }
+        if self.stop.load(Ordering::Relaxed) {
+            return Some(format!(
+                "stopped during an LLM outage ({status}). Unfinished documents were not \
+                 committed: run again once the LLM is back, nothing is lost"
+            ));
+        }
+        None
+    }
 }
 
 /// Runs the pipeline between Kafka topics until stopped (or caught up).
@@ -125,6 +171,7 @@ fn kafka_worker(
             cfg.source.clone(),
             progress.clone(),
             control.stop.clone(),
+            control.pause(),
         );
         let outs = graph::build(messages, cfg, funnel, resources).map_err(|e| anyhow!(e))?;
         let written = kafka_sink(outs.output, output.clone());
@@ -154,6 +201,11 @@ fn kafka_worker(
         if !commits.is_empty() {
             commit_offsets(&consumer, &topic, &commits, CommitMode::Async)?;
             committed.extend(commits);
+        }
+        if let Some(reason) = control.llm_stop_reason() {
+            // What is durable stays committed; nothing past it is.
+            commit_offsets(&consumer, &topic, &committed, CommitMode::Sync)?;
+            return Err(anyhow!("{reason}"));
         }
         if last_report.is_none_or(|t| t.elapsed() >= REPORT_INTERVAL) {
             last_report = Some(Instant::now());

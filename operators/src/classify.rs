@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use timely::dataflow::StreamVec;
 
-use crate::llm_call::{LlmService, clip, render};
+use crate::llm_call::{LlmService, clip, prompt};
 use crate::llm_stage::{Verdict, llm_stage};
 use crate::record::{ClassifiedDocument, DeadLetter, Document, Stage};
 
@@ -116,7 +116,7 @@ pub fn classify<'s>(
     let make = {
         let cfg = cfg.clone();
         move |doc: &Document, retry_note: Option<&str>| {
-            let mut prompt = render(
+            let mut prompt = prompt(
                 &template,
                 &[
                     ("text", clip(&doc.text, cfg.max_document_chars)),
@@ -125,7 +125,7 @@ pub fn classify<'s>(
                 ],
             );
             if let Some(note) = retry_note {
-                prompt.push_str(note);
+                prompt.text.push_str(note);
             }
             cfg.call()
                 .request(Stage::Classify, prompt, Some(("classify", schema.clone())))

@@ -9,7 +9,7 @@ use serde_json::json;
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::vec::Map;
 
-use crate::llm_call::{LlmService, clip, render};
+use crate::llm_call::{LlmService, clip, prompt};
 use crate::llm_stage::{Verdict, llm_stage};
 use crate::record::{ClassifiedDocument, DeadLetter, Document, Models, QaCandidate, Stage};
 use crate::route::{FewShotLibrary, format_examples};
@@ -104,7 +104,7 @@ pub fn generate<'s>(
                 cfg.seed,
                 cfg.examples_per_call,
             );
-            let prompt = render(
+            let prompt = prompt(
                 &template,
                 &[
                     ("persona", &t.persona),
@@ -154,16 +154,17 @@ pub fn generate<'s>(
                 );
             };
             Verdict::Done(vec![Ok(QaCandidate {
+                models: Models {
+                    filter: t.doc.filter_model.clone(),
+                    classifier: Some(t.classifier_model),
+                    generator: Some(answer.model),
+                    ..Default::default()
+                },
                 doc: t.doc,
                 domain: t.domain,
                 persona: t.persona,
                 question,
                 answer: ans,
-                models: Models {
-                    classifier: Some(t.classifier_model),
-                    generator: Some(answer.model),
-                    ..Default::default()
-                },
             })])
         },
     ))

@@ -2,6 +2,7 @@
 //! [`LlmRequest`]s and hand them to an [`LlmService`]; the engine backs the service with the
 //! OpenAI-compatible HTTP client (connectors), tests with a fake.
 
+use std::ops::Range;
 use std::path::Path;
 
 use serde_json::Value;
@@ -22,6 +23,44 @@ pub struct LlmRequest {
     /// from the schema (the local model) then starts with the decision instead of rambling in
     /// `reason` until its token limit.
     pub schema: Option<(&'static str, Value)>,
+    /// Where the document's text sits in `prompt` (byte range), so a prompt
+    /// too long for the model's context can be retried once with the
+    /// document cut ([`LlmRequest::cut_document`]).
+    pub document: Option<Range<usize>>,
+}
+
+/// Below this many characters a document is not cut further.
+const MIN_CUT_CHARS: usize = 200;
+
+impl LlmRequest {
+    /// The same request with the document cut to half its characters, for a
+    /// retry after `context_too_long`; `None` when there is no document span
+    /// or it is already short.
+    pub fn cut_document(&self) -> Option<LlmRequest> {
+        let span = self.document.clone()?;
+        let doc = self.prompt.get(span.clone())?;
+        let chars = doc.chars().count();
+        if chars < MIN_CUT_CHARS {
+            return None;
+        }
+        let kept = clip(doc, chars / 2);
+        let mut prompt = String::with_capacity(self.prompt.len());
+        prompt.push_str(&self.prompt[..span.start]);
+        prompt.push_str(kept);
+        prompt.push_str(&self.prompt[span.end..]);
+        Some(LlmRequest {
+            prompt,
+            document: Some(span.start..span.start + kept.len()),
+            ..self.clone()
+        })
+    }
+}
+
+/// A rendered prompt and where the document (`{{text}}`) sits in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prompt {
+    pub text: String,
+    pub document: Option<Range<usize>>,
 }
 
 /// A parsed answer.
@@ -32,12 +71,17 @@ pub struct LlmAnswer {
     pub model: String,
 }
 
-/// A call that failed after the client's retries. `kind` is a short label (`malformed_answer`,
-/// `rate_limited`, `timeout`, ...) used as the dead-letter reason.
+/// A call that failed. `kind` is a short label (`malformed_answer`, `context_too_long`, ...) used
+/// as the dead-letter reason.
+///
+/// `transient` failures are faults of the world around the document (the engine is shutting
+/// down, the LLM is unreachable): they are **never** dead-lettered. The operator keeps the call
+/// open — and with it the document's epoch, so no offset passes it — and a restart redoes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlmFailure {
     pub kind: String,
     pub message: String,
+    pub transient: bool,
 }
 
 pub type LlmReply = Result<LlmAnswer, LlmFailure>;
@@ -82,16 +126,17 @@ impl StageModel {
     pub fn request(
         &self,
         stage: Stage,
-        prompt: String,
+        prompt: Prompt,
         schema: Option<(&'static str, Value)>,
     ) -> LlmRequest {
         LlmRequest {
             stage,
             model: self.model.clone(),
-            prompt,
+            prompt: prompt.text,
             temperature: self.temperature,
             max_tokens: self.max_tokens,
             schema,
+            document: prompt.document,
         }
     }
 }
@@ -124,8 +169,14 @@ fn read_template(path: &Path) -> Result<String, String> {
 /// Fills `{{name}}` placeholders in one pass: inserted values are never scanned again, so a
 /// document containing `{{question}}` stays as written. Unknown placeholders stay.
 pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
+    prompt(template, vars).text
+}
+
+/// [`render`], remembering where the first `{{text}}` (the document) landed.
+pub fn prompt(template: &str, vars: &[(&str, &str)]) -> Prompt {
     let mut out =
         String::with_capacity(template.len() + vars.iter().map(|v| v.1.len()).sum::<usize>());
+    let mut document = None;
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
@@ -133,10 +184,13 @@ pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
         let value = after.find("}}").and_then(|end| {
             vars.iter()
                 .find(|(n, _)| *n == &after[..end])
-                .map(|(_, v)| (end, v))
+                .map(|(n, v)| (end, *n, v))
         });
         match value {
-            Some((end, v)) => {
+            Some((end, name, v)) => {
+                if name == "text" && document.is_none() {
+                    document = Some(out.len()..out.len() + v.len());
+                }
                 out.push_str(v);
                 rest = &after[end + 2..];
             }
@@ -147,7 +201,10 @@ pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
         }
     }
     out.push_str(rest);
-    out
+    Prompt {
+        text: out,
+        document,
+    }
 }
 
 /// Cuts `text` to at most `max_chars` characters at a char boundary, so prompts stay within the
@@ -171,5 +228,21 @@ mod tests {
         );
         assert_eq!(clip("héllo", 2), "hé");
         assert_eq!(clip("hi", 10), "hi");
+    }
+
+    #[test]
+    fn prompts_know_where_the_document_is_and_cut_it() {
+        let doc = "é".repeat(300);
+        let p = prompt("Doc:\n{{text}}\nQ: {{q}}", &[("text", &doc), ("q", "why?")]);
+        let span = p.document.clone().unwrap();
+        assert_eq!(&p.text[span], doc);
+        let req = StageModel::with(0.0, 10).request(Stage::Generate, p, None);
+        let cut = req.cut_document().unwrap();
+        assert_eq!(cut.prompt, format!("Doc:\n{}\nQ: why?", "é".repeat(150)));
+        assert_eq!(&cut.prompt[cut.document.clone().unwrap()], "é".repeat(150));
+        // 150 characters are too few to cut again; no document, nothing to cut.
+        assert_eq!(cut.cut_document(), None);
+        let plain = prompt("no document {{q}}", &[("q", "x")]);
+        assert_eq!(plain.document, None);
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use timely::dataflow::StreamVec;
 
-use crate::llm_call::{LlmService, clip, render};
+use crate::llm_call::{LlmService, clip, prompt};
 use crate::llm_stage::{Verdict, llm_stage};
 use crate::record::{DeadLetter, Document, Stage};
 
@@ -71,7 +71,7 @@ pub fn llm_filter<'s>(
         "LlmFilter",
         service,
         move |doc: &Document| {
-            let prompt = render(
+            let prompt = prompt(
                 &template,
                 &[("text", clip(&doc.text, cfg.max_document_chars))],
             );
@@ -90,7 +90,10 @@ pub fn llm_filter<'s>(
                     e.message,
                 )),
                 Ok(answer) => match answer.value.get("qualified").and_then(json_bool) {
-                    Some(true) => Ok(doc),
+                    Some(true) => Ok(Document {
+                        filter_model: Some(answer.model),
+                        ..doc
+                    }),
                     Some(false) => {
                         let reason = answer
                             .value

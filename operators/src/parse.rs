@@ -116,6 +116,7 @@ pub fn parse_message(msg: &RawMessage, cfg: &ParseConfig) -> Result<Document, De
         url: input.url,
         source: input.source,
         meta: input.meta.map(|m| m.get().to_string()),
+        filter_model: None,
         origin: msg.origin.clone(),
     })
 }

@@ -1264,6 +1264,7 @@ mod tests {
             url: None,
             source: None,
             meta: None,
+            filter_model: None,
             origin: Origin {
                 topic: "in".into(),
                 partition: 0,

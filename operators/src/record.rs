@@ -39,6 +39,9 @@ pub struct Document {
     pub url: Option<String>,
     pub source: Option<String>,
     pub meta: Option<String>,
+    /// The model that passed it through the LLM filter (set by that stage), for the QA pairs'
+    /// `models.filter`.
+    pub filter_model: Option<String>,
     pub origin: Origin,
 }
 

@@ -9,7 +9,7 @@ use serde_json::json;
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::core::OkErr;
 
-use crate::llm_call::{LlmService, clip, render};
+use crate::llm_call::{LlmService, clip, prompt};
 use crate::llm_filter::json_bool;
 use crate::llm_stage::{Verdict, llm_stage};
 use crate::normalize::{NormalizeConfig, normalize};
@@ -155,7 +155,7 @@ pub fn verify<'s>(
             "Verify",
             service,
             move |c: &QaCandidate| {
-                let prompt = render(
+                let prompt = prompt(
                     &template,
                     &[
                         ("text", clip(&c.doc.text, max_chars)),

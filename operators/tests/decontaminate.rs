@@ -70,6 +70,7 @@ fn doc(id: &str, text: &str, offset: usize) -> Document {
         url: None,
         source: None,
         meta: None,
+        filter_model: None,
         origin: Origin {
             topic: "sample".into(),
             partition: 0,

@@ -48,6 +48,7 @@ fn doc(id: &str, text: &str, offset: i64) -> Document {
         url: None,
         source: None,
         meta: None,
+        filter_model: None,
         origin: Origin {
             topic: "sample".into(),
             partition: 0,

@@ -184,7 +184,9 @@ pub fn assign_partitions(
 
 /// The source operator. It reads until `stop` is set or, with `assignment.stop_at`, until its
 /// partitions reach their start-time end offsets; then it drops its capability and the dataflow
-/// drains. `progress` is shared with the worker loop, which commits what became durable.
+/// drains. `progress` is shared with the worker loop, which commits what became durable. While
+/// `pause` is set (the LLM side is down) it reads nothing but keeps advancing its epoch, so what
+/// is in flight can finish.
 pub fn kafka_source<'s>(
     scope: Scope<'s, u64>,
     consumer: Rc<BaseConsumer>,
@@ -192,9 +194,12 @@ pub fn kafka_source<'s>(
     cfg: SourceConfig,
     progress: Rc<RefCell<SourceProgress>>,
     stop: Arc<AtomicBool>,
+    pause: Arc<AtomicBool>,
 ) -> StreamVec<'s, u64, RawMessage> {
     source(scope, "KafkaSource", move |cap, info| {
         let activator = scope.activator_for(info.address.clone());
+        // The first epoch is 0 on every worker (of every process), so that records read before
+        // the first cut share one epoch whatever the worker count; later epochs are wall-clock ms.
         let mut cap = Some(cap);
         let mut epoch_started = now_millis();
         let mut epoch_records = 0usize;
@@ -225,7 +230,8 @@ pub fn kafka_source<'s>(
             }
             let epoch = *c.time();
             let mut read = 0;
-            let throttled = progress.borrow().in_flight() >= cfg.max_in_flight_docs;
+            let throttled = progress.borrow().in_flight() >= cfg.max_in_flight_docs
+                || pause.load(Ordering::Relaxed);
             if !throttled && !partitions.is_empty() {
                 let mut session = output.session(&*c);
                 let mut progress = progress.borrow_mut();

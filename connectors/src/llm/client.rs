@@ -674,9 +674,8 @@ impl Inner {
         retry: &mut RetryState,
     ) -> Result<(), LlmError> {
         if let LlmError::RateLimited { .. } = &error {
-            let pause = retry_after.unwrap_or(Duration::from_secs(
-                self.config.cooldown_secs_after_429,
-            ));
+            let pause =
+                retry_after.unwrap_or(Duration::from_secs(self.config.cooldown_secs_after_429));
             self.cooldown.extend(pause);
             ep.cooldown.extend(pause);
         } else {
@@ -684,7 +683,10 @@ impl Inner {
             ep.cooldown.extend(self.backoff.ceiling(n));
         }
         self.health.record_failure(&error.to_string());
-        if matches!(error, LlmError::ServerError { .. } | LlmError::Timeout { .. }) {
+        if matches!(
+            error,
+            LlmError::ServerError { .. } | LlmError::Timeout { .. }
+        ) {
             let answers = self.answers.load(Ordering::Relaxed);
             if answers > retry.answers_seen {
                 retry.suspect_failures += 1;
@@ -940,18 +942,29 @@ mod tests {
         assert_eq!(c(422, "schema not supported", D::JsonObject), None);
         // Without a constraint, the same words are a plain error.
         assert_eq!(c(500, lcp, D::None), Some("server_error"));
-        assert_eq!(c(500, "CUDA out of memory", D::JsonSchema), Some("server_error"));
+        assert_eq!(
+            c(500, "CUDA out of memory", D::JsonSchema),
+            Some("server_error")
+        );
         assert_eq!(c(503, "loading model", D::JsonSchema), Some("server_error"));
         assert_eq!(c(429, "slow down", D::None), Some("rate_limited"));
         assert_eq!(c(408, "", D::None), Some("timeout"));
         let vllm = "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens";
         assert_eq!(c(400, vllm, D::None), Some("context_too_long"));
         assert_eq!(
-            c(400, "Requested tokens (9000) exceed context window of 8192", D::None),
+            c(
+                400,
+                "Requested tokens (9000) exceed context window of 8192",
+                D::None
+            ),
             Some("context_too_long")
         );
         assert_eq!(
-            c(400, "the request exceeds the available context size", D::None),
+            c(
+                400,
+                "the request exceeds the available context size",
+                D::None
+            ),
             Some("context_too_long")
         );
         assert_eq!(

@@ -194,7 +194,10 @@ impl LlmConfig {
             return Err("llm.outage_after_failures must be at least 1".to_owned());
         }
         if self.max_outage_secs == Some(0) {
-            return Err("llm.max_outage_secs must be at least 1 (or unset: no limit in Kafka mode)".to_owned());
+            return Err(
+                "llm.max_outage_secs must be at least 1 (or unset: no limit in Kafka mode)"
+                    .to_owned(),
+            );
         }
         if self.backoff_max_ms < self.backoff_base_ms {
             return Err("llm.backoff_max_ms must be >= llm.backoff_base_ms".to_owned());

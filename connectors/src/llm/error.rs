@@ -102,9 +102,9 @@ impl LlmError {
             | LlmError::Cancelled => Fault::World,
             // A revoked key, a quota on the account, a model being reloaded:
             // none of these is the document's doing.
-            LlmError::ClientError { status, .. } if matches!(status, 401 | 402 | 403 | 404) => {
-                Fault::World
-            }
+            LlmError::ClientError {
+                status: 401..=404, ..
+            } => Fault::World,
             LlmError::ClientError { .. }
             | LlmError::MalformedAnswer { .. }
             | LlmError::ContextTooLong { .. }

@@ -151,8 +151,7 @@ impl LlmHealth {
                 failures = s.consecutive,
                 "LLM unavailable: {error}; pausing the input and retrying until it answers"
             );
-        } else if s.down_since.is_some()
-            && s.last_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY)
+        } else if s.down_since.is_some() && s.last_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY)
         {
             s.last_warned = Some(Instant::now());
             let secs = s
@@ -211,7 +210,11 @@ mod tests {
         let h = LlmHealth::new(3);
         assert!(!h.is_up());
         assert!(h.paused().load(Ordering::Relaxed));
-        assert!(h.status().describe().contains("no endpoint has answered yet"));
+        assert!(
+            h.status()
+                .describe()
+                .contains("no endpoint has answered yet")
+        );
         h.record_success();
         assert!(h.is_up());
         assert_eq!(h.outage(), None);

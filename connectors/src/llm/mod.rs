@@ -38,6 +38,6 @@ pub use config::{LlmConfig, Price, StructuredOutput};
 pub use error::{Fault, LlmError};
 pub use health::{HealthStatus, LlmHealth};
 pub use parse::parse_json_answer;
-pub use startup::{EndpointReport, StartupError, StartupReport};
 pub use request::{ChatMessage, ChatRequest, ChatResponse, ResponseSchema, Usage};
+pub use startup::{EndpointReport, StartupError, StartupReport};
 pub use usage::{StageUsage, UsageCounters, UsageSnapshot};

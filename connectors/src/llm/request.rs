@@ -289,7 +289,10 @@ mod tests {
         let schema = json!({"type": "object", "required": ["ok"]});
         let r = req().schema(ResponseSchema::new("qa", schema.clone()));
         let b = r.body("m", StructuredOutput::JsonObject);
-        assert_eq!(b["response_format"], json!({"type": "json_object", "schema": schema}));
+        assert_eq!(
+            b["response_format"],
+            json!({"type": "json_object", "schema": schema})
+        );
         let b = r.body("m", StructuredOutput::GuidedJson);
         assert_eq!(b["guided_json"], schema);
         assert!(b.get("response_format").is_none());

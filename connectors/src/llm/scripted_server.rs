@@ -414,8 +414,7 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         ),
         ServerDialect::LlamaCppPython => (
             None,
-            format_type == "json_object"
-                && parsed.pointer("/response_format/schema").is_some(),
+            format_type == "json_object" && parsed.pointer("/response_format/schema").is_some(),
         ),
     };
     let overridden = lock(&s.status_override).clone();

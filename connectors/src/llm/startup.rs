@@ -58,10 +58,7 @@ impl StartupReport {
     /// One line per fact, for the start of a run.
     pub fn lines(&self) -> Vec<String> {
         let mut out = vec![if self.model_from_server {
-            format!(
-                "LLM model: {} (the one model the server lists)",
-                self.model
-            )
+            format!("LLM model: {} (the one model the server lists)", self.model)
         } else {
             format!("LLM model: {}", self.model)
         }];
@@ -70,7 +67,11 @@ impl StartupReport {
                 "LLM endpoint {}: structured output as {}{}",
                 e.endpoint,
                 e.dialect,
-                if e.probed { " (probed)" } else { " (configured)" }
+                if e.probed {
+                    " (probed)"
+                } else {
+                    " (configured)"
+                }
             ));
         }
         out
@@ -127,7 +128,11 @@ impl LlmClient {
         let configured = inner.config.model.clone();
         let model = resolve_model(
             configured.as_deref(),
-            inner.endpoints.iter().map(|e| e.display.as_str()).zip(&listed),
+            inner
+                .endpoints
+                .iter()
+                .map(|e| e.display.as_str())
+                .zip(&listed),
         )?;
         for (setting, m) in other_models {
             for (ep, list) in inner.endpoints.iter().zip(&listed) {
@@ -391,7 +396,9 @@ fn resolve_model<'a>(
         }
         return Ok(m.to_owned());
     }
-    let mut lists = listed.iter().filter_map(|(ep, l)| l.as_ref().map(|l| (ep, l)));
+    let mut lists = listed
+        .iter()
+        .filter_map(|(ep, l)| l.as_ref().map(|l| (ep, l)));
     let Some((ep, first)) = lists.next() else {
         return Err(StartupError::Fatal(
             "no model named and the endpoints do not list their models (GET /models): give \
@@ -449,18 +456,36 @@ mod tests {
         let none: &'static _ = Box::leak(Box::new(none));
         let empty: &'static _ = Box::leak(Box::new(empty));
 
-        assert_eq!(resolve_model(None, eps(&[one]).into_iter()).unwrap(), "qwen");
-        assert_eq!(resolve_model(None, eps(&[none, one]).into_iter()).unwrap(), "qwen");
+        assert_eq!(
+            resolve_model(None, eps(&[one]).into_iter()).unwrap(),
+            "qwen"
+        );
+        assert_eq!(
+            resolve_model(None, eps(&[none, one]).into_iter()).unwrap(),
+            "qwen"
+        );
         let m = fatal(resolve_model(None, eps(&[two]).into_iter()));
-        assert!(m.contains("serves several: a, b") && m.contains("--llm-model"), "{m}");
+        assert!(
+            m.contains("serves several: a, b") && m.contains("--llm-model"),
+            "{m}"
+        );
         let m = fatal(resolve_model(None, eps(&[empty]).into_iter()));
         assert!(m.contains("lists no model"), "{m}");
         let m = fatal(resolve_model(None, eps(&[none]).into_iter()));
         assert!(m.contains("do not list their models"), "{m}");
-        assert_eq!(resolve_model(Some("b"), eps(&[two]).into_iter()).unwrap(), "b");
-        assert_eq!(resolve_model(Some("x"), eps(&[none]).into_iter()).unwrap(), "x");
+        assert_eq!(
+            resolve_model(Some("b"), eps(&[two]).into_iter()).unwrap(),
+            "b"
+        );
+        assert_eq!(
+            resolve_model(Some("x"), eps(&[none]).into_iter()).unwrap(),
+            "x"
+        );
         let m = fatal(resolve_model(Some("x"), eps(&[two]).into_iter()));
-        assert!(m.contains("'x' is not served") && m.contains("it serves: a, b"), "{m}");
+        assert!(
+            m.contains("'x' is not served") && m.contains("it serves: a, b"),
+            "{m}"
+        );
         let m = fatal(resolve_model(None, eps(&[one, two]).into_iter()));
         assert!(m.contains("but"), "{m}");
     }
