@@ -948,6 +948,63 @@ mod tests {
     }
 
     #[test]
+    fn an_llm_outage_shows_on_readiness_metrics_and_state() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = LlmClient::new(
+            webscale_rl_connectors::llm::LlmConfig {
+                endpoints: vec!["http://user:pw@127.0.0.1:9/v1".into()],
+                api_key_env: String::new(),
+                ..Default::default()
+            },
+            rt.handle().clone(),
+        )
+        .unwrap();
+        let funnel = Funnel::default();
+        funnel.live().set_source_ready();
+        let metrics = EngineMetrics::new(&funnel);
+        metrics.attach_llm(LlmHandle {
+            client: client.clone(),
+            latency: LlmLatency::default(),
+        });
+        // Before the start-up check: not ready, the LLM named as the reason.
+        let why = metrics.readiness().unwrap_err().join("; ");
+        assert!(why.contains("no endpoint has answered yet"), "{why}");
+        client.health().mark_up();
+        assert!(metrics.readiness().is_ok());
+        let s = |text: &str, n| sample(text, n, &[]);
+        assert_eq!(s(&metrics.encode(), "webscale_llm_up"), Some(1.0));
+        for _ in 0..3 {
+            client
+                .health()
+                .record_failure("connection to http://127.0.0.1:9/v1 failed: refused");
+        }
+        let why = metrics.readiness().unwrap_err().join("; ");
+        assert!(
+            why.contains("LLM unavailable since") && why.contains("refused"),
+            "{why}"
+        );
+        let text = metrics.encode();
+        assert_eq!(s(&text, "webscale_llm_up"), Some(0.0));
+        assert_eq!(s(&text, "webscale_ready"), Some(0.0));
+        let state = metrics.state();
+        assert_eq!(state["llm"]["up"], false);
+        assert!(
+            state["llm"]["status"]
+                .as_str()
+                .unwrap()
+                .contains("LLM unavailable")
+        );
+        assert_eq!(state["llm"]["endpoints"][0]["dialect"], "json_schema");
+        assert!(
+            !state.to_string().contains("pw@"),
+            "no credentials in the state"
+        );
+    }
+
+    #[test]
     fn the_first_epoch_has_a_frontier_lag_too() {
         let funnel = Funnel::default();
         let live = funnel.live();
