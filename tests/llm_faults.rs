@@ -222,13 +222,26 @@ fn kafka_run(
     output_topic: &str,
     during: impl FnOnce(&str),
 ) -> Funnel {
+    let (funnel, result) = kafka_run_with(kafka, server, group, output_topic, None, during);
+    result.expect("the run succeeds");
+    funnel
+}
+
+fn kafka_run_with(
+    kafka: &Kafka,
+    server: &ScriptedServer,
+    group: &str,
+    output_topic: &str,
+    max_outage: Option<Duration>,
+    during: impl FnOnce(&str),
+) -> (Funnel, anyhow::Result<()>) {
     let mut cfg = PipelineConfig {
         kafka: kafka.cfg.clone(),
         ..Default::default()
     };
     cfg.kafka.group = group.to_string();
     cfg.kafka.output_topic = output_topic.to_string();
-    kafka.cluster.create_topic(output_topic, 2, 1).unwrap();
+    let _ = kafka.cluster.create_topic(output_topic, 2, 1);
     let llm = LlmConfig {
         endpoints: vec![server.base_url()],
         timeout_secs: 5,
@@ -249,7 +262,7 @@ fn kafka_run(
         until_caught_up: true,
         llm: Some(LlmWatch {
             health: backend.client.health().clone(),
-            max_outage: None,
+            max_outage,
         }),
         ..Default::default()
     };
@@ -274,9 +287,11 @@ fn kafka_run(
         })
     };
     during(&addr);
-    engine.join().unwrap().expect("the run succeeds");
-    assert_eq!(http_get(&addr, "/readyz").0, 200, "ready after the run");
-    funnel
+    let result = engine.join().unwrap();
+    if result.is_ok() {
+        assert_eq!(http_get(&addr, "/readyz").0, 200, "ready after the run");
+    }
+    (funnel, result)
 }
 
 #[test]
@@ -343,4 +358,112 @@ fn an_llm_outage_mid_run_pauses_and_loses_nothing() {
         "the outage run dead-lettered what the clean run did, no more"
     );
     assert_eq!(kafka.committed(), kafka.end_offsets());
+}
+
+#[test]
+fn an_outage_past_max_outage_secs_stops_the_run_with_nothing_half_written() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_jsonl(&dir.path().join("in.jsonl"), &articles(6));
+    let server = server_with(
+        &runtime,
+        ServerDialect::OpenAi,
+        &["scripted"],
+        Duration::from_millis(300),
+    );
+    let mut child = file_run(
+        dir.path(),
+        &server.base_url(),
+        "max_outage_secs = 3\nbackoff_max_ms = 500",
+    )
+    .spawn()
+    .unwrap();
+    let t0 = Instant::now();
+    while server.requests() < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the run never got going"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.go_down();
+    let down = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            down.elapsed() < Duration::from_secs(60),
+            "the run did not give up on the outage"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        down.elapsed() >= Duration::from_secs(3),
+        "gave up too early"
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("max_outage_secs = 3") && stderr.contains("LLM unavailable since"),
+        "{stderr}"
+    );
+    // File mode has no offsets: nothing half-done is published; a rerun redoes it all.
+    assert!(!dir.path().join("out.jsonl").exists());
+    assert!(!dir.path().join("out.rejects.jsonl").exists());
+}
+
+#[test]
+fn a_kafka_run_past_max_outage_commits_nothing_unfinished_and_a_rerun_completes() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = server_with(
+        &runtime,
+        ServerDialect::OpenAi,
+        &["scripted"],
+        Duration::from_millis(200),
+    );
+    let kafka = Kafka::start(2, "gives-up");
+    let docs: Vec<Vec<u8>> = articles(12)
+        .into_iter()
+        .map(|d| serde_json::to_vec(&d).unwrap())
+        .collect();
+    kafka.produce_lines(docs);
+    let (_, result) = kafka_run_with(
+        &kafka,
+        &server,
+        "gives-up",
+        "qa-gives-up",
+        Some(Duration::from_secs(2)),
+        |_| {
+            let t0 = Instant::now();
+            while server.requests() < 5 {
+                assert!(t0.elapsed() < Duration::from_secs(30));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            server.go_down();
+        },
+    );
+    let e = format!("{:#}", result.unwrap_err());
+    assert!(e.contains("max_outage_secs = 2"), "{e}");
+    let committed: i64 = kafka.committed().values().sum();
+    let end: i64 = kafka.end_offsets().values().sum();
+    assert!(committed < end, "unfinished documents were committed");
+    assert!(
+        kafka.dead_letters().is_empty(),
+        "{:?}",
+        kafka.dead_letters()
+    );
+
+    // The LLM is back: a rerun in the same group finishes the rest.
+    server.come_up().unwrap();
+    kafka_run(&kafka, &server, "gives-up", "qa-gives-up", |_| {});
+    assert_eq!(kafka.committed(), kafka.end_offsets());
+    let with_pairs: BTreeSet<String> = kafka
+        .read("qa-gives-up")
+        .iter()
+        .map(|p| p["doc_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(with_pairs.len(), 12);
+    assert!(kafka.dead_letters().is_empty());
 }

@@ -95,8 +95,9 @@ pub fn run_files(
             } else {
                 None
             };
-            file_worker(worker, &cfg, mine, &run, &control, &funnel, &resources)
-                .map_err(|e| format!("{e:#}"))
+            let result = file_worker(worker, &cfg, mine, &run, &control, &funnel, &resources);
+            crate::runtime::abandon_on_error(worker, &result);
+            result.map_err(|e| format!("{e:#}"))
         })
     })
     .map_err(|e| anyhow!("starting timely workers: {e}"))?;

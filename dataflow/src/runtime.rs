@@ -109,7 +109,9 @@ pub fn run_kafka(
     };
     let guards = crate::cluster::with_stdout_on_stderr(|| {
         timely::execute(timely_config, move |worker| {
-            kafka_worker(worker, &cfg, &control, &funnel, &resources).map_err(|e| format!("{e:#}"))
+            let result = kafka_worker(worker, &cfg, &control, &funnel, &resources);
+            abandon_on_error(worker, &result);
+            result.map_err(|e| format!("{e:#}"))
         })
     })
     .map_err(|e| anyhow!("starting timely workers: {e}"))?;
@@ -232,6 +234,17 @@ fn kafka_worker(
         "worker finished"
     );
     Ok(())
+}
+
+/// After a worker gave up (an error), drops its dataflows: timely would otherwise step them until
+/// they complete when the worker returns — forever, when LLM calls hold their epochs open.
+/// Nothing past the durable frontier was committed, so dropping loses nothing.
+pub(crate) fn abandon_on_error<T>(worker: &mut timely::worker::Worker, result: &anyhow::Result<T>) {
+    if result.is_err() {
+        for id in worker.installed_dataflows() {
+            worker.drop_dataflow(id);
+        }
+    }
 }
 
 /// Adds the records acknowledged since the last call to the funnel's `emitted`/`dead_lettered`.
