@@ -39,7 +39,9 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         }
     }
     crate::prepare_near_dedup(&cfg, cli.quiet)?;
-    let llm = args.llm.setup(&mut cfg, true)?;
+    let llm = args
+        .llm
+        .setup(&mut cfg, true, crate::llm_args::CacheHome::User)?;
     let cluster = MockCluster::new(1).context("starting the in-process Kafka cluster")?;
     let brokers = cluster.bootstrap_servers();
     let k = &mut cfg.kafka;

@@ -2,12 +2,14 @@
 //! (a small GGUF model on the CPU, served in-process over the same API), `[llm]` in the config,
 //! or `--no-llm` (CPU stages only; the output is the surviving documents).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
+use webscale_rl_connectors::llm::cache::ResponseCache;
 use webscale_rl_connectors::llm::{LlmConfig, StartupError};
 use webscale_rl_dataflow::PipelineConfig;
 use webscale_rl_dataflow::llm_service::LlmBackend;
@@ -32,14 +34,39 @@ pub struct LlmArgs {
     /// Most LLM requests in flight for the whole process.
     #[arg(long)]
     pub llm_concurrency: Option<usize>,
-    /// Response cache file (redb): a replay never pays twice for the same call.
+    /// Response cache file (redb): a replay never pays twice for the same call. Default: on, in
+    /// ~/.local/state/webscale-rl/kafka/GROUP/ (Kafka mode) or ~/.cache/webscale-rl/ (file mode).
     #[arg(long)]
     pub llm_cache: Option<std::path::PathBuf>,
+    /// Run without the response cache: every call goes to the server.
+    #[arg(long, conflicts_with = "llm_cache")]
+    pub no_llm_cache: bool,
+}
+
+/// Where a run keeps its LLM response cache unless told otherwise.
+#[derive(Clone, Debug)]
+pub enum CacheHome {
+    /// Kafka mode: the consumer group's state directory, where a restart finds it.
+    Group(String),
+    /// File mode and the demo: the user's cache directory.
+    User,
+}
+
+impl CacheHome {
+    fn path(&self) -> Option<PathBuf> {
+        match self {
+            CacheHome::Group(group) => webscale_rl_connectors::dirs::group_state_dir(group),
+            CacheHome::User => webscale_rl_connectors::dirs::cache_root(),
+        }
+        .map(|d| d.join("llm-cache.redb"))
+    }
 }
 
 /// The LLM of a run, kept alive for its duration.
 pub struct LlmSetup {
     pub backend: LlmBackend,
+    /// The response cache file in use, if any.
+    pub cache: Option<PathBuf>,
     /// The in-process server of a local model, stopped on drop.
     #[allow(dead_code)]
     pub local: Option<Box<dyn std::any::Any>>,
@@ -95,6 +122,10 @@ impl LlmSetup {
                     if !quiet {
                         for line in report.lines() {
                             eprintln!("{line}");
+                        }
+                        match &self.cache {
+                            Some(p) => eprintln!("LLM response cache: {}", p.display()),
+                            None => eprintln!("LLM response cache: off"),
                         }
                     }
                     break;
@@ -155,6 +186,7 @@ impl LlmArgs {
         &self,
         cfg: &mut PipelineConfig,
         default_local: bool,
+        cache_home: CacheHome,
     ) -> anyhow::Result<Option<LlmSetup>> {
         if self.no_llm {
             cfg.llm = None;
@@ -196,9 +228,28 @@ impl LlmArgs {
         if let Some(p) = &self.llm_cache {
             llm.cache_path = Some(p.clone());
         }
+        if self.no_llm_cache {
+            llm.cache_path = None;
+        } else if llm.cache_path.is_none()
+            && let Some(path) = cache_home.path()
+        {
+            // The default location: another run may hold it (redb locks the file), and that
+            // must not stop this one.
+            match ResponseCache::open(&path, llm.cache_max_bytes) {
+                Ok(_) => llm.cache_path = Some(path),
+                Err(e) => tracing::warn!(
+                    "{e} ({}); running without a response cache — give --llm-cache FILE",
+                    path.display()
+                ),
+            }
+        }
         llm.validate()
             .map_err(|e| anyhow::anyhow!("invalid [llm] settings: {e}"))?;
         let backend = LlmBackend::start(llm)?;
-        Ok(Some(LlmSetup { backend, local }))
+        Ok(Some(LlmSetup {
+            backend,
+            cache: llm.cache_path.clone(),
+            local,
+        }))
     }
 }

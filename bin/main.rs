@@ -130,7 +130,12 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         );
     }
     prepare_near_dedup(&cfg, cli.quiet)?;
-    let llm = args.llm.setup(&mut cfg, false)?;
+    let cache_home = if file_mode {
+        llm_args::CacheHome::User
+    } else {
+        llm_args::CacheHome::Group(cfg.kafka.group.clone())
+    };
+    let llm = args.llm.setup(&mut cfg, false, cache_home)?;
     let resources = Resources {
         llm: llm.as_ref().map(|l| l.service()),
         benchmarks: load_benchmarks(&mut cfg, &args.benchmarks, cli.quiet)?,

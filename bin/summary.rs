@@ -97,6 +97,10 @@ impl Summary {
                 "  {:<26}{:>10} {:>12} {:>12} {:>10.4}",
                 "total", t.calls, t.prompt_tokens, t.completion_tokens, t.cost
             );
+            eprintln!(
+                "  {} of {} calls answered by the response cache (not paid again)",
+                t.cache_hits, t.calls
+            );
             if f.qa_pairs > 0 {
                 eprintln!(
                     "  cost per 1,000 QA pairs: ${:.4}",

@@ -1,12 +1,9 @@
 //! The command line: clear errors for wrong flags, unreachable brokers and unreadable files.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::BIN;
-
 fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
+    let out = crate::support::engine().args(args).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -71,7 +68,7 @@ fn run_without_input_says_what_to_give() {
 
 #[test]
 fn the_demo_runs_with_nothing_installed() {
-    let out = Command::new(BIN)
+    let out = crate::support::engine()
         .args(["demo", "--no-llm", "-w", "2", "--json-summary"])
         .output()
         .unwrap();

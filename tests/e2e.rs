@@ -9,5 +9,6 @@ mod file_mode;
 mod kafka;
 mod llm;
 mod llm_faults;
+mod long_running;
 mod observability;
 mod tools;

@@ -2,11 +2,10 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{BIN, sample_lines};
+use crate::support::sample_lines;
 
 fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
@@ -38,7 +37,7 @@ fn a_gzipped_file_becomes_outputs_and_rejects_with_every_line_accounted_for() {
     gz.write_all(huge.as_bytes()).unwrap();
     gz.finish().unwrap();
     let output = dir.path().join("out.jsonl");
-    let out = Command::new(BIN)
+    let out = crate::support::engine()
         .args(["run", "--no-llm", "-w", "2", "--json-summary", "--input"])
         .arg(&input)
         .arg("--output")
@@ -85,7 +84,7 @@ fn a_gzipped_file_becomes_outputs_and_rejects_with_every_line_accounted_for() {
 fn stdin_to_stdout_with_explicit_rejects_file() {
     let dir = tempfile::tempdir().unwrap();
     let rejects = dir.path().join("rej.jsonl.zst");
-    let mut child = Command::new(BIN)
+    let mut child = crate::support::engine()
         .args([
             "run",
             "--no-llm",

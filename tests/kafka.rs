@@ -9,7 +9,7 @@ use webscale_rl_dataflow::cluster::ClusterOptions;
 use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
 use webscale_rl_dataflow::{Funnel, PipelineConfig};
 
-use crate::support::{BIN, Kafka, ids, sample_lines};
+use crate::support::{Kafka, ids, sample_lines};
 
 fn run_until_caught_up(kafka: &Kafka, workers: usize) -> Funnel {
     let cfg = PipelineConfig {
@@ -197,7 +197,7 @@ fn slow_config(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn engine(kafka: &Kafka, config: &std::path::Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = crate::support::engine();
     cmd.args([
         "run",
         "--no-llm",

@@ -20,7 +20,7 @@ use webscale_rl_dataflow::metrics::EngineMetrics;
 use webscale_rl_dataflow::runtime::{LlmWatch, RunControl, run_kafka};
 use webscale_rl_dataflow::{Funnel, PipelineConfig};
 
-use crate::support::{BIN, Kafka, good_articles, http_get, oracle};
+use crate::support::{Kafka, good_articles, http_get, oracle};
 
 /// Reasons that would mean a fault of the world became a dead letter.
 const WORLD_REASONS: [&str; 6] = [
@@ -70,7 +70,7 @@ fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
 fn file_run(dir: &std::path::Path, url: &str, extra_config: &str) -> Command {
     let config = dir.join("pipeline.toml");
     std::fs::write(&config, format!("[llm]\n{extra_config}\n")).unwrap();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = crate::support::engine();
     cmd.args(["run", "--config"])
         .arg(&config)
         .args(["--input"])

@@ -20,7 +20,7 @@ use webscale_rl_dataflow::metrics::{EngineMetrics, sample};
 use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
 use webscale_rl_dataflow::{Funnel, PipelineConfig};
 
-use crate::support::{BIN, Kafka, http_get, oracle};
+use crate::support::{Kafka, http_get, oracle};
 
 fn scripted_server(runtime: &tokio::runtime::Runtime) -> ScriptedServer {
     crate::support::scripted_server(runtime, oracle, Duration::from_millis(20))
@@ -334,7 +334,7 @@ fn the_dashboard_shows_the_metrics_in_a_browser() {
         ),
     )
     .unwrap();
-    let mut engine = Command::new(BIN)
+    let mut engine = crate::support::engine()
         .args(["run", "--json-summary", "-w", "2", "--brokers"])
         .arg(&kafka.cfg.brokers)
         .args(["--group", "obs-dashboard", "--metrics-addr", "127.0.0.1:0"])
@@ -518,7 +518,7 @@ fn the_file_mode_summary_counts_the_lines_written() {
     drop(f);
     let output = dir.path().join("out.jsonl");
     let rejects = dir.path().join("rejects.jsonl");
-    let out = Command::new(BIN)
+    let out = crate::support::engine()
         .args([
             "run",
             "--json-summary",
@@ -580,7 +580,7 @@ fn a_taken_metrics_address_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, "{\"id\": \"a\", \"text\": \"x\"}\n").unwrap();
-    let out = Command::new(BIN)
+    let out = crate::support::engine()
         .args(["run", "--no-llm", "--metrics-addr", &addr, "--input"])
         .arg(&input)
         .arg("--output")

@@ -5,15 +5,13 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::support::BIN;
-
 const GSM8K: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../shared/data/benchmarks/gsm8k_test.jsonl"
 );
 
 fn run_with_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut child = Command::new(BIN)
+    let mut child = crate::support::engine()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -113,7 +111,7 @@ fn export_writes_verl_shards_that_pyarrow_reads() {
     }
     std::fs::write(&input, lines).unwrap();
     let out_dir = dir.path().join("verl");
-    let out = Command::new(BIN)
+    let out = crate::support::engine()
         .args([
             "export",
             "--format",
@@ -228,7 +226,7 @@ fn file_mode_writes_verl_shards_directly() {
         .collect();
     std::fs::write(&input, docs.join(&b"\n"[..])).unwrap();
     let out_dir = dir.path().join("verl");
-    let out = Command::new(BIN)
+    let out = crate::support::engine()
         .args([
             "run",
             "--quiet",
@@ -255,7 +253,7 @@ fn file_mode_writes_verl_shards_directly() {
     assert_eq!(v["rows"], 10, "5 documents x 2 personas");
     assert_eq!(v["ability"], "Natural Science");
     // Without the LLM there are no QA pairs to shard: a clear error.
-    let out = Command::new(BIN)
+    let out = crate::support::engine()
         .args(["run", "--no-llm", "--format", "hf", "--input"])
         .arg(&input)
         .arg("--output")

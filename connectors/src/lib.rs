@@ -1,5 +1,6 @@
 //! Sources and sinks of webscale-rl: Kafka topics, JSONL files, and the LLM HTTP client.
 
+pub mod dirs;
 pub mod export;
 pub mod file;
 pub mod file_sink;

@@ -248,3 +248,21 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, body.to_string())
 }
+
+/// The engine binary, with its cache and state directories (`XDG_CACHE_HOME`, `XDG_STATE_HOME`)
+/// in a fresh temporary directory: runs never share a response cache unless a test says so, and
+/// nothing is written into the user's home.
+pub fn engine() -> std::process::Command {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let root = ROOT.get_or_init(|| tempfile::tempdir().expect("a temporary directory"));
+    let home = root
+        .path()
+        .join(NEXT.fetch_add(1, Ordering::Relaxed).to_string());
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.env("XDG_CACHE_HOME", home.join("cache"))
+        .env("XDG_STATE_HOME", home.join("state"));
+    cmd
+}

@@ -12,6 +12,14 @@
 //! per answer; until committed, entries are served from an in-memory map.
 //! [`ResponseCache::flush`] waits for the queue to be committed, and dropping
 //! the cache commits the rest before closing the file.
+//!
+//! The cache is bounded: entries are numbered in the order they were first
+//! stored (table `llm_order_v1`), their sizes summed (`llm_meta_v1`), and each
+//! commit evicts the oldest until the total is within `max_bytes`. A service
+//! that runs for months keeps the recent answers — the ones a crash or a
+//! replay of recent input asks for again — in a file of bounded size. The
+//! bound counts key and value bytes; redb's own overhead comes on top (the
+//! file stays within about twice the bound).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -20,13 +28,20 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Table of answers: key = xxh3-128 of the canonical request, value = JSON of
 /// a [`CachedAnswer`].
 const ANSWERS: TableDefinition<u128, &[u8]> = TableDefinition::new("llm_answers_v1");
+/// Insertion order: sequence number -> key (oldest first, for eviction).
+const ORDER: TableDefinition<u64, u128> = TableDefinition::new("llm_order_v1");
+/// Bookkeeping: `bytes` (sum of entry sizes) and `next_seq`.
+const META: TableDefinition<&str, u64> = TableDefinition::new("llm_meta_v1");
+/// Bytes counted per entry besides its value: the key, its order entry and
+/// redb's per-entry bookkeeping, roughly.
+const ENTRY_OVERHEAD: u64 = 64;
 
 /// What the cache keeps of one successful call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +81,7 @@ type Pending = Arc<Mutex<HashMap<u128, Arc<CachedAnswer>>>>;
 /// Handle on the cache file; share it behind an `Arc`.
 pub struct ResponseCache {
     path: PathBuf,
+    max_bytes: u64,
     db: Arc<Database>,
     pending: Pending,
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
@@ -81,14 +97,39 @@ impl std::fmt::Debug for ResponseCache {
 }
 
 impl ResponseCache {
-    /// Opens the cache file, creating it (and its table) when absent.
-    pub fn open(path: &Path) -> Result<Self, CacheError> {
+    /// Opens the cache file, creating it (and its tables) when absent, and
+    /// evicts the oldest entries beyond `max_bytes`. A file written before the
+    /// cache was bounded gets its order table built once, in key order.
+    pub fn open(path: &Path, max_bytes: u64) -> Result<Self, CacheError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err("creating its directory", e))?;
         }
         let db = Database::create(path).map_err(|e| err("opening", e))?;
         let txn = db.begin_write().map_err(|e| err("opening", e))?;
-        txn.open_table(ANSWERS).map_err(|e| err("opening", e))?;
+        {
+            let answers = txn.open_table(ANSWERS).map_err(|e| err("opening", e))?;
+            let mut order = txn.open_table(ORDER).map_err(|e| err("opening", e))?;
+            let mut meta = txn.open_table(META).map_err(|e| err("opening", e))?;
+            let counted = meta
+                .get("next_seq")
+                .map_err(|e| err("opening", e))?
+                .is_some();
+            if !counted {
+                let (mut seq, mut bytes) = (0u64, 0u64);
+                for entry in answers.iter().map_err(|e| err("opening", e))? {
+                    let (k, v) = entry.map_err(|e| err("opening", e))?;
+                    order
+                        .insert(seq, k.value())
+                        .map_err(|e| err("opening", e))?;
+                    bytes += v.value().len() as u64 + ENTRY_OVERHEAD;
+                    seq += 1;
+                }
+                meta.insert("next_seq", seq)
+                    .map_err(|e| err("opening", e))?;
+                meta.insert("bytes", bytes).map_err(|e| err("opening", e))?;
+            }
+        }
+        evict(&txn, max_bytes).map_err(|e| err("evicting", e))?;
         txn.commit().map_err(|e| err("opening", e))?;
         let db = Arc::new(db);
         let pending: Pending = Arc::default();
@@ -98,11 +139,12 @@ impl ResponseCache {
             let pending = Arc::clone(&pending);
             std::thread::Builder::new()
                 .name("llm-cache-writer".to_owned())
-                .spawn(move || writer_loop(&db, &pending, &rx))
+                .spawn(move || writer_loop(&db, &pending, &rx, max_bytes))
                 .map_err(|e| err("starting the writer thread", e))?
         };
         Ok(ResponseCache {
             path: path.to_owned(),
+            max_bytes,
             db,
             pending,
             tx: Mutex::new(Some(tx)),
@@ -113,6 +155,21 @@ impl ResponseCache {
     /// Path of the cache file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The bound on the entries' bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Bytes of the committed entries, as counted against the bound.
+    pub fn bytes(&self) -> Result<u64, CacheError> {
+        let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
+        let meta = txn.open_table(META).map_err(|e| err("reading", e))?;
+        Ok(meta
+            .get("bytes")
+            .map_err(|e| err("reading", e))?
+            .map_or(0, |v| v.value()))
     }
 
     /// The answer stored under `key`, if any.
@@ -196,7 +253,7 @@ impl Drop for ResponseCache {
     }
 }
 
-fn writer_loop(db: &Database, pending: &Pending, rx: &mpsc::Receiver<Msg>) {
+fn writer_loop(db: &Database, pending: &Pending, rx: &mpsc::Receiver<Msg>, max_bytes: u64) {
     while let Ok(first) = rx.recv() {
         let mut puts: Vec<(u128, Arc<CachedAnswer>)> = Vec::new();
         let mut acks: Vec<mpsc::Sender<Result<(), String>>> = Vec::new();
@@ -211,7 +268,7 @@ fn writer_loop(db: &Database, pending: &Pending, rx: &mpsc::Receiver<Msg>) {
         let result = if puts.is_empty() {
             Ok(())
         } else {
-            commit(db, &puts)
+            commit(db, &puts, max_bytes)
         };
         if let Err(e) = &result {
             tracing::warn!(entries = puts.len(), "llm response cache: {e}");
@@ -231,18 +288,59 @@ fn writer_loop(db: &Database, pending: &Pending, rx: &mpsc::Receiver<Msg>) {
     }
 }
 
-fn commit(db: &Database, puts: &[(u128, Arc<CachedAnswer>)]) -> Result<(), String> {
+fn commit(db: &Database, puts: &[(u128, Arc<CachedAnswer>)], max_bytes: u64) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut table = txn.open_table(ANSWERS).map_err(|e| e.to_string())?;
+        let mut order = txn.open_table(ORDER).map_err(|e| e.to_string())?;
+        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        let get = |meta: &redb::Table<&str, u64>, k| {
+            meta.get(k)
+                .map(|v| v.map_or(0, |v| v.value()))
+                .map_err(|e| e.to_string())
+        };
+        let (mut seq, mut total) = (get(&meta, "next_seq")?, get(&meta, "bytes")?);
         for (k, a) in puts {
             let bytes = serde_json::to_vec(&**a).map_err(|e| e.to_string())?;
-            table
+            let old = table
                 .insert(*k, bytes.as_slice())
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?
+                .map(|v| v.value().len() as u64);
+            match old {
+                // A rewrite keeps its place in the order; only its size changes.
+                Some(old) => total = total - old.min(total) + bytes.len() as u64,
+                None => {
+                    order.insert(seq, *k).map_err(|e| e.to_string())?;
+                    seq += 1;
+                    total += bytes.len() as u64 + ENTRY_OVERHEAD;
+                }
+            }
         }
+        meta.insert("next_seq", seq).map_err(|e| e.to_string())?;
+        meta.insert("bytes", total).map_err(|e| e.to_string())?;
     }
+    evict(&txn, max_bytes).map_err(|e| e.to_string())?;
     txn.commit().map_err(|e| e.to_string())
+}
+
+/// Removes the oldest entries until the counted bytes are within `max_bytes`.
+fn evict(txn: &redb::WriteTransaction, max_bytes: u64) -> Result<u64, redb::Error> {
+    let mut table = txn.open_table(ANSWERS)?;
+    let mut order = txn.open_table(ORDER)?;
+    let mut meta = txn.open_table(META)?;
+    let mut total = meta.get("bytes")?.map_or(0, |v| v.value());
+    let mut evicted = 0;
+    while total > max_bytes {
+        let Some((_, key)) = order.pop_first()?.map(|(s, k)| (s.value(), k.value())) else {
+            break;
+        };
+        if let Some(v) = table.remove(key)? {
+            total = total.saturating_sub(v.value().len() as u64 + ENTRY_OVERHEAD);
+        }
+        evicted += 1;
+    }
+    meta.insert("bytes", total)?;
+    Ok(evicted)
 }
 
 /// Writes `v` canonically: object keys sorted, no insignificant whitespace.
@@ -327,11 +425,39 @@ mod tests {
     }
 
     #[test]
+    fn the_oldest_entries_are_evicted_beyond_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.redb");
+        let size = serde_json::to_vec(&answer("x0")).unwrap().len() as u64 + ENTRY_OVERHEAD;
+        {
+            let c = ResponseCache::open(&path, 10 * size).unwrap();
+            for i in 0..25u128 {
+                c.put(i, answer(&format!("x{}", i % 10)));
+                c.flush().unwrap();
+            }
+            assert_eq!(c.len().unwrap(), 10);
+            assert!(c.bytes().unwrap() <= 10 * size);
+            assert_eq!(c.get(14).unwrap(), None, "old entries are gone");
+            assert_eq!(c.get(15).unwrap(), Some(answer("x5")), "recent ones stay");
+            // Rewriting an entry keeps its place.
+            c.put(15, answer("x5"));
+            c.flush().unwrap();
+            assert_eq!(c.len().unwrap(), 10);
+        }
+        // Reopened with a smaller bound: trimmed at once, oldest first.
+        let c = ResponseCache::open(&path, 4 * size).unwrap();
+        assert_eq!(c.len().unwrap(), 4);
+        assert_eq!(c.get(20).unwrap(), None);
+        assert_eq!(c.get(21).unwrap(), Some(answer("x1")));
+        assert_eq!(c.get(24).unwrap(), Some(answer("x4")));
+    }
+
+    #[test]
     fn put_get_flush_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/cache.redb");
         {
-            let c = ResponseCache::open(&path).unwrap();
+            let c = ResponseCache::open(&path, u64::MAX).unwrap();
             assert_eq!(c.get(1).unwrap(), None);
             c.put(1, answer("one"));
             // Visible before the commit.
@@ -341,7 +467,7 @@ mod tests {
             c.put(2, answer("two"));
             // Not flushed: dropping commits it.
         }
-        let c = ResponseCache::open(&path).unwrap();
+        let c = ResponseCache::open(&path, u64::MAX).unwrap();
         assert_eq!(c.get(1).unwrap(), Some(answer("one")));
         assert_eq!(c.get(2).unwrap(), Some(answer("two")));
         assert_eq!(c.len().unwrap(), 2);
@@ -352,7 +478,7 @@ mod tests {
     fn many_puts_from_threads_are_batched_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cache.redb");
-        let c = Arc::new(ResponseCache::open(&path).unwrap());
+        let c = Arc::new(ResponseCache::open(&path, u64::MAX).unwrap());
         let threads: Vec<_> = (0..4u128)
             .map(|t| {
                 let c = Arc::clone(&c);
@@ -377,7 +503,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("not-a-db");
         std::fs::write(&path, b"this is not a redb file, just some text").unwrap();
-        let e = ResponseCache::open(&path).unwrap_err();
+        let e = ResponseCache::open(&path, u64::MAX).unwrap_err();
         assert!(
             e.to_string().starts_with("llm response cache: opening"),
             "{e}"

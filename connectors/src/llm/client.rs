@@ -332,7 +332,10 @@ impl LlmClient {
 
         let cache = match &config.cache_path {
             None => None,
-            Some(p) => Some(ResponseCache::open(p).map_err(|e| LlmError::Config(e.to_string()))?),
+            Some(p) => Some(
+                ResponseCache::open(p, config.cache_max_bytes)
+                    .map_err(|e| LlmError::Config(e.to_string()))?,
+            ),
         };
 
         Ok(LlmClient {

@@ -129,8 +129,14 @@ pub struct LlmConfig {
     pub max_outage_secs: Option<u64>,
     /// Price per model name, for cost accounting.
     pub prices: HashMap<String, Price>,
-    /// Response cache (redb file); no cache when unset.
+    /// Response cache (redb file). Unset: the engine's default location (a
+    /// state directory per consumer group in Kafka mode, the user's cache
+    /// directory in file mode; `--no-llm-cache` turns it off). For the client
+    /// as a library, unset means no cache.
     pub cache_path: Option<PathBuf>,
+    /// Bound of the response cache (key and value bytes); the oldest entries
+    /// are evicted beyond it.
+    pub cache_max_bytes: u64,
 }
 
 impl Default for LlmConfig {
@@ -154,6 +160,7 @@ impl Default for LlmConfig {
             max_outage_secs: None,
             prices: HashMap::new(),
             cache_path: None,
+            cache_max_bytes: 2 << 30,
         }
     }
 }
@@ -183,6 +190,9 @@ impl LlmConfig {
         }
         if self.tokens_per_minute == Some(0) {
             return Err("llm.tokens_per_minute must be at least 1 (or unset)".to_owned());
+        }
+        if self.cache_max_bytes == 0 {
+            return Err("llm.cache_max_bytes must be at least 1 (or --no-llm-cache)".to_owned());
         }
         if self.timeout_secs == 0 {
             return Err("llm.timeout_secs must be at least 1".to_owned());

@@ -127,16 +127,9 @@ pub fn resolve_model(path: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// `$XDG_CACHE_HOME/webscale-rl/models`, else `$HOME/.cache/webscale-rl/models`.
 fn cache_dir() -> anyhow::Result<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".cache"))
-        })
-        .context("neither XDG_CACHE_HOME nor HOME is set: no model cache directory; pass the model file with `--llm local:PATH`")?;
-    Ok(base.join("webscale-rl").join("models"))
+    crate::dirs::cache_root()
+        .map(|root| root.join("models"))
+        .context("neither XDG_CACHE_HOME nor HOME is set: no model cache directory; pass the model file with `--llm local:PATH`")
 }
 
 fn unique_suffix() -> String {
