@@ -384,6 +384,32 @@ async fn context_too_long_and_content_filter_are_the_documents_fault() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cut_by_the_token_limit_keeps_its_complete_fields() {
+    let server = ScriptedServer::start().await.unwrap();
+    let c = client(config(&[&server]));
+    // What SmolLM2 under llama-cpp-python's grammar does: the verdict, then a
+    // reason that runs to max_tokens.
+    server.push_reply(Reply::Truncated(
+        r#"{ "qualified": true, "reason" : "1.1.1.1.1.1.1.1.1.1.1.1.1"#.to_owned(),
+    ));
+    let r = c.chat_json("s", req("rambling")).await.unwrap();
+    assert_eq!(r.value, json!({"qualified": true}));
+    assert_eq!(r.finish_reason.as_deref(), Some("length"));
+    assert_eq!(
+        r.attempts, 1,
+        "no retry: the same prompt would ramble again"
+    );
+    // Nothing complete before the cut: still malformed.
+    server.on_prompt(
+        "all reason",
+        Reply::Truncated(r#"{"reason": "and so on and so"#.to_owned()),
+        10,
+    );
+    let e = c.chat_json("s", req("all reason")).await.unwrap_err();
+    assert_eq!(e.kind(), "malformed_answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_errors_are_not_retried() {
     let server = ScriptedServer::start().await.unwrap();
     let c = client(config(&[&server]));

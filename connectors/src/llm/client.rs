@@ -43,7 +43,7 @@ use super::cache::{CachedAnswer, ResponseCache};
 use super::config::{LlmConfig, StructuredOutput};
 use super::error::{Fault, LlmError, Redactor, display_url};
 use super::health::LlmHealth;
-use super::parse::parse_json_answer;
+use super::parse::{parse_json_answer, parse_truncated_object};
 use super::rate_limit::{Backoff, CoolDown, TokenBucket, parse_retry_after};
 use super::request::{ChatRequest, ChatResponse, Usage};
 use super::usage::{UsageSnapshot, UsageTracker};
@@ -487,7 +487,7 @@ impl Inner {
         if let (Some(cache), Some(key)) = (&self.cache, cache_key) {
             match cache.get(key) {
                 Ok(Some(hit)) => {
-                    if let Some(value) = parse_json_answer(&hit.content) {
+                    if let Some(value) = parse_answer(&hit.content, hit.finish_reason.as_deref()) {
                         return Ok(ChatResponse {
                             value,
                             usage: Usage {
@@ -593,7 +593,7 @@ impl Inner {
                                 self.usage.record_error(stage, model, e.kind());
                                 return Err(e);
                             }
-                            match parse_json_answer(&content) {
+                            match parse_answer(&content, finish_reason.as_deref()) {
                                 Some(value) => {
                                     if let (Some(cache), Some(key)) = (&self.cache, cache_key) {
                                         cache.put(
@@ -829,6 +829,16 @@ impl Inner {
             retry_after: None,
         }
     }
+}
+
+/// The JSON in an answer; for an answer cut by the token limit, the members
+/// that were complete before the cut ([`parse_truncated_object`]).
+fn parse_answer(content: &str, finish_reason: Option<&str>) -> Option<serde_json::Value> {
+    parse_json_answer(content).or_else(|| {
+        (finish_reason == Some("length"))
+            .then(|| parse_truncated_object(content))
+            .flatten()
+    })
 }
 
 /// Phrases servers use when a prompt does not fit the context window (vLLM,

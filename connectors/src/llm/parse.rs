@@ -13,8 +13,55 @@
 //! Each candidate that fails strict parsing gets one repair attempt that drops
 //! trailing commas before `}` / `]` (a frequent model slip). Only objects and
 //! arrays are accepted: a bare number or string is not an answer.
+//!
+//! An answer cut by the token limit (`finish_reason: length`) is a last case:
+//! [`parse_truncated_object`] keeps the members of the top-level object that
+//! were *complete* before the cut and drops the one being written. A small
+//! model under a grammar writes the verdict first and then rambles in a free
+//! `reason` until the limit: the verdict survives, a half-written field never
+//! does (a cut question is dropped, so the stage sees it missing).
 
 use serde_json::Value;
+
+/// The complete members of a top-level JSON object cut short: the object's
+/// text up to its last member boundary, closed. `None` when no complete
+/// member precedes the cut.
+pub fn parse_truncated_object(text: &str) -> Option<Value> {
+    let text = strip_reasoning(text.trim_start_matches('\u{feff}'));
+    let start = text.find('{')?;
+    let body = &text[start..];
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut cuts = Vec::new();
+    for (i, c) in body.char_indices() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' | '[' => depth += 1,
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return None; // complete: not a truncation
+                }
+            }
+            ',' if depth == 1 => cuts.push(i),
+            _ => {}
+        }
+    }
+    cuts.iter().rev().find_map(|&cut| {
+        let candidate = format!("{}}}", &body[..cut]);
+        serde_json::from_str::<Value>(&candidate)
+            .ok()
+            .filter(Value::is_object)
+    })
+}
 
 /// Parses the JSON object (or array) contained in `text`, tolerating code
 /// fences, reasoning blocks, surrounding prose and trailing commas.
@@ -251,6 +298,32 @@ fn remove_trailing_commas(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncated_objects_keep_their_complete_members_only() {
+        let cut = r#"{ "qualified": true, "reason" : "1.1.1.1.1.1.1.1.1.1"#;
+        assert_eq!(parse_json_answer(cut), None);
+        assert_eq!(
+            parse_truncated_object(cut),
+            Some(serde_json::json!({"qualified": true}))
+        );
+        // A cut inside the question: the question is dropped, not kept half-written.
+        let cut = r#"{"answer": "Jupiter", "question": "Which planet did the, ask"#;
+        assert_eq!(
+            parse_truncated_object(cut),
+            Some(serde_json::json!({"answer": "Jupiter"}))
+        );
+        // Nested values that completed are kept; commas inside strings are not boundaries.
+        let cut = r#"{"domain": "Math", "personas": ["a, b", "c"], "reason": "x, y"#;
+        assert_eq!(
+            parse_truncated_object(cut),
+            Some(serde_json::json!({"domain": "Math", "personas": ["a, b", "c"]}))
+        );
+        // Nothing complete, or nothing cut.
+        assert_eq!(parse_truncated_object(r#"{"reason": "long"#), None);
+        assert_eq!(parse_truncated_object(r#"{"a": 1, "b": 2}"#), None);
+        assert_eq!(parse_truncated_object("no json"), None);
+    }
     use serde_json::json;
 
     fn p(s: &str) -> Option<Value> {

@@ -63,6 +63,9 @@ pub enum Reply {
     Hang(Duration),
     /// 200 whose body is not a chat completion.
     InvalidBody,
+    /// 200 with this text as the answer, cut by the token limit
+    /// (`finish_reason: "length"`).
+    Truncated(String),
 }
 
 /// Which structured-output requests a server honours.
@@ -495,6 +498,11 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
                 )
             }
             Reply::InvalidBody => (200, None, "<html>bad gateway</html>".to_owned()),
+            Reply::Truncated(c) => (
+                200,
+                None,
+                completion(&parsed, &prompt, &c, id).replace(r#""stop""#, r#""length""#),
+            ),
         }
     };
 
