@@ -172,7 +172,7 @@ fn the_same_input_gives_the_same_verdicts_with_one_and_two_workers() {
             ..Default::default()
         };
         cfg.source.epoch_ms = 600_000;
-        cfg.source.epoch_max_records = 1_000_000;
+        cfg.source.epoch_max_records = Some(1_000_000);
         run_with(cfg, workers);
         verdicts.push((ids(&kafka.outputs()), reasons(&kafka.dead_letters())));
     }

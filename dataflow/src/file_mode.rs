@@ -66,6 +66,8 @@ pub fn run_files(
     funnel: Funnel,
     resources: Resources,
 ) -> anyhow::Result<()> {
+    let mut cfg = cfg;
+    cfg.source.resolve(resources.llm.is_some());
     let max_line = cfg.parse.max_document_bytes + 64 * 1024;
     let input = JsonlInput::open(&run.input)?.with_max_line_bytes(max_line);
     let rejects = run
@@ -160,10 +162,9 @@ fn file_worker(
     let progress = Rc::new(RefCell::new(FileProgress::default()));
     let durable = ProbeHandle::new();
     let source_cfg = FileSourceConfig {
-        epoch_lines: cfg.source.epoch_max_records.max(1) as u64,
+        epoch_lines: cfg.source.epoch_records() as u64,
         batch_max: cfg.source.batch_max.max(1),
-        max_open_epochs: (cfg.source.max_in_flight_docs / cfg.source.epoch_max_records.max(1))
-            .max(2) as u64,
+        max_open_epochs: (cfg.source.in_flight_docs() / cfg.source.epoch_records()).max(2) as u64,
     };
     let is_reader = input.is_some();
     worker.dataflow::<u64, _, _>(|scope| -> anyhow::Result<()> {

@@ -96,6 +96,8 @@ pub fn run_kafka(
 ) -> anyhow::Result<()> {
     // Fail fast, before the cluster starts, when the brokers or the input topic are unreachable.
     cfg.kafka.client_config()?;
+    let mut cfg = cfg;
+    cfg.source.resolve(resources.llm.is_some());
     funnel.live().set_run(
         "kafka",
         &cfg.kafka.output_topic,

@@ -30,24 +30,56 @@ use super::config::KafkaConfig;
 pub struct SourceConfig {
     /// An epoch closes after this many milliseconds...
     pub epoch_ms: u64,
-    /// ...or after this many records read by one worker, whichever comes first.
-    pub epoch_max_records: usize,
+    /// ...or after this many records read by one worker, whichever comes first. An epoch is the
+    /// unit of offset commits. Unset: 5,000, or 16 with the LLM stages (see
+    /// [`SourceConfig::resolve`]).
+    pub epoch_max_records: Option<usize>,
     /// Most messages read in one activation, so a busy topic cannot starve other operators.
     pub batch_max: usize,
     /// Milliseconds to wait before polling again when nothing arrived.
     pub idle_poll_ms: u64,
     /// Flow control: a worker stops reading while this many of its records are not yet durable.
-    pub max_in_flight_docs: usize,
+    /// With the LLM stages this is also what a crash can cost: at most this many documents per
+    /// worker of LLM work to redo (less what the response cache kept). Unset: 20,000, or 64 with
+    /// the LLM stages.
+    pub max_in_flight_docs: Option<usize>,
+}
+
+impl SourceConfig {
+    /// Fills the unset limits with the defaults of the run's kind. Without the LLM the CPU
+    /// stages take thousands of documents a second, and large epochs keep per-epoch work
+    /// small. With it a document takes seconds: small epochs and a short read-ahead let the
+    /// committed offsets follow the documents as they finish, instead of waiting for a whole
+    /// backlog read into one epoch (a crash then redoes a few dozen documents, not all of them).
+    pub fn resolve(&mut self, llm_stages: bool) {
+        let (epoch, in_flight) = if llm_stages {
+            (16, 64)
+        } else {
+            (5_000, 20_000)
+        };
+        self.epoch_max_records.get_or_insert(epoch);
+        self.max_in_flight_docs.get_or_insert(in_flight);
+    }
+
+    /// Records per epoch and worker ([`SourceConfig::epoch_max_records`], resolved).
+    pub fn epoch_records(&self) -> usize {
+        self.epoch_max_records.unwrap_or(5_000).max(1)
+    }
+
+    /// Read-ahead per worker ([`SourceConfig::max_in_flight_docs`], resolved).
+    pub fn in_flight_docs(&self) -> usize {
+        self.max_in_flight_docs.unwrap_or(20_000).max(1)
+    }
 }
 
 impl Default for SourceConfig {
     fn default() -> Self {
         SourceConfig {
             epoch_ms: 250,
-            epoch_max_records: 5_000,
+            epoch_max_records: None,
             batch_max: 500,
             idle_poll_ms: 5,
-            max_in_flight_docs: 20_000,
+            max_in_flight_docs: None,
         }
     }
 }
@@ -202,6 +234,7 @@ pub fn kafka_source<'s>(
         // the first cut share one epoch whatever the worker count; later epochs are wall-clock ms.
         let mut cap = Some(cap);
         let mut epoch_started = now_millis();
+        let (epoch_max_records, max_in_flight) = (cfg.epoch_records(), cfg.in_flight_docs());
         let mut epoch_records = 0usize;
         let Assignment {
             topic,
@@ -222,7 +255,7 @@ pub fn kafka_source<'s>(
             // Close the epoch on time or volume. Time never goes backwards, and a volume cut
             // moves on by at least a millisecond.
             let now = now_millis();
-            if now >= epoch_started + cfg.epoch_ms || epoch_records >= cfg.epoch_max_records {
+            if now >= epoch_started + cfg.epoch_ms || epoch_records >= epoch_max_records {
                 let next = now.max(*c.time() + 1);
                 c.downgrade(&next);
                 epoch_started = now;
@@ -230,12 +263,12 @@ pub fn kafka_source<'s>(
             }
             let epoch = *c.time();
             let mut read = 0;
-            let throttled = progress.borrow().in_flight() >= cfg.max_in_flight_docs
-                || pause.load(Ordering::Relaxed);
+            let throttled =
+                progress.borrow().in_flight() >= max_in_flight || pause.load(Ordering::Relaxed);
             if !throttled && !partitions.is_empty() {
                 let mut session = output.session(&*c);
                 let mut progress = progress.borrow_mut();
-                while read < cfg.batch_max && epoch_records < cfg.epoch_max_records {
+                while read < cfg.batch_max && epoch_records < epoch_max_records {
                     match consumer.poll(Duration::ZERO) {
                         None => break,
                         Some(Err(e)) => {
@@ -303,6 +336,22 @@ pub fn commit_offsets(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_default_by_the_kind_of_run_and_keep_what_is_set() {
+        let mut cpu = SourceConfig::default();
+        cpu.resolve(false);
+        assert_eq!((cpu.epoch_records(), cpu.in_flight_docs()), (5_000, 20_000));
+        let mut llm = SourceConfig::default();
+        llm.resolve(true);
+        assert_eq!((llm.epoch_records(), llm.in_flight_docs()), (16, 64));
+        let mut set = SourceConfig {
+            max_in_flight_docs: Some(7),
+            ..Default::default()
+        };
+        set.resolve(true);
+        assert_eq!((set.epoch_records(), set.in_flight_docs()), (16, 7));
+    }
 
     #[test]
     fn durable_epochs_become_commits() {
