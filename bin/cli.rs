@@ -1,4 +1,5 @@
-//! Command-line interface: `run` (Kafka or file mode), `demo`, `produce`, `tail`.
+//! Command-line interface: `run` (Kafka or file mode), `demo`, `produce`, `tail`, `export`,
+//! `score`, `replay`.
 
 use std::path::PathBuf;
 
@@ -39,6 +40,9 @@ pub enum Command {
     Export(crate::export::ExportArgs),
     /// Score responses against ground truths: the binary RL reward, one JSON line per input.
     Score(crate::score::ScoreArgs),
+    /// Send dead-lettered documents through the pipeline again (e.g. after switching to a better
+    /// model): from a dead-letter topic to the input topic, or from a rejects file to a JSONL file.
+    Replay(crate::replay::ReplayArgs),
 }
 
 /// Where timely workers run. `-h` is the host file, as in timely; help is `--help`.

@@ -6,6 +6,7 @@ mod export;
 mod llm_args;
 mod local_llm;
 mod monitoring;
+mod replay;
 mod score;
 mod shutdown;
 mod summary;
@@ -55,6 +56,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::demo(cli, args),
         Command::Export(args) => export::export(args, cli.quiet),
         Command::Score(args) => score::score(args),
+        Command::Replay(args) => replay::replay(args, cli.quiet),
         Command::Produce(args) => {
             let cfg = KafkaConfig {
                 brokers: args.brokers.clone(),

@@ -192,3 +192,196 @@ fn repeated_crashes_keep_making_progress_and_barely_pay_twice() {
         "crashes: committed {committed:?} of {end}; LLM requests {crash_requests} vs {clean_requests} clean"
     );
 }
+
+/// The scripted model: `bad` fails every answer at verification, `good` behaves.
+fn two_models(body: &Value) -> String {
+    let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
+    if body["model"] == "bad" && prompt.starts_with("You check a question-answer pair") {
+        return serde_json::json!({"reason": "r", "has_context": true, "answer_correct": false,
+            "leaks_answer": false})
+        .to_string();
+    }
+    oracle(body)
+}
+
+fn two_model_server(
+    runtime: &tokio::runtime::Runtime,
+) -> webscale_rl_connectors::llm::scripted_server::ScriptedServer {
+    use webscale_rl_connectors::llm::scripted_server::{ScriptedServer, ScriptedServerConfig};
+    runtime
+        .block_on(ScriptedServer::start_with(ScriptedServerConfig {
+            answer: Some(std::sync::Arc::new(two_models)),
+            models: Some(vec!["bad".into(), "good".into()]),
+            ..Default::default()
+        }))
+        .unwrap()
+}
+
+fn doc_ids(records: &[Value]) -> std::collections::BTreeSet<String> {
+    records
+        .iter()
+        .filter_map(|r| r["doc_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn dead_letters_replay_through_kafka_after_switching_models() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = two_model_server(&runtime);
+    let kafka = Kafka::start(2, "replay");
+    let docs: Vec<Value> = good_articles().take(5).collect();
+    kafka.produce_lines(
+        docs.iter()
+            .map(|d| serde_json::to_vec(d).unwrap())
+            .collect(),
+    );
+    let run = |model: &str| {
+        let out = engine()
+            .args([
+                "run",
+                "--until-caught-up",
+                "--metrics-addr",
+                "off",
+                "--quiet",
+            ])
+            .args(["--brokers", &kafka.cfg.brokers, "--group", "replay"])
+            .args(["--llm-url", &server.base_url(), "--llm-model", model])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run("bad");
+    assert!(kafka.outputs().is_empty());
+    let dead = kafka.dead_letters();
+    let failed = dead.iter().filter(|d| d["reason"] == "no_verified_pair");
+    assert_eq!(failed.clone().count(), docs.len());
+    // The document's message travels on its no_verified_pair dead letter, whole.
+    for d in failed {
+        let original: Value = serde_json::from_str(d["payload"].as_str().unwrap()).unwrap();
+        let doc = docs.iter().find(|x| x["id"] == original["id"]).unwrap();
+        assert_eq!(original["text"], doc["text"]);
+        assert!(
+            doc["text"].as_str().unwrap().len() > 1024,
+            "longer than payload_head"
+        );
+    }
+    assert!(
+        dead.iter()
+            .filter(|d| d["reason"] == "answer_incorrect")
+            .all(|d| d["payload"].is_null()),
+        "pair-level dead letters do not repeat the document"
+    );
+
+    let out = engine()
+        .args(["replay", "--brokers", &kafka.cfg.brokers])
+        .args(["--dead-letter-topic", &kafka.cfg.dead_letter_topic])
+        .args([
+            "--to-topic",
+            &kafka.cfg.input_topic,
+            "--reason",
+            "no_verified_pair",
+        ])
+        .args(["--since", "2020-01-01T00:00:00Z"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("replayed {} documents", docs.len())),
+        "{stderr}"
+    );
+
+    // A better model: the replayed documents come out as pairs.
+    run("good");
+    let want: std::collections::BTreeSet<String> = docs
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(doc_ids(&kafka.outputs()), want);
+    assert_eq!(kafka.committed(), kafka.end_offsets());
+}
+
+#[test]
+fn a_rejects_file_replays_into_a_file_mode_rerun() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = two_model_server(&runtime);
+    let dir = tempfile::tempdir().unwrap();
+    let docs: Vec<Value> = good_articles().take(3).collect();
+    let text: String = docs.iter().map(|d| format!("{d}\n")).collect();
+    std::fs::write(dir.path().join("in.jsonl"), text).unwrap();
+    let run = |input: &str, output: &str, model: &str| {
+        let out = engine()
+            .args([
+                "run",
+                "--quiet",
+                "--llm-url",
+                &server.base_url(),
+                "--llm-model",
+                model,
+            ])
+            .arg("--input")
+            .arg(dir.path().join(input))
+            .arg("--output")
+            .arg(dir.path().join(output))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run("in.jsonl", "a.jsonl", "bad");
+    let out = engine()
+        .args([
+            "replay",
+            "--stage",
+            "verify",
+            "--reason",
+            "no_verified_pair",
+            "--input",
+        ])
+        .arg(dir.path().join("a.rejects.jsonl"))
+        .arg("--output")
+        .arg(dir.path().join("again.jsonl"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("replayed 3 documents"), "{stderr}");
+    run("again.jsonl", "b.jsonl", "good");
+    let pairs: Vec<Value> = std::fs::read_to_string(dir.path().join("b.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(doc_ids(&pairs).len(), 3);
+
+    // A filter nothing matches: zero replayed, not an error; a bad --since is.
+    let out = engine()
+        .args(["replay", "--reason", "no_such_reason", "--input"])
+        .arg(dir.path().join("a.rejects.jsonl"))
+        .arg("--output")
+        .arg(dir.path().join("none.jsonl"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = engine()
+        .args([
+            "replay",
+            "--since",
+            "yesterday",
+            "--input",
+            "x",
+            "--output",
+            "y",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
+}

@@ -21,6 +21,7 @@ pub mod parse;
 pub mod qa_accounting;
 pub mod quality_filter;
 pub mod record;
+pub mod replay;
 pub mod reward;
 pub mod route;
 pub mod verify;

@@ -41,8 +41,18 @@ pub fn qa_accounting<'s>(
                                 doc.0 = true;
                                 session.give(Ok(pair));
                             }
-                            Err(dead) => {
-                                doc.1.push(dead.clone());
+                            Err(mut dead) => {
+                                // The document's message goes on its summary dead letter
+                                // (if none of its pairs survives), not on every pair's.
+                                let payload = dead.payload.take();
+                                if doc.1.is_empty() {
+                                    doc.1.push(DeadLetter {
+                                        payload,
+                                        ..dead.clone()
+                                    });
+                                } else {
+                                    doc.1.push(dead.clone());
+                                }
                                 session.give(Err(dead));
                             }
                         }

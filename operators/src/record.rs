@@ -11,6 +11,10 @@ pub const PIPELINE_VERSION: &str = concat!("webscale-rl/", env!("CARGO_PKG_VERSI
 
 /// Bytes of the raw payload kept in a dead-letter record.
 pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 1024;
+/// Longest original message a dead letter carries for `replay`. Kept under the 1 MB a Kafka
+/// broker accepts by default (`message.max.bytes`), with room for the rest of the record, so a
+/// large document can never make its own dead letter undeliverable.
+pub const DEAD_LETTER_MAX_REPLAY_BYTES: usize = 768 * 1024;
 
 /// Where a message came from: a Kafka (topic, partition, offset), or a file (path, 0, line number).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -43,6 +47,33 @@ pub struct Document {
     /// `models.filter`.
     pub filter_model: Option<String>,
     pub origin: Origin,
+}
+
+impl Document {
+    /// The document as an input message (`{"id", "text", "url"?, "source"?, "meta"?}`), which
+    /// parses back to the same document: what a dead letter keeps for a replay.
+    pub fn to_message(&self) -> String {
+        #[derive(Serialize)]
+        struct Message<'a> {
+            id: &'a str,
+            text: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            url: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            source: Option<&'a str>,
+            // Verbatim: the document's meta is JSON text already.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            meta: Option<&'a serde_json::value::RawValue>,
+        }
+        serde_json::to_string(&Message {
+            id: &self.id,
+            text: &self.text,
+            url: self.url.as_deref(),
+            source: self.source.as_deref(),
+            meta: self.meta.as_deref().and_then(|m| serde_json::from_str(m).ok()),
+        })
+        .expect("a document serializes")
+    }
 }
 
 /// The record emitted for a document that passed every stage, while the pipeline runs without
@@ -203,6 +234,11 @@ pub struct DeadLetter {
     pub offset: i64,
     /// The first `DEAD_LETTER_PAYLOAD_BYTES` of the raw payload (lossy UTF-8).
     pub payload_head: String,
+    /// The whole original message, for `webscale-rl replay`: the document as parsed (`{"id",
+    /// "text", "url", "source", "meta"}`), or the raw message of one that never parsed (if it is
+    /// UTF-8). `None` for a rejected pair (its document's `no_verified_pair` carries it) and for
+    /// messages over [`DEAD_LETTER_MAX_REPLAY_BYTES`].
+    pub payload: Option<String>,
     pub created_at: u64,
     pub pipeline_version: String,
 }
@@ -216,7 +252,14 @@ impl DeadLetter {
         detail: impl Into<String>,
     ) -> Self {
         let head = msg.payload.as_deref().map(payload_head).unwrap_or_default();
-        Self::new(None, &msg.origin, stage, reason, detail.into(), head)
+        let mut dl = Self::new(None, &msg.origin, stage, reason, detail.into(), head);
+        dl.payload = msg
+            .payload
+            .as_deref()
+            .filter(|p| p.len() <= DEAD_LETTER_MAX_REPLAY_BYTES && !msg.truncated)
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .map(str::to_owned);
+        dl
     }
 
     /// A dead letter for one question-answer pair of a document (its id includes the pair, so
@@ -231,6 +274,8 @@ impl DeadLetter {
     ) -> Self {
         let mut dl = Self::for_document(doc, stage, reason, detail);
         dl.id = stable_id(&[&dl.id, persona, question]);
+        // Kept until the accounting stage: a document none of whose pairs survived gets it on
+        // its `no_verified_pair` dead letter, the pair-level ones go without.
         dl
     }
 
@@ -263,14 +308,16 @@ impl DeadLetter {
         detail: impl Into<String>,
     ) -> Self {
         let head = payload_head(doc.text.as_bytes());
-        Self::new(
+        let mut dl = Self::new(
             Some(doc.id.clone()),
             &doc.origin,
             stage,
             reason,
             detail.into(),
             head,
-        )
+        );
+        dl.payload = Some(doc.to_message()).filter(|m| m.len() <= DEAD_LETTER_MAX_REPLAY_BYTES);
+        dl
     }
 
     fn new(
@@ -299,6 +346,7 @@ impl DeadLetter {
             partition: origin.partition,
             offset: origin.offset,
             payload_head,
+            payload: None,
             created_at: now_millis(),
             pipeline_version: PIPELINE_VERSION.to_string(),
         }
@@ -345,6 +393,45 @@ mod tests {
         assert_eq!(qa_id("d", "p", "q"), qa_id("d", "p", "q"));
         assert_ne!(stable_id(&["ab", "c"]), stable_id(&["a", "bc"]));
         assert_eq!(qa_id("d", "p", "q").len(), 32);
+    }
+
+    #[test]
+    fn dead_letters_keep_the_message_for_a_replay() {
+        use crate::parse::{ParseConfig, parse_message};
+        let origin = Origin {
+            topic: "t".into(),
+            partition: 0,
+            offset: 7,
+        };
+        let raw = |payload: Vec<u8>| RawMessage {
+            key: Some(b"key-id".to_vec()),
+            payload: Some(payload),
+            origin: origin.clone(),
+            truncated: false,
+        };
+        // A document (id from the Kafka key, meta kept) parses back to itself from its dead letter.
+        let doc = parse_message(
+            &raw(br#"{"text": "a long text", "url": "u", "meta": {"k": [1, 2]}}"#.to_vec()),
+            &ParseConfig::default(),
+        )
+        .unwrap();
+        let dl = DeadLetter::for_document(&doc, Stage::QualityFilter, "min_words", "");
+        let again = parse_message(
+            &raw(dl.payload.clone().unwrap().into_bytes()),
+            &ParseConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(again, doc);
+        assert_eq!(again.id, "key-id");
+        // A message that never parsed: kept as it came, if it is text and not too large.
+        let dl = DeadLetter::for_message(&raw(b"{broken".to_vec()), Stage::Parse, "malformed_json", "");
+        assert_eq!(dl.payload.as_deref(), Some("{broken"));
+        let dl = DeadLetter::for_message(&raw(vec![0xff, 0xfe]), Stage::Parse, "invalid_utf8", "");
+        assert_eq!(dl.payload, None);
+        let huge = vec![b'x'; DEAD_LETTER_MAX_REPLAY_BYTES + 1];
+        let dl = DeadLetter::for_message(&raw(huge), Stage::Parse, "too_large", "");
+        assert_eq!(dl.payload, None);
+        assert_eq!(dl.payload_head.len(), DEAD_LETTER_PAYLOAD_BYTES);
     }
 
     #[test]
