@@ -124,6 +124,9 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         }
     }
     let timely_config = args.cluster.options().timely_config()?;
+    if args.cluster.processes > 1 {
+        webscale_rl_dataflow::cluster::exit_on_peer_loss(args.cluster.options().addresses()?);
+    }
     let file_mode = args.input.is_some() && args.output.is_some();
     if !file_mode && cfg.kafka.brokers.is_empty() {
         bail!(

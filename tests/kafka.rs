@@ -376,3 +376,83 @@ fn two_processes_split_the_partitions_and_lose_nothing() {
     );
     assert_eq!(kafka.committed(), kafka.end_offsets());
 }
+
+#[test]
+fn a_dead_peer_stops_the_cluster_with_a_clear_error_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = Kafka::start(4, "e2e-peer-loss");
+    let produced = kafka.produce_lines(sample_lines()) as usize;
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let hostfile = dir.path().join("hosts");
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
+    )
+    .unwrap();
+    let config = slow_config(dir.path());
+    let start = |p: usize, config: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["-n", "2", "-p"];
+        let p = p.to_string();
+        args.push(&p);
+        args.extend_from_slice(extra);
+        args.push("-h");
+        engine(&kafka, config, &args)
+            .arg(&hostfile)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let survivor = start(0, &config, &[]);
+    let mut victim = start(1, &config, &[]);
+    wait_for_outputs(&kafka, 20);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let t0 = std::time::Instant::now();
+    let out = survivor.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "lost the connection to cluster process 1 (127.0.0.1:{})",
+            ports[1]
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let committed: i64 = kafka.committed().values().sum();
+    let durable = kafka.outputs().len() + kafka.dead_letters().len();
+    assert!(
+        durable as i64 >= committed,
+        "{durable} durable < {committed} committed"
+    );
+
+    // Restart both: everything is accounted for.
+    let fast = dir.path().join("fast.toml");
+    std::fs::write(&fast, "").unwrap();
+    let children = [
+        start(0, &fast, &["--until-caught-up"]),
+        start(1, &fast, &["--until-caught-up"]),
+    ];
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        ids(&kafka.outputs()).len() + ids(&kafka.dead_letters()).len(),
+        produced
+    );
+    assert_eq!(kafka.committed(), kafka.end_offsets());
+}

@@ -43,30 +43,7 @@ impl ClusterOptions {
             );
         }
         let communication = if self.processes > 1 {
-            let addresses = match &self.hostfile {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read host file '{}'", path.display()))?;
-                    let hosts: Vec<String> = text
-                        .lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                        .map(String::from)
-                        .collect();
-                    if hosts.len() < self.processes {
-                        bail!(
-                            "host file '{}' lists {} hosts but -n/--processes is {}",
-                            path.display(),
-                            hosts.len(),
-                            self.processes
-                        );
-                    }
-                    hosts[..self.processes].to_vec()
-                }
-                None => (0..self.processes)
-                    .map(|i| format!("127.0.0.1:{}", 2101 + i))
-                    .collect(),
-            };
+            let addresses = self.addresses()?;
             CommunicationConfig::Cluster {
                 threads: self.workers,
                 process: self.process,
@@ -89,6 +66,81 @@ impl ClusterOptions {
     pub fn total_workers(&self) -> usize {
         self.workers * self.processes
     }
+
+    /// The `host:port` of every process: the host file's lines, or `127.0.0.1:2101+i`.
+    pub fn addresses(&self) -> anyhow::Result<Vec<String>> {
+        Ok(match &self.hostfile {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read host file '{}'", path.display()))?;
+                let hosts: Vec<String> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from)
+                    .collect();
+                if hosts.len() < self.processes {
+                    bail!(
+                        "host file '{}' lists {} hosts but -n/--processes is {}",
+                        path.display(),
+                        hosts.len(),
+                        self.processes
+                    );
+                }
+                hosts[..self.processes].to_vec()
+            }
+            None => (0..self.processes)
+                .map(|i| format!("127.0.0.1:{}", 2101 + i))
+                .collect(),
+        })
+    }
+}
+
+/// Exit status of a process whose cluster peer died (or became unreachable).
+pub const EXIT_PEER_LOST: i32 = 3;
+
+/// Makes the loss of a cluster peer an orderly error instead of a cascade of panics. Timely's
+/// network threads (`timely:recv-N`, `timely:send-N`) panic with "timely communication error:"
+/// when the connection to process N breaks, and the workers then panic on a poisoned queue. The
+/// hook catches the first of these, names the peer, and exits with [`EXIT_PEER_LOST`] at once:
+/// nothing more is committed than what the durable frontier already allowed, so a restart of all
+/// processes loses nothing. Other panics go to the previous hook.
+pub fn exit_on_peer_loss(addresses: Vec<String>) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if !(message.starts_with("timely communication error:")
+            || message.contains("MergeQueue poisoned"))
+        {
+            return previous(info);
+        }
+        let thread = std::thread::current();
+        let peer = thread
+            .name()
+            .and_then(|n| {
+                n.strip_prefix("timely:recv-")
+                    .or(n.strip_prefix("timely:send-"))
+            })
+            .and_then(|i| i.parse::<usize>().ok());
+        let who = match peer {
+            Some(i) => format!(
+                "process {i} ({})",
+                addresses.get(i).map_or("?", String::as_str)
+            ),
+            None => "a peer process".to_owned(),
+        };
+        eprintln!(
+            "error: lost the connection to cluster {who}: {message}. A timely cluster fails as a \
+             whole: this process stops without committing anything past its durable output \
+             (exit {EXIT_PEER_LOST}); restart all processes and nothing is lost"
+        );
+        std::process::exit(EXIT_PEER_LOST);
+    }));
 }
 
 /// Runs `f` (timely's start-up) with stdout pointed at stderr: timely's cluster handshake prints

@@ -70,7 +70,10 @@ impl Document {
             text: &self.text,
             url: self.url.as_deref(),
             source: self.source.as_deref(),
-            meta: self.meta.as_deref().and_then(|m| serde_json::from_str(m).ok()),
+            meta: self
+                .meta
+                .as_deref()
+                .and_then(|m| serde_json::from_str(m).ok()),
         })
         .expect("a document serializes")
     }
@@ -424,7 +427,12 @@ mod tests {
         assert_eq!(again, doc);
         assert_eq!(again.id, "key-id");
         // A message that never parsed: kept as it came, if it is text and not too large.
-        let dl = DeadLetter::for_message(&raw(b"{broken".to_vec()), Stage::Parse, "malformed_json", "");
+        let dl = DeadLetter::for_message(
+            &raw(b"{broken".to_vec()),
+            Stage::Parse,
+            "malformed_json",
+            "",
+        );
         assert_eq!(dl.payload.as_deref(), Some("{broken"));
         let dl = DeadLetter::for_message(&raw(vec![0xff, 0xfe]), Stage::Parse, "invalid_utf8", "");
         assert_eq!(dl.payload, None);
