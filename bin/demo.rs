@@ -38,7 +38,7 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
             *max_tokens = 160;
         }
     }
-    crate::prepare_near_dedup(&cfg, cli.quiet)?;
+    let _scratch = crate::prepare_state(&mut cfg, crate::StateHome::Scratch, cli.quiet)?;
     let llm = args
         .llm
         .setup(&mut cfg, true, crate::llm_args::CacheHome::User)?;

@@ -134,7 +134,15 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
              try `webscale-rl demo` for a run with no setup"
         );
     }
-    prepare_near_dedup(&cfg, cli.quiet)?;
+    let _scratch = prepare_state(
+        &mut cfg,
+        if file_mode {
+            StateHome::Scratch
+        } else {
+            StateHome::Group
+        },
+        cli.quiet,
+    )?;
     let cache_home = if file_mode {
         llm_args::CacheHome::User
     } else {
@@ -188,9 +196,48 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Start-up checks of the stateful stages: the near-dedup index directory (one clear error
-/// instead of a panic per worker) and its parameters, printed with the implied LSH threshold.
-pub fn prepare_near_dedup(cfg: &PipelineConfig, quiet: bool) -> anyhow::Result<()> {
+/// Where the dedup stages keep their indexes unless `state_dir` says otherwise.
+pub enum StateHome {
+    /// Kafka mode: the consumer group's state directory, so a restart remembers what it saw.
+    Group,
+    /// File mode and the demo: a temporary directory for the run, removed at its end (on disk,
+    /// so memory stays bounded however large the input).
+    Scratch,
+}
+
+/// Start-up checks of the stateful stages: gives the dedup indexes their default directory (on
+/// disk: a few bytes of memory per document instead of kilobytes), then checks each directory
+/// (one clear error instead of a panic per worker) and prints the near-dedup parameters. Keep the
+/// returned directory alive for the run.
+pub fn prepare_state(
+    cfg: &mut PipelineConfig,
+    home: StateHome,
+    quiet: bool,
+) -> anyhow::Result<Option<tempfile::TempDir>> {
+    let needs = (cfg.near_dedup.enabled && cfg.near_dedup.state_dir.is_none())
+        || (cfg.exact_dedup.enabled && cfg.exact_dedup.state_dir.is_none());
+    let mut scratch = None;
+    let default_dir = match (needs, home) {
+        (false, _) => None,
+        (true, StateHome::Group) => Some(
+            webscale_rl_connectors::dirs::group_state_dir(&cfg.kafka.group).context(
+                "neither XDG_STATE_HOME nor HOME is set: set [near_dedup] and [exact_dedup] state_dir",
+            )?,
+        ),
+        (true, StateHome::Scratch) => {
+            let dir = tempfile::Builder::new()
+                .prefix("webscale-rl-state-")
+                .tempdir()
+                .context("creating a temporary directory for the dedup indexes")?;
+            let path = dir.path().to_path_buf();
+            scratch = Some(dir);
+            Some(path)
+        }
+    };
+    if let Some(dir) = default_dir {
+        cfg.near_dedup.state_dir.get_or_insert_with(|| dir.clone());
+        cfg.exact_dedup.state_dir.get_or_insert(dir);
+    }
     if cfg.near_dedup.enabled {
         webscale_rl_operators::lsh_index::check_state_dir(&cfg.near_dedup)
             .map_err(|e| anyhow::anyhow!("near_dedup: {e}"))?;
@@ -198,7 +245,12 @@ pub fn prepare_near_dedup(cfg: &PipelineConfig, quiet: bool) -> anyhow::Result<(
             eprintln!("{}", cfg.near_dedup.summary());
         }
     }
-    Ok(())
+    if cfg.exact_dedup.enabled {
+        cfg.exact_dedup
+            .check()
+            .map_err(|e| anyhow::anyhow!("exact_dedup: {e}"))?;
+    }
+    Ok(scratch)
 }
 
 /// Adds `--benchmarks` paths to the config and loads every configured test set, once per process.

@@ -156,20 +156,35 @@ fn repeated_crashes_keep_making_progress_and_barely_pay_twice() {
     let end: i64 = kafka.end_offsets().values().sum();
     let state = tempfile::tempdir().unwrap();
     let before = server.requests();
+    // Each round: start, wait until the committed offsets move while the LLM is mid-work (the
+    // property under test: progress before the backlog is done), then SIGKILL.
     let mut committed = vec![0i64];
-    for round in 0..4 {
+    for _ in 0..4 {
+        let last = *committed.last().unwrap();
         let mut child = run(&kafka, state.path()).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(2_500 + 500 * round));
+        let t0 = std::time::Instant::now();
+        let now = loop {
+            let now: i64 = kafka.committed().values().sum();
+            if now > last {
+                break now;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "no offset committed while the engine worked: {committed:?} of {end}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
         child.kill().unwrap(); // SIGKILL: no drain, no flush, no final commit
         child.wait().unwrap();
-        committed.push(kafka.committed().values().sum());
+        committed.push(kafka.committed().values().sum::<i64>().max(now));
+        if *committed.last().unwrap() == end {
+            break;
+        }
     }
-    for pair in committed.windows(2) {
-        assert!(
-            pair[1] > pair[0] || pair[0] == end,
-            "no progress between two kills: {committed:?} of {end}"
-        );
-    }
+    assert!(
+        committed.len() >= 3 && committed[1] < end,
+        "the kills happened mid-stream, after progress: {committed:?} of {end}"
+    );
     let out = run(&kafka, state.path())
         .arg("--until-caught-up")
         .output()

@@ -62,10 +62,15 @@ pub fn partition_of(key: u64, partitions: u32) -> u32 {
     (((key >> 32) * partitions as u64) >> 32) as u32
 }
 
-/// Where a partition lives under `state_dir`.
+/// Where a near-dedup partition lives under `state_dir`.
 pub fn partition_path(state_dir: &Path, partition: u32, partitions: u32) -> PathBuf {
+    partition_path_in(state_dir, "near_dedup", partition, partitions)
+}
+
+/// Where partition `partition` of the index `name` (`near_dedup`, `exact_dedup`) lives.
+pub fn partition_path_in(state_dir: &Path, name: &str, partition: u32, partitions: u32) -> PathBuf {
     state_dir
-        .join("near_dedup")
+        .join(name)
         .join(format!("part-{partition:04}-of-{partitions:04}.redb"))
 }
 
@@ -74,16 +79,25 @@ pub fn partition_path(state_dir: &Path, partition: u32, partitions: u32) -> Path
 /// hold partitions written with another partition count.
 pub fn check_state_dir(cfg: &NearDedupConfig) -> Result<(), IndexError> {
     cfg.validate().map_err(IndexError::Layout)?;
-    let Some(dir) = &cfg.state_dir else {
+    check_layout(cfg.state_dir.as_deref(), "near_dedup", cfg.partitions)
+}
+
+/// [`check_state_dir`] for any index kept in partitions under `<state_dir>/<name>/`.
+pub fn check_layout(
+    state_dir: Option<&Path>,
+    name: &str,
+    partitions: u32,
+) -> Result<(), IndexError> {
+    let Some(dir) = state_dir else {
         return Ok(());
     };
-    let dir = dir.join("near_dedup");
+    let dir = dir.join(name);
     let io = |source| IndexError::Io {
         path: dir.display().to_string(),
         source,
     };
     std::fs::create_dir_all(&dir).map_err(io)?;
-    let suffix = format!("-of-{:04}.redb", cfg.partitions);
+    let suffix = format!("-of-{partitions:04}.redb");
     for entry in std::fs::read_dir(&dir).map_err(io)? {
         let name = entry.map_err(io)?.file_name();
         let name = name.to_string_lossy();
@@ -92,7 +106,7 @@ pub fn check_state_dir(cfg: &NearDedupConfig) -> Result<(), IndexError> {
                 "{} holds {name}, written with another `partitions` setting than {}; \
                  restore that setting or move the directory away",
                 dir.display(),
-                cfg.partitions
+                partitions
             )));
         }
     }
@@ -102,6 +116,8 @@ pub fn check_state_dir(cfg: &NearDedupConfig) -> Result<(), IndexError> {
 /// What a partition needs to know from the configuration.
 #[derive(Clone, Debug)]
 pub struct IndexParams {
+    /// The index's name, its subdirectory of `state_dir`.
+    pub name: &'static str,
     pub state_dir: Option<PathBuf>,
     pub partitions: u32,
     /// [`MinHasher::params_fingerprint`]: keys made with other parameters must not be mixed in.
@@ -127,6 +143,7 @@ impl IndexParams {
                 .min(MAX_KEYS_PER_PARTITION)
         };
         IndexParams {
+            name: "near_dedup",
             state_dir: cfg.state_dir.clone(),
             partitions,
             fingerprint: MinHasher::new(cfg).params_fingerprint(),
@@ -196,7 +213,7 @@ impl Partition {
     pub fn open(partition: u32, params: &IndexParams) -> Result<Partition, IndexError> {
         let (db, path) = match &params.state_dir {
             Some(dir) => {
-                let path = partition_path(dir, partition, params.partitions);
+                let path = partition_path_in(dir, params.name, partition, params.partitions);
                 let shown = path.display().to_string();
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(|source| IndexError::Io {

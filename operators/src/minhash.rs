@@ -69,7 +69,7 @@ impl Default for NearDedupConfig {
             verify_jaccard: 0.7,
             state_dir: None,
             partitions: 32,
-            max_documents: 0,
+            max_documents: 20_000_000,
             ttl_hours: 0.0,
             sync_interval_ms: 5000,
             cache_mb: 64,
@@ -466,9 +466,9 @@ bands = 14                 # LSH bands: 14 x 8 = 112 hashes, threshold (1/14)^(1
 rows = 8                   # signature values per band
 seed = 0x5eed0f1ea54a11d5  # hash functions; changing it invalidates a persisted index
 verify_jaccard = 0.7       # a band collision counts if the estimated Jaccard reaches this; 0 = plain LSH
-# state_dir = "/var/lib/webscale-rl"  # index under <state_dir>/near_dedup/; unset = in memory only
+# state_dir = "/var/lib/webscale-rl"  # index under <state_dir>/near_dedup/; the engine's default: see the README
 partitions = 32            # index files, each owned by one worker; fixed for a state_dir
-max_documents = 0          # cap on indexed documents, oldest evicted first; 0 = unbounded
+max_documents = 20000000   # cap on indexed documents, oldest evicted first (bounds memory); 0 = the index's limit
 ttl_hours = 0.0            # index entries older than this expire (epochs are wall-clock ms); 0 = never
 sync_interval_ms = 5000    # the index is fsynced at least this often; 0 = every epoch
 cache_mb = 64              # redb page cache of the index, per process

@@ -221,7 +221,9 @@ where
                             let (di, band, _) = queue[qi];
                             let d = &docs[di as usize];
                             let jaccard = sketch_jaccard(&d.sketch, earlier.sketch, hashes);
-                            if jaccard >= verify {
+                            // The same document sent again (a replay of a dead letter, a
+                            // re-sent crawl record): itself, not a copy.
+                            if jaccard >= verify && earlier.id != d.id {
                                 session.give(Hit {
                                     home: d.home,
                                     local: d.local,
