@@ -27,7 +27,12 @@ impl Rng {
 fn vocabulary() -> Vec<String> {
     let mut words: Vec<String> = common::load_sample()
         .iter()
-        .flat_map(|d| d.text.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|d| {
+            d.text
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .filter(|w| w.len() >= 2 && w.chars().all(|c| c.is_ascii_alphabetic()))
         .map(|w| w.to_ascii_lowercase())
         .collect();

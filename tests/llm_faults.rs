@@ -467,3 +467,80 @@ fn a_kafka_run_past_max_outage_commits_nothing_unfinished_and_a_rerun_completes(
     assert_eq!(with_pairs.len(), 12);
     assert!(kafka.dead_letters().is_empty());
 }
+
+#[test]
+fn kafka_mode_waits_not_ready_for_an_llm_that_is_down_and_consumes_nothing() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = server_with(
+        &runtime,
+        ServerDialect::OpenAi,
+        &["scripted"],
+        Duration::ZERO,
+    );
+    server.go_down();
+    let kafka = Kafka::start(2, "waits");
+    kafka.produce_lines(
+        articles(3)
+            .iter()
+            .map(|d| serde_json::to_vec(d).unwrap())
+            .collect(),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = crate::support::engine()
+        .args(["run", "--until-caught-up", "--metrics-addr", &addr])
+        .args(["--brokers", &kafka.cfg.brokers, "--group", "waits"])
+        .args(["--llm-url", &server.base_url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Not ready, with the reason, and nothing consumed, for as long as the LLM is away.
+    let t0 = Instant::now();
+    let body = loop {
+        if let Ok(stream) = std::net::TcpStream::connect(&addr) {
+            drop(stream);
+            let (status, body) = http_get(&addr, "/readyz");
+            assert_eq!(status, 503, "{body}");
+            if body.contains("not reachable") {
+                break body;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no readiness answer"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(body.contains("LLM unavailable since"), "{body}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(kafka.committed().values().sum::<i64>(), 0);
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(
+        metrics.contains("webscale_documents_consumed_total 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("webscale_llm_up 0"), "{metrics}");
+
+    server.come_up().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("waiting for the LLM, until it answers"),
+        "{stderr}"
+    );
+    assert_eq!(kafka.committed(), kafka.end_offsets());
+    assert_eq!(doc_ids_of(&kafka.outputs()).len(), 3);
+}
+
+fn doc_ids_of(records: &[Value]) -> BTreeSet<String> {
+    records
+        .iter()
+        .filter_map(|r| r["doc_id"].as_str().map(str::to_string))
+        .collect()
+}
