@@ -1,4 +1,4 @@
-//! Verification: cheap deterministic checks first (non-empty, answer length, answer not in the
+//! Verification: cheap deterministic checks first (non-empty, not a fragment, answer length, answer not in the
 //! question, no "according to the text"), then an LLM check against the source document that must
 //! return has_context = true, answer_correct = true, leaks_answer = false.
 
@@ -83,6 +83,9 @@ pub fn check_pair(
     if answer.trim().is_empty() {
         return Err(("empty_answer", String::new()));
     }
+    if let Some(why) = degenerate(question, answer) {
+        return Err(("degenerate_answer", format!("{answer:?}: {why}")));
+    }
     let words = answer.split_whitespace().count();
     if words > cfg.max_answer_words || answer.chars().count() > cfg.max_answer_chars {
         return Err((
@@ -98,7 +101,11 @@ pub fn check_pair(
     let norm = NormalizeConfig::default();
     let (q, a) = (normalize(question, &norm), normalize(answer, &norm));
     // Whole-word containment: "4" inside "1945" is no leak.
-    if !a.is_empty() && format!(" {q} ").contains(&format!(" {a} ")) {
+    // An offered option's letter is in the question by construction.
+    if !a.is_empty()
+        && !offered_option(question, answer)
+        && format!(" {q} ").contains(&format!(" {a} "))
+    {
         return Err((
             "answer_in_question",
             format!("{answer:?} appears in the question"),
@@ -113,6 +120,85 @@ pub fn check_pair(
         return Err(("refers_to_source", format!("the question says {p:?}")));
     }
     Ok(())
+}
+
+/// Words that are never an answer on their own.
+const STOP_WORDS: [&str; 32] = [
+    "the", "a", "an", "of", "and", "or", "to", "in", "on", "at", "by", "for", "with", "from", "as",
+    "is", "are", "was", "were", "be", "it", "its", "this", "that", "these", "those", "he", "she",
+    "they", "his", "her", "their",
+];
+
+/// English clitics a generator cuts out of a word (`Lloyd’s` → `’s`).
+const CLITICS: [&str; 9] = ["s", "t", "d", "ll", "re", "ve", "m", "nt", "n"];
+
+/// What in a question makes a one-letter answer legitimate: options to choose from, or a question
+/// about a symbol, a unit, a letter, a grade, a vitamin, a blood type, a note, a variable.
+const LETTER_CONTEXTS: [&str; 14] = [
+    "option",
+    "choice",
+    "which of the following",
+    "letter",
+    "symbol",
+    "unit",
+    "grade",
+    "vitamin",
+    "blood type",
+    "note",
+    "variable",
+    "class",
+    "key",
+    "type",
+];
+
+/// Why `answer` is a fragment rather than a checkable answer, if it is: no letter or digit at
+/// all, a clitic (`’s`), a bare stop word, or a lone letter that nothing in the question calls
+/// for. Numbers, years, units, chemical symbols (`O` for "the chemical symbol of oxygen") and a
+/// letter among offered options (`B` after `(A) … (B) …`) are answers.
+fn degenerate(question: &str, answer: &str) -> Option<&'static str> {
+    let answer = answer.trim();
+    if !answer.chars().any(char::is_alphanumeric) {
+        return Some("no letter or digit");
+    }
+    let apostrophe = |c: char| matches!(c, '\'' | '’' | '‘' | '`' | '´');
+    let core = answer.trim_matches(|c: char| !c.is_alphanumeric());
+    let lower = core.to_lowercase();
+    if answer.starts_with(apostrophe) && CLITICS.contains(&lower.as_str()) {
+        return Some("a clitic");
+    }
+    if lower.split_whitespace().count() == 1 && STOP_WORDS.contains(&lower.as_str()) {
+        // "A" may still be an offered option: judged with the lone letters below.
+        if lower != "a" {
+            return Some("a bare stop word");
+        }
+    }
+    let mut chars = core.chars();
+    if let (Some(c), None) = (chars.next(), chars.next())
+        && c.is_alphabetic()
+    {
+        let q = question.to_lowercase();
+        if !offered_option(question, answer) && !LETTER_CONTEXTS.iter().any(|k| q.contains(k)) {
+            return Some("a lone letter the question does not ask for");
+        }
+    }
+    None
+}
+
+/// Whether `answer` is one letter the question offers as an option: `(B)`, `B)` or `b)`.
+fn offered_option(question: &str, answer: &str) -> bool {
+    let core = answer
+        .trim()
+        .trim_matches(|c: char| !c.is_alphanumeric())
+        .to_lowercase();
+    let mut chars = core.chars();
+    let (Some(c), None) = (chars.next(), chars.next()) else {
+        return false;
+    };
+    let q = question.to_lowercase();
+    c.is_alphabetic()
+        && (q.contains(&format!("({c})"))
+            || q.contains(&format!(" {c})"))
+            || q.starts_with(&format!("{c})")))
 }
 
 pub fn verify<'s>(
@@ -245,6 +331,40 @@ crate::impl_stage_call!(VerifyConfig);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fragments_are_degenerate_and_short_answers_are_not() {
+        let cfg = VerifyConfig::default();
+        let reason = |q: &str, a: &str| check_pair(q, a, &cfg).err().map(|e| e.0);
+        let q = "In which city did the market begin around 1688?";
+        // What a misbehaving generator produced behind an approving verifier.
+        for fragment in ["e", "o", "’s", "'s", "...", "—", "?!", "the", "of", "(it)"] {
+            assert_eq!(
+                reason(q, fragment),
+                Some("degenerate_answer"),
+                "{fragment:?}"
+            );
+        }
+        // Short but real answers.
+        let kept = [
+            ("How many moons does Mars have?", "2"),
+            ("In what year was the treaty signed?", "1648"),
+            ("What is the SI unit of electric current?", "A"),
+            ("What is the chemical symbol of oxygen?", "O"),
+            ("Which vitamin is made in the skin under sunlight?", "D"),
+            ("Which is correct? (A) iron (B) copper (C) zinc", "B"),
+            ("Which option names a noble gas: a) neon b) iron", "a"),
+            ("What is the chemical formula of water?", "H2O"),
+            ("How far is it from the port to the lighthouse?", "5 km"),
+            ("Who wrote the novel about the white whale?", "Melville"),
+            ("Is the Moon larger than Mercury?", "No"),
+        ];
+        for (q, a) in kept {
+            assert_eq!(reason(q, a), None, "{q} -> {a}");
+        }
+        let detail = check_pair(q, "’s", &cfg).unwrap_err().1;
+        assert!(detail.contains("clitic"), "{detail}");
+    }
 
     #[test]
     fn deterministic_checks_name_the_failure() {
