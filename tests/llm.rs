@@ -19,7 +19,7 @@ use crate::support::{JANET, Kafka, good_articles, oracle, scripted_server};
 use webscale_rl_operators::benchmarks::BenchmarkSpec;
 use webscale_rl_operators::decontaminate::{Benchmarks, DecontaminateConfig};
 
-const BENCHMARKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/benchmarks");
+const BENCHMARKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/benchmarks");
 
 struct Setup {
     kafka: Kafka,

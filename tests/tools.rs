@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 const GSM8K: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/benchmarks/gsm8k_test.jsonl"
+    "/tests/data/benchmarks/gsm8k_test.jsonl"
 );
 
 fn run_with_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {

@@ -20,7 +20,7 @@ use webscale_rl_operators::record::{Models, PIPELINE_VERSION, QaPair, qa_id};
 
 const SAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/data/web/sample.jsonl"
+    "/../tests/data/web/sample.jsonl"
 );
 const READER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/read_parquet.py");
 

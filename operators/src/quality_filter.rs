@@ -721,7 +721,7 @@ mod tests {
     fn sample() -> Vec<SampleDoc> {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/data/web/sample.jsonl"
+            "/../tests/data/web/sample.jsonl"
         );
         let data = std::fs::read_to_string(path).expect("shared sample present");
         data.lines()
@@ -1238,7 +1238,7 @@ mod tests {
     fn pass_rate_over_the_sample_is_sane() {
         let cfg = QualityFilterConfig::default();
         let docs = sample();
-        assert_eq!(docs.len(), 1042);
+        assert_eq!(docs.len(), 379, "the tests' slice of the shared sample");
         let mut rejected = std::collections::BTreeMap::<&str, usize>::new();
         for d in &docs {
             if let Err(r) = check(&d.text, &cfg) {
@@ -1253,7 +1253,7 @@ mod tests {
         );
         assert!((0.40..=0.95).contains(&rate), "pass rate {rate}");
         // The sample's short stubs and foreign-language pages are the bulk of what goes.
-        assert!(rejected["min_words"] >= 10 && rejected["stop_words"] >= 10);
+        assert!(rejected["min_words"] >= 5 && rejected["stop_words"] >= 5);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use webscale_rl_operators::{DeadLetter, Document, Origin, Stage};
 type Verdict = (String, Option<String>);
 
 fn shared(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/")).join(rel)
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/")).join(rel)
 }
 
 /// The shared benchmark files, loaded once for all tests.
@@ -161,15 +161,16 @@ fn every_shared_benchmark_loads_with_its_item_count() {
     assert_eq!(
         counts,
         vec![
-            ("arc_challenge", 1172),
-            ("arc_easy", 2376),
-            ("gsm8k", 1319),
+            // The tests' slice (tests/data/slice.py): the first 300 items of each shared file
+            // (all 164 of HumanEval).
+            ("arc_challenge", 300),
+            ("arc_easy", 300),
+            ("gsm8k", 300),
             ("humaneval", 164),
-            ("math", 5000),
-            // The README's 973 is `wc -l`: the file's last line has no newline. 974 tasks.
-            ("mbpp", 974),
-            ("mmlu", 14042),
-            ("triviaqa", 3000),
+            ("math", 300),
+            ("mbpp", 300),
+            ("mmlu", 300),
+            ("triviaqa", 300),
         ]
     );
     for set in sets() {
@@ -189,8 +190,8 @@ fn every_shared_benchmark_loads_with_its_item_count() {
     assert!(item("humaneval", "HumanEval/10").segments[0].contains("def make_palindrome"));
     assert!(item("mbpp", "21").segments[0].starts_with("Write a function"));
     let stats = benchmarks().stats().clone();
-    assert!(stats.keys_distinct > 500_000, "{stats:?}");
-    assert!(stats.whole_segments > 1000, "{stats:?}");
+    assert!(stats.keys_distinct > 40_000, "{stats:?}");
+    assert!(stats.whole_segments > 500, "{stats:?}");
 }
 
 /// (benchmark, item id, the text pasted, expected whole-item match).
@@ -198,7 +199,7 @@ fn contaminants() -> Vec<(&'static str, &'static str, String, bool)> {
     let seg = |b: &str, id: &str| item(b, id).segments[0].clone();
     vec![
         ("gsm8k", "17", seg("gsm8k", "17"), false),
-        ("mmlu", "1234", seg("mmlu", "1234"), false),
+        ("mmlu", "2", seg("mmlu", "2"), false),
         ("arc_challenge", "5", seg("arc_challenge", "5"), false),
         ("math", "42", seg("math", "42"), false),
         (

@@ -10,7 +10,7 @@ use webscale_rl_operators::reward::{Method, Score, score, score_aliases, score_l
 fn rows(file: &str) -> Vec<Value> {
     let path = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/benchmarks/"
+        "/../tests/data/benchmarks/"
     ))
     .join(file);
     let text = std::fs::read_to_string(&path)
@@ -37,7 +37,7 @@ fn with_commas(n: i64) -> String {
 #[test]
 fn gsm8k_answers_in_every_format_score_1_and_near_misses_0() {
     let items = rows("gsm8k_test.jsonl");
-    assert_eq!(items.len(), 1319);
+    assert_eq!(items.len(), 300, "the tests' slice of GSM8K");
     let mut checked = 0;
     for item in &items {
         let solution = item["answer"].as_str().unwrap();
@@ -86,7 +86,7 @@ fn gsm8k_answers_in_every_format_score_1_and_near_misses_0() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 1319);
+    assert_eq!(checked, items.len());
 }
 
 #[test]
@@ -132,7 +132,7 @@ fn math_reference_solutions_score_1_against_their_answers() {
 #[test]
 fn triviaqa_answers_match_through_their_aliases() {
     let items = rows("triviaqa_subset.jsonl");
-    assert_eq!(items.len(), 3000);
+    assert_eq!(items.len(), 300, "the tests' slice of TriviaQA");
     let mut alias_hits = 0;
     for (i, item) in items.iter().enumerate() {
         let answer = item["answer"].as_str().unwrap();
@@ -176,7 +176,7 @@ fn triviaqa_answers_match_through_their_aliases() {
     }
     // Uppercasing breaks only aliases whose case carries meaning in no way we normalize
     // (e.g. `ſ`); nearly all must match.
-    assert!(alias_hits >= 2950, "{alias_hits} of 3000 aliases matched");
+    assert!(alias_hits >= 295, "{alias_hits} of 300 aliases matched");
 }
 
 #[test]

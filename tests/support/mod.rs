@@ -14,15 +14,12 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use webscale_rl_connectors::kafka::{KafkaConfig, tools};
 
-pub const SAMPLE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/web/sample.jsonl"
-);
+pub const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/web/sample.jsonl");
 pub const BIN: &str = env!("CARGO_BIN_EXE_webscale-rl");
 
 pub fn sample_lines() -> Vec<Vec<u8>> {
     std::fs::read(SAMPLE)
-        .expect("the shared sample at ../shared/data/web/sample.jsonl")
+        .expect("the tests' sample at tests/data/web/sample.jsonl")
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(<[u8]>::to_vec)
