@@ -12,8 +12,8 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 use webscale_rl_operators::benchmarks::{BenchmarkSet, load_path};
 use webscale_rl_operators::decontaminate::{
     Benchmarks, DecontaminateConfig, NgramIndex, decontaminate_documents, find_overlap,
+    normalize_for_overlap,
 };
-use webscale_rl_operators::normalize::{NormalizeConfig, normalize};
 use webscale_rl_operators::{DeadLetter, Document, Origin, Stage};
 
 /// (id, detail of the `benchmark_overlap` dead letter if dropped).
@@ -149,7 +149,7 @@ fn parse_detail(detail: &str) -> (HashMap<&str, &str>, &str) {
 }
 
 fn norm(text: &str) -> String {
-    normalize(text, &NormalizeConfig::default())
+    normalize_for_overlap(text)
 }
 
 #[test]
@@ -319,5 +319,60 @@ fn the_clean_sample_passes_but_for_real_overlaps() {
         "{} of {} sample pages dropped",
         hits.len(),
         docs.len()
+    );
+}
+
+/// The common ways a copied item differs from its benchmark: a tokenizer's split clitics, curly
+/// quotes, dashes for spaces, number words for digits (and back). Each perturbed copy is caught;
+/// the untouched host pages are not.
+#[test]
+fn perturbed_copies_are_caught() {
+    let pages = sample();
+    let hosts: Vec<&Document> = pages
+        .iter()
+        .filter(|d| d.text.split_whitespace().count() > 300)
+        .collect();
+    let wendi = item("gsm8k", "4").segments[0].clone();
+    assert!(wendi.contains("her chickens three cups") && wendi.contains("15 cups"));
+    let first_sentence: String = wendi.split(". ").next().unwrap().to_string();
+    let perturbed = [
+        // A tokenizer's split clitic: "Wendi 's" (and "Wendi’s").
+        (
+            "clitic",
+            wendi.replace("Wendi feeds", "Wendi 's hens get fed ; Wendi feeds"),
+        ),
+        ("curly", wendi.replace('\'', "’")),
+        // Digits written out and number words as digits.
+        (
+            "numbers",
+            wendi.replace("three", "3").replace("15", "fifteen"),
+        ),
+        // Hyphens where the item has spaces, an en dash between clauses.
+        (
+            "dashes",
+            first_sentence.replace("mixed chicken feed", "mixed-chicken-feed") + " – " + &wendi,
+        ),
+    ];
+    let mut docs = Vec::new();
+    for (i, (kind, text)) in perturbed.iter().enumerate() {
+        let host = hosts[i * 3];
+        docs.push(doc(
+            &format!("perturbed/{kind}"),
+            &paste(&host.text, text),
+            40_000 + i,
+        ));
+        docs.push(doc(&format!("host/{}", host.id), &host.text, 50_000 + i));
+    }
+    let verdicts = run(1, &docs);
+    for (id, detail) in &verdicts {
+        if id.starts_with("perturbed/") {
+            let detail = detail.as_deref().unwrap_or_else(|| panic!("{id} passed"));
+            assert!(detail.contains("gsm8k"), "{id}: {detail}");
+        }
+    }
+    assert_eq!(
+        verdicts.iter().filter(|(_, d)| d.is_some()).count(),
+        perturbed.len(),
+        "only the perturbed copies are dropped: {verdicts:?}"
     );
 }
