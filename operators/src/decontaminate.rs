@@ -137,21 +137,6 @@ fn number_word(w: &str) -> Option<&'static str> {
     })
 }
 
-/// Dashes and hyphens: word separators here, so `well-known`, `well – known` and `well known`
-/// agree (dedup's normalization would join the first into `wellknown`).
-fn is_dash(c: char) -> bool {
-    matches!(
-        c,
-        '-' | '\u{2010}'
-            | '\u{2011}'
-            | '\u{2012}'
-            | '\u{2013}'
-            | '\u{2014}'
-            | '\u{2015}'
-            | '\u{2212}'
-    )
-}
-
 /// A text normalized, with where its words start.
 #[derive(Default)]
 struct Words {
@@ -169,7 +154,9 @@ impl Words {
     fn fill(&mut self, text: &str) {
         // Byte-level: ASCII '-' or a UTF-8 sequence starting 0xE2 (where the Unicode dashes
         // live) is all that can be a dash; most of the text is copied as it is.
-        // Byte-level: ASCII '-', or U+2010..U+2015 (E2 80 90..95) and U+2212 (E2 88 92).
+        // Dashes and hyphens split words here, so `well-known`, `well – known` and `well known`
+        // agree (dedup's normalization would join the first into `wellknown`). Byte-level:
+        // ASCII '-', or U+2010..U+2015 (E2 80 90..95) and U+2212 (E2 88 92).
         let bytes = text.as_bytes();
         let dash_at = |i: usize| -> usize {
             match bytes[i] {
