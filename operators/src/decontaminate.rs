@@ -2,7 +2,9 @@
 //! never teaches a model the evaluation it will be measured on.
 //!
 //! Text is normalized as dedup does (lowercase, punctuation stripped, whitespace folded;
-//! [`crate::normalize`]) and split into words. A record overlaps an item when they share `ngram`
+//! [`crate::normalize`]), then so that the usual variants of a copy agree — dashes split words,
+//! split clitics rejoin their word, number words become digits ([`normalize_for_overlap`]) — and
+//! split into words. A record overlaps an item when they share `ngram`
 //! consecutive words (13 by default, as GPT-3 and lm-evaluation-harness did). An item shorter than
 //! that matches only as a whole (its every word, in order); one shorter than `min_item_tokens` is
 //! not indexed at all, because a few words ("which of the following is true") occur in ordinary
