@@ -17,13 +17,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use timely::dataflow::operators::{Input, Probe};
+use timely::dataflow::operators::{Input, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
-use webscale_rl_operators::Document;
 use webscale_rl_operators::benchmarks::{BenchmarkSet, load_path};
 use webscale_rl_operators::decontaminate::{
-    Benchmarks, DecontaminateConfig, NgramIndex, decontaminate_documents, find_overlap,
+    Benchmarks, DecontaminateConfig, NgramIndex, decontaminate, decontaminate_documents,
+    find_overlap,
 };
+use webscale_rl_operators::{Document, Origin};
 
 /// Counts live heap bytes, so the index's memory is measured rather than only computed.
 struct Counting;
@@ -111,6 +112,136 @@ fn run_stage(docs: Arc<Vec<Document>>, indexes: Arc<Vec<NgramIndex>>) -> (Durati
     .expect("timely runs");
     let passed = guards.join().into_iter().map(|r| r.expect("worker")).sum();
     (start.elapsed(), passed)
+}
+
+/// Texts through the stage as QA pairs are checked (`fragments`: the fragment rules on); returns
+/// how many were dropped.
+fn run_pairs(texts: Arc<Vec<String>>, bench: Arc<Benchmarks>, fragments: bool) -> usize {
+    let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = dropped.clone();
+    timely::execute(timely::Config::thread(), move |worker| {
+        let mut input = timely::dataflow::InputHandle::new();
+        let ngrams = NgramIndex::build(&bench, 0, 1);
+        let count = count.clone();
+        let probe = worker.dataflow(|scope| {
+            let records = scope.input_from(&mut input).container::<Vec<String>>();
+            let (ok, dead) = decontaminate(
+                records,
+                ngrams,
+                fragments,
+                |t: &String, out: &mut String| out.push_str(t),
+                |t: &String, o| {
+                    let mut d = webscale_rl_operators::DeadLetter::for_document(
+                        &Document {
+                            id: t.clone(),
+                            text: String::new(),
+                            url: None,
+                            source: None,
+                            meta: None,
+                            filter_model: None,
+                            origin: Origin {
+                                topic: String::new(),
+                                partition: 0,
+                                offset: 0,
+                            },
+                        },
+                        webscale_rl_operators::Stage::Decontaminate,
+                        "benchmark_overlap",
+                        o.detail(),
+                    );
+                    d.detail.clear();
+                    d
+                },
+            );
+            dead.inspect(move |_| {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            });
+            ok.probe().0
+        });
+        input.advance_to(1u64);
+        for t in texts.iter() {
+            input.send(t.clone());
+        }
+        input.close();
+        while !probe.done() {
+            worker.step();
+        }
+    })
+    .expect("timely runs");
+    dropped.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Copies of benchmark questions as a generator might write them, one perturbation at a time.
+fn perturbations(sets: &[BenchmarkSet]) -> Vec<(&'static str, Vec<String>)> {
+    // The first field of up to 200 items per benchmark with 13 to 60 words: a question.
+    let items: Vec<String> = sets
+        .iter()
+        .flat_map(|s| {
+            s.items
+                .iter()
+                .filter_map(|i| i.segments.first())
+                .filter(|t| (13..=60).contains(&t.split_whitespace().count()))
+                .take(200)
+                .cloned()
+        })
+        .collect();
+    let words = |t: &str| t.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let map = |f: &dyn Fn(Vec<String>) -> Vec<String>| -> Vec<String> {
+        items.iter().map(|t| f(words(t)).join(" ")).collect()
+    };
+    let number_words = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    ];
+    vec![
+        ("verbatim", items.clone()),
+        (
+            "one word blanked (middle)",
+            map(&|mut w| {
+                let m = w.len() / 2;
+                w[m] = "___".into();
+                w
+            }),
+        ),
+        (
+            "one word replaced (middle)",
+            map(&|mut w| {
+                let m = w.len() / 2;
+                w[m] = "something".into();
+                w
+            }),
+        ),
+        (
+            "every 10th word blanked",
+            map(&|w| {
+                w.into_iter()
+                    .enumerate()
+                    .map(|(i, x)| if i % 10 == 9 { "___".into() } else { x })
+                    .collect()
+            }),
+        ),
+        (
+            "curly quotes, dashes for spaces",
+            items
+                .iter()
+                .map(|t| t.replace('\'', "’").replacen(' ', "-", 3))
+                .collect(),
+        ),
+        (
+            "clitics split (Lloyd 's)",
+            items.iter().map(|t| t.replace("'s", " 's")).collect(),
+        ),
+        (
+            "digits as words",
+            map(&|w| {
+                w.into_iter()
+                    .map(|x| match x.parse::<usize>() {
+                        Ok(n) if n <= 10 => number_words[n].to_string(),
+                        _ => x,
+                    })
+                    .collect()
+            }),
+        ),
+    ]
 }
 
 fn mib(bytes: usize) -> f64 {
@@ -251,4 +382,38 @@ fn main() {
             .unwrap_or_default();
         println!("| {ngram} | {min} | {} | {example} |", found.len());
     }
+
+    // QA pairs: perturbed benchmark questions caught, by the 13-gram rule alone and with the
+    // fragment rules; and false positives on clean text cut as pairs (each sample page's
+    // first 40 words, then its next 40).
+    println!(
+        "\n| perturbation (QA pairs) | copies | caught, 13-gram rule | caught, + fragment rules |"
+    );
+    println!("|---|---|---|---|");
+    for (kind, texts) in perturbations(&sets) {
+        let n = texts.len();
+        let texts = Arc::new(texts);
+        let plain = run_pairs(texts.clone(), bench.clone(), false);
+        let fragments = run_pairs(texts, bench.clone(), true);
+        println!(
+            "| {kind} | {n} | {:.1} % | {:.1} % |",
+            100.0 * plain as f64 / n as f64,
+            100.0 * fragments as f64 / n as f64
+        );
+    }
+    let clean: Vec<String> = docs
+        .iter()
+        .flat_map(|d| {
+            let w: Vec<&str> = d.text.split_whitespace().collect();
+            w.chunks(40)
+                .take(2)
+                .map(|c| c.join(" "))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let n = clean.len();
+    let flagged = run_pairs(Arc::new(clean), bench.clone(), true);
+    println!(
+        "clean web text as pairs (40-word pieces of the sample): {flagged} of {n} flagged with the fragment rules"
+    );
 }

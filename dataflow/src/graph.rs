@@ -161,6 +161,8 @@ fn qa_stages<'s>(
         let (clean, contaminated) = decontaminate(
             verified,
             index,
+            // Pairs get the fragment rules: a copied question with a word blanked or replaced.
+            true,
             |(_, pair): &(Origin, QaPair), out: &mut String| {
                 out.push_str(&pair.question);
                 out.push('\n');

@@ -60,6 +60,13 @@ pub struct DecontaminateConfig {
     pub check_documents: bool,
     /// The test sets (a file or a folder each).
     pub benchmarks: Vec<BenchmarkSpec>,
+    /// QA pairs only: items are also indexed by these shorter n-grams ("fragments"), so a copy
+    /// with a blanked or replaced word is still caught by the rules below. 0 = off.
+    pub fragment_ngram: usize,
+    /// A pair is dropped when it shares a run of this many consecutive words with one item...
+    pub fragment_run_words: usize,
+    /// ...or this share of one item's fragments (a copy with words replaced here and there).
+    pub fragment_share: f64,
 }
 
 impl Default for DecontaminateConfig {
@@ -70,6 +77,9 @@ impl Default for DecontaminateConfig {
             min_item_tokens: 8,
             check_documents: true,
             benchmarks: Vec::new(),
+            fragment_ngram: 6,
+            fragment_run_words: 9,
+            fragment_share: 0.3,
         }
     }
 }
@@ -81,6 +91,24 @@ impl DecontaminateConfig {
             return Err(format!(
                 "decontaminate.ngram must be in 1..=65535, got {}",
                 self.ngram
+            ));
+        }
+        if self.fragment_ngram > self.ngram {
+            return Err(format!(
+                "decontaminate.fragment_ngram must be at most ngram ({}), got {}",
+                self.ngram, self.fragment_ngram
+            ));
+        }
+        if self.fragment_ngram > 0 && self.fragment_run_words < self.fragment_ngram {
+            return Err(format!(
+                "decontaminate.fragment_run_words must be at least fragment_ngram ({}), got {}",
+                self.fragment_ngram, self.fragment_run_words
+            ));
+        }
+        if !(self.fragment_share > 0.0 && self.fragment_share <= 1.0) {
+            return Err(format!(
+                "decontaminate.fragment_share must be in (0, 1], got {}",
+                self.fragment_share
             ));
         }
         if self.min_item_tokens == 0 || self.min_item_tokens > self.ngram {
@@ -138,6 +166,11 @@ fn number_word(w: &str) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+/// Seed of the fragment keys' hash family.
+const FRAGMENT_SEED: u64 = 0x6672_6167_6d65_6e74;
+/// Marks a probed window as a fragment (in its length field).
+const FRAGMENT: u16 = 0x8000;
 
 /// A text normalized, with where its words start.
 #[derive(Default)]
@@ -263,6 +296,11 @@ impl Words {
     fn key(&self, pos: usize, len: usize) -> u64 {
         xxh3_64(self.window(pos, len).as_bytes())
     }
+
+    /// A fragment's key: another hash family, so fragments never answer a window lookup.
+    fn fragment_key(&self, pos: usize, len: usize) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(self.window(pos, len).as_bytes(), FRAGMENT_SEED)
+    }
 }
 
 /// A text as the overlap check sees it: dedup's normalization, then dashes as spaces, clitics
@@ -289,6 +327,8 @@ pub struct Catalog {
     /// Item ids back to back; `id_ends[i]` is where item i's ends.
     ids: String,
     id_ends: Vec<u32>,
+    /// Fragments indexed per item (for the share rule).
+    fragments: Vec<u32>,
 }
 
 impl Catalog {
@@ -345,6 +385,8 @@ pub struct BenchmarkStats {
     pub keys_total: usize,
     /// Distinct keys: the entries of all partitions together.
     pub keys_distinct: usize,
+    /// Of the keys before merging, fragment keys (QA pairs only).
+    pub fragment_keys: usize,
 }
 
 /// The benchmark sets of a process, hashed once: every key with the first item that has it.
@@ -352,10 +394,14 @@ pub struct BenchmarkStats {
 pub struct Benchmarks {
     catalog: Arc<Catalog>,
     ngram: usize,
+    fragments: FragmentRule,
     /// Short-item lengths present, ascending.
     short_lengths: Vec<usize>,
     /// (key, global item), sorted by key, one entry per key.
     entries: Vec<(u64, u32)>,
+    /// The fragment keys likewise, kept apart: the document stage never probes them, and its
+    /// table stays as small (and as fast) as without them.
+    fragment_entries: Vec<(u64, u32)>,
     stats: BenchmarkStats,
 }
 
@@ -378,6 +424,7 @@ impl Benchmarks {
             ..BenchmarkStats::default()
         };
         let mut entries: Vec<(u64, u32)> = Vec::new();
+        let mut fragment_entries: Vec<(u64, u32)> = Vec::new();
         let mut short = vec![false; n];
         let mut words = Words::default();
         for set in sets {
@@ -387,10 +434,19 @@ impl Benchmarks {
                 let global = catalog.id_ends.len() as u32;
                 catalog.ids.push_str(&item.id);
                 catalog.id_ends.push(catalog.ids.len() as u32);
+                catalog.fragments.push(0);
                 for segment in &item.segments {
                     words.fill(segment);
                     stats.segments += 1;
                     let len = words.len();
+                    let f = cfg.fragment_ngram;
+                    if f > 0 && len >= cfg.min_item_tokens.max(f) {
+                        for pos in words.positions(f) {
+                            fragment_entries.push((words.fragment_key(pos, f), global));
+                            catalog.fragments[global as usize] += 1;
+                            stats.fragment_keys += 1;
+                        }
+                    }
                     if len >= n {
                         stats.long_segments += 1;
                         for pos in words.positions(n) {
@@ -413,12 +469,21 @@ impl Benchmarks {
         entries.dedup_by_key(|e| e.0);
         entries.shrink_to_fit();
         stats.keys_distinct = entries.len();
+        fragment_entries.sort_unstable();
+        fragment_entries.dedup_by_key(|e| e.0);
+        fragment_entries.shrink_to_fit();
         catalog.ids.shrink_to_fit();
         Benchmarks {
             catalog: Arc::new(catalog),
             ngram: n,
+            fragments: FragmentRule {
+                ngram: cfg.fragment_ngram,
+                run_words: cfg.fragment_run_words,
+                share: cfg.fragment_share,
+            },
             short_lengths: (0..n).filter(|&l| short[l]).collect(),
             entries,
+            fragment_entries,
             stats,
         }
     }
@@ -434,7 +499,8 @@ impl Benchmarks {
     /// Heap bytes of the whole hashed set (transient: what one process holds until its workers
     /// have built their indexes).
     pub fn heap_bytes(&self) -> usize {
-        self.entries.capacity() * size_of::<(u64, u32)>() + self.catalog.heap_bytes()
+        (self.entries.capacity() + self.fragment_entries.capacity()) * size_of::<(u64, u32)>()
+            + self.catalog.heap_bytes()
     }
 }
 
@@ -518,11 +584,14 @@ pub struct NgramIndex {
     worker: usize,
     peers: usize,
     ngram: usize,
+    fragments: FragmentRule,
     /// Window lengths to probe: `ngram` and every short-item length present.
     lengths: Vec<usize>,
     /// Keys of all partitions: with none, every worker skips the stage alike.
     total_keys: usize,
     table: Arc<Table>,
+    /// This worker's share of the fragment keys (QA pairs only).
+    fragment_table: Arc<Table>,
     catalog: Arc<Catalog>,
 }
 
@@ -530,23 +599,28 @@ impl NgramIndex {
     /// Worker `worker` of `peers`'s share of `benchmarks`.
     pub fn build(benchmarks: &Benchmarks, worker: usize, peers: usize) -> NgramIndex {
         assert!(worker < peers, "worker {worker} of {peers}");
-        let owned = benchmarks
-            .entries
-            .iter()
-            .filter(|(k, _)| owner_of(*k, peers) == worker);
-        let (mut keys, mut items): (Vec<u64>, Vec<u32>) = owned.copied().unzip();
-        // The filter's size is unknown up front: without this a quarter of the arrays is slack.
-        keys.shrink_to_fit();
-        items.shrink_to_fit();
+        let share = |entries: &[(u64, u32)]| {
+            let owned = entries
+                .iter()
+                .filter(|(k, _)| owner_of(*k, peers) == worker);
+            let (mut keys, mut items): (Vec<u64>, Vec<u32>) = owned.copied().unzip();
+            // The filter's size is unknown up front: without this a quarter of the arrays is
+            // slack.
+            keys.shrink_to_fit();
+            items.shrink_to_fit();
+            Table::new(keys, items)
+        };
         let mut lengths = vec![benchmarks.ngram];
         lengths.extend(&benchmarks.short_lengths);
         NgramIndex {
             worker,
             peers,
             ngram: benchmarks.ngram,
+            fragments: benchmarks.fragments,
             lengths,
             total_keys: benchmarks.entries.len(),
-            table: Arc::new(Table::new(keys, items)),
+            table: Arc::new(share(&benchmarks.entries)),
+            fragment_table: Arc::new(share(&benchmarks.fragment_entries)),
             catalog: benchmarks.catalog.clone(),
         }
     }
@@ -564,10 +638,59 @@ impl NgramIndex {
         IndexStats {
             worker: self.worker,
             peers: self.peers,
-            entries: self.table.keys.len(),
-            index_bytes: self.table.heap_bytes(),
+            entries: self.table.keys.len() + self.fragment_table.keys.len(),
+            index_bytes: self.table.heap_bytes() + self.fragment_table.heap_bytes(),
             catalog_bytes: self.catalog.heap_bytes(),
         }
+    }
+}
+
+/// The fragment rule of QA pairs ([`DecontaminateConfig::fragment_ngram`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct FragmentRule {
+    ngram: usize,
+    run_words: usize,
+    share: f64,
+}
+
+impl FragmentRule {
+    /// The item a record's fragment hits (`(item, position)`, any order) make it a copy of, if
+    /// any: the longest run of consecutive matching fragments of one item covering at least
+    /// `run_words` words, or at least `share` of one item's fragments. Returns (item, first word
+    /// of the run, words in the run); ties go to the longer run, then the lower item.
+    fn judge(&self, hits: &mut [(u32, u32)], counts: &[u32]) -> Option<(u32, u32, usize)> {
+        hits.sort_unstable();
+        let mut best: Option<(usize, std::cmp::Reverse<u32>, u32)> = None;
+        for group in hits.chunk_by(|a, b| a.0 == b.0) {
+            let item = group[0].0;
+            let (mut run_start, mut run_len) = (group[0].1, 0usize);
+            let (mut best_start, mut best_len, mut distinct) = (group[0].1, 0usize, 0usize);
+            let mut prev: Option<u32> = None;
+            for &(_, pos) in group {
+                match prev {
+                    Some(p) if p == pos => continue,
+                    Some(p) if p + 1 == pos => run_len += 1,
+                    _ => {
+                        run_start = pos;
+                        run_len = 1;
+                    }
+                }
+                distinct += 1;
+                prev = Some(pos);
+                if run_len > best_len {
+                    (best_start, best_len) = (run_start, run_len);
+                }
+            }
+            let run_words = best_len + self.ngram - 1;
+            let total = counts.get(item as usize).copied().unwrap_or(0).max(1) as f64;
+            if run_words >= self.run_words || distinct as f64 / total >= self.share {
+                let candidate = (run_words, std::cmp::Reverse(item), best_start);
+                if best.is_none_or(|b| candidate > b) {
+                    best = Some(candidate);
+                }
+            }
+        }
+        best.map(|(words, item, start)| (item.0, start, words))
     }
 }
 
@@ -663,6 +786,8 @@ struct HomeEpoch<T: Timestamp, R> {
     cap: Capability<T>,
     records: Vec<(u64, R)>,
     hits: HashMap<u64, Hit>,
+    /// Fragment hits per record: (item, position).
+    fragments: HashMap<u64, Vec<(u32, u32)>>,
 }
 
 /// Drops documents overlapping a benchmark item (`benchmark_overlap` dead letters); the
@@ -675,6 +800,7 @@ pub fn decontaminate_documents<'s, T: Timestamp + TotalOrder>(
     decontaminate(
         docs,
         index,
+        false,
         |doc: &Document, out: &mut String| out.push_str(&doc.text),
         |doc: &Document, overlap: &Overlap| {
             DeadLetter::for_document(
@@ -689,12 +815,15 @@ pub fn decontaminate_documents<'s, T: Timestamp + TotalOrder>(
 
 /// Drops records whose text overlaps a benchmark item, for any record type: `text` appends the
 /// text to check (for a QA pair: question, a newline, answer) and `dead_letter` names a dropped
-/// record. Records never leave their worker; only window keys and hits are exchanged.
+/// record. Records never leave their worker; only window keys and hits are exchanged. With
+/// `fragments` (QA pairs) the shorter fragment n-grams are probed too and judged by the run and
+/// share rules: a generated question that copies an item with a word blanked or replaced.
 // The verdict results live only between the operator and the split.
 #[allow(clippy::result_large_err)]
 pub fn decontaminate<'s, T, R, F, D>(
     records: StreamVec<'s, T, R>,
     index: NgramIndex,
+    fragments: bool,
     text: F,
     dead_letter: D,
 ) -> (StreamVec<'s, T, R>, StreamVec<'s, T, DeadLetter>)
@@ -719,6 +848,7 @@ where
     }
 
     let lengths = index.lengths.clone();
+    let fragment_len = if fragments { index.fragments.ngram } else { 0 };
     let text = std::rc::Rc::new(text);
     let text_at_home = text.clone();
     let (mut buf, mut words) = (String::new(), Words::default());
@@ -734,6 +864,16 @@ where
             for pos in words.positions(len) {
                 let key = words.key(pos, len);
                 by_owner[owner_of(key, peers)].push((key, pos as u32, len as u16));
+            }
+        }
+        if fragment_len > 0 {
+            for pos in words.positions(fragment_len) {
+                let key = words.fragment_key(pos, fragment_len);
+                by_owner[owner_of(key, peers)].push((
+                    key,
+                    pos as u32,
+                    fragment_len as u16 | FRAGMENT,
+                ));
             }
         }
         let mut out: Vec<Result<(u64, R), Probe>> = Vec::new();
@@ -755,7 +895,7 @@ where
         .container::<Vec<Result<(u64, R), Probe>>>()
         .ok_err(|v| v);
 
-    let table = index.table.clone();
+    let (table, fragment_table) = (index.table.clone(), index.fragment_table.clone());
     let hits = probes.unary(
         Exchange::new(|p: &Probe| p.owner as u64),
         "DecontaminateLookup",
@@ -766,6 +906,11 @@ where
                     for batch in data {
                         for probe in batch.drain(..) {
                             for &(key, pos, len) in &probe.windows {
+                                let table = if len & FRAGMENT != 0 {
+                                    &fragment_table
+                                } else {
+                                    &table
+                                };
                                 if let Some(item) = table.get(key) {
                                     session.give(Hit {
                                         home: probe.home,
@@ -799,6 +944,7 @@ where
                         cap: cap.retain_least(0).expect("output 0"),
                         records: Vec::new(),
                         hits: HashMap::new(),
+                        fragments: HashMap::new(),
                     });
                     for batch in data {
                         entry.records.append(batch);
@@ -810,9 +956,18 @@ where
                         cap: cap.retain_least(0).expect("output 0"),
                         records: Vec::new(),
                         hits: HashMap::new(),
+                        fragments: HashMap::new(),
                     });
                     for batch in data {
                         for hit in batch.drain(..) {
+                            if hit.len & FRAGMENT != 0 {
+                                entry
+                                    .fragments
+                                    .entry(hit.local)
+                                    .or_default()
+                                    .push((hit.item, hit.pos));
+                                continue;
+                            }
                             match entry.hits.get(&hit.local) {
                                 Some(best) if best.rank() <= hit.rank() => {}
                                 _ => {
@@ -831,17 +986,28 @@ where
                         cap,
                         records,
                         mut hits,
+                        mut fragments,
                     } = entry.remove();
                     let mut session = output.session(&cap);
                     for (local, record) in records {
-                        let verdict = match hits.remove(&local) {
-                            Some(hit) => {
+                        let copied = fragments.remove(&local).and_then(|mut f| {
+                            index.fragments.judge(&mut f, &index.catalog.fragments)
+                        });
+                        let verdict = match (hits.remove(&local), copied) {
+                            (Some(hit), _) => {
                                 buf.clear();
                                 text_at_home(&record, &mut buf);
                                 let o = overlap(&buf, hit.pos, hit.len, hit.item, &index);
                                 Err(dead_letter(&record, &o))
                             }
-                            None => Ok(record),
+                            (None, Some((item, pos, words))) => {
+                                buf.clear();
+                                text_at_home(&record, &mut buf);
+                                let mut o = overlap(&buf, pos, words as u16, item, &index);
+                                o.whole_item = false;
+                                Err(dead_letter(&record, &o))
+                            }
+                            (None, None) => Ok(record),
                         };
                         session.give(verdict);
                     }
@@ -858,6 +1024,27 @@ where
 mod tests {
     use super::*;
     use crate::benchmarks::BenchmarkItem;
+
+    #[test]
+    fn fragment_rule_runs_and_shares() {
+        let rule = FragmentRule {
+            ngram: 8,
+            run_words: 10,
+            share: 0.5,
+        };
+        // Item 3 has 18 fragments; item 5 has 4.
+        let counts = [0, 0, 0, 18, 0, 4];
+        // A run of 3 consecutive fragments = 10 words: a copy.
+        let mut hits = vec![(3, 7), (3, 5), (3, 6), (5, 1)];
+        assert_eq!(rule.judge(&mut hits, &counts), Some((3, 5, 10)));
+        // Two consecutive (9 words), scattered elsewhere, 4 of 18: not enough.
+        let mut hits = vec![(3, 0), (3, 1), (3, 9), (3, 20)];
+        assert_eq!(rule.judge(&mut hits, &counts), None);
+        // Half of a short item's fragments, not consecutive: a copy with words replaced.
+        let mut hits = vec![(5, 0), (5, 2), (5, 2)];
+        assert_eq!(rule.judge(&mut hits, &counts), Some((5, 0, 8)));
+        assert_eq!(rule.judge(&mut [], &counts), None);
+    }
 
     fn set(name: &str, texts: &[&str]) -> BenchmarkSet {
         BenchmarkSet {
@@ -879,6 +1066,8 @@ mod tests {
         DecontaminateConfig {
             ngram,
             min_item_tokens: min,
+            // The window rules alone; the fragment rules have their own tests.
+            fragment_ngram: 0,
             ..DecontaminateConfig::default()
         }
     }
@@ -941,5 +1130,15 @@ mod tests {
             serde_json::from_str(r#"{"benchmarks": [{"path": "x.jsonl"}]}"#).unwrap();
         assert_eq!(parsed.ngram, 13);
         assert!(serde_json::from_str::<DecontaminateConfig>(r#"{"ngrams": 3}"#).is_err());
+        let bad = |f: fn(&mut DecontaminateConfig)| {
+            let mut c = DecontaminateConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(DecontaminateConfig::default().validate().is_ok());
+        assert!(bad(|c| c.fragment_ngram = 14).contains("fragment_ngram"));
+        assert!(bad(|c| c.fragment_run_words = 5).contains("fragment_run_words"));
+        assert!(bad(|c| c.fragment_share = 0.0).contains("fragment_share"));
+        assert!(bad(|c| c.fragment_share = 1.5).contains("fragment_share"));
     }
 }

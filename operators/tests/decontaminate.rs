@@ -376,3 +376,100 @@ fn perturbed_copies_are_caught() {
         "only the perturbed copies are dropped: {verdicts:?}"
     );
 }
+
+/// QA pairs through the stage as the pipeline runs it for pairs (with the fragment rules).
+fn run_pairs(texts: &[String], fragments: bool) -> Vec<Verdict> {
+    let out: Arc<Mutex<Vec<Verdict>>> = Arc::new(Mutex::new(Vec::new()));
+    let sink = out.clone();
+    let texts = Arc::new(texts.to_vec());
+    let bench = benchmarks();
+    timely::execute(timely::Config::thread(), move |worker| {
+        let mut input = InputHandle::new();
+        let probe = ProbeHandle::new();
+        let (passed, dropped) = (sink.clone(), sink.clone());
+        let ngrams = NgramIndex::build(&bench, 0, 1);
+        worker.dataflow(|scope| {
+            let records = scope.input_from(&mut input).container::<Vec<String>>();
+            let (ok, dead) = webscale_rl_operators::decontaminate::decontaminate(
+                records,
+                ngrams,
+                fragments,
+                |t: &String, out: &mut String| out.push_str(t),
+                |t: &String, o| {
+                    let mut d = DeadLetter::for_document(
+                        &doc(t, t, 0),
+                        Stage::Decontaminate,
+                        "benchmark_overlap",
+                        o.detail(),
+                    );
+                    d.doc_id = Some(t.clone());
+                    d
+                },
+            );
+            ok.inspect(move |t: &String| passed.lock().unwrap().push((t.clone(), None)))
+                .probe_with(&probe);
+            dead.inspect(move |d: &DeadLetter| {
+                dropped
+                    .lock()
+                    .unwrap()
+                    .push((d.doc_id.clone().unwrap(), Some(d.detail.clone())))
+            })
+            .probe_with(&probe);
+        });
+        input.advance_to(1u64);
+        for t in texts.iter() {
+            input.send(t.clone());
+        }
+        input.close();
+        while worker.step() {}
+    })
+    .expect("timely runs");
+    let mut v = out.lock().unwrap().clone();
+    v.sort();
+    v
+}
+
+/// A generated question that copies an item with a word blanked or replaced escapes the 13-gram
+/// rule and is caught by the fragment rules; ordinary questions and a common phrase are not.
+#[test]
+fn pairs_copying_an_item_with_a_word_blanked_or_replaced_are_caught() {
+    let q = item("gsm8k", "17").segments[0].clone();
+    let words: Vec<&str> = q.split_whitespace().collect();
+    assert!(words.len() >= 30, "{q}");
+    // Every 12th word blanked: no 13 consecutive words survive, runs of 11 do.
+    let blanked: Vec<&str> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| if i % 12 == 11 { "___" } else { w })
+        .collect();
+    // A short item (10 words, indexed whole) with its last word changed: no whole-item match,
+    // a 9-word run, but 2 of its 3 fragments: the share rule.
+    let trivia = item("triviaqa", "0").segments[0].clone();
+    assert_eq!(trivia.split_whitespace().count(), 10, "{trivia}");
+    let pairs = vec![
+        format!("Question: {}\nAnswer: 18", blanked.join(" ")),
+        format!("{}\nAnswer: onion", trivia.replace("vegetable?", "crop?")),
+        "Which river did the 1969 survey team follow north to the delta?\nAnswer: the Nile"
+            .to_string(),
+        "My friend thought it would be a great idea to visit the museum on Sunday.\nAnswer: Sunday"
+            .to_string(),
+    ];
+    let with = run_pairs(&pairs, true);
+    let verdict =
+        |v: &[(String, Option<String>)], t: &str| v.iter().find(|(x, _)| x == t).unwrap().1.clone();
+    let detail = verdict(&with, &pairs[0]).expect("blanked copy caught");
+    assert!(detail.contains("benchmark=gsm8k item=17"), "{detail}");
+    assert!(detail.contains("words=11"), "{detail}");
+    assert_eq!(verdict(&with, &pairs[2]), None);
+    assert_eq!(
+        verdict(&with, &pairs[3]),
+        None,
+        "a common phrase is not a copy"
+    );
+    let detail = verdict(&with, &pairs[1]).expect("a short item with a word changed is caught");
+    assert!(detail.contains("benchmark=triviaqa item=0"), "{detail}");
+    // Without the fragment rules (the document stage's rule) both copies slip through.
+    let without = run_pairs(&pairs, false);
+    assert_eq!(verdict(&without, &pairs[0]), None);
+    assert_eq!(verdict(&without, &pairs[1]), None);
+}
