@@ -46,6 +46,10 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     let brokers = cluster.bootstrap_servers();
     let k = &mut cfg.kafka;
     k.brokers = brokers.clone();
+    if llm.is_none() {
+        // Without the LLM the output is the surviving documents, not QA pairs: name it so.
+        k.output_topic = "webscale.documents.accepted".to_string();
+    }
     for topic in [&k.input_topic, &k.output_topic, &k.dead_letter_topic] {
         cluster
             .create_topic(topic, args.partitions, 1)
@@ -169,6 +173,10 @@ fn show_samples(kafka: &KafkaConfig) -> anyhow::Result<()> {
         let mut buf = Vec::new();
         tools::tail(kafka, topic, Some(1), Duration::from_millis(200), &mut buf)?;
         let text = String::from_utf8_lossy(&buf);
+        if text.trim().is_empty() {
+            eprintln!("{label}: (none)");
+            continue;
+        }
         let shown: String = text.trim().chars().take(400).collect();
         eprintln!(
             "{label}: {shown}{}",

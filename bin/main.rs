@@ -128,6 +128,12 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         webscale_rl_dataflow::cluster::exit_on_peer_loss(args.cluster.options().addresses()?);
     }
     let file_mode = args.input.is_some() && args.output.is_some();
+    if cli.json_summary && args.output.as_deref() == Some("-") {
+        bail!(
+            "--json-summary prints on standard output, which --output - already uses for the \
+             records: write the records to a file, or drop --json-summary"
+        );
+    }
     if !file_mode && cfg.kafka.brokers.is_empty() {
         bail!(
             "no input: give --brokers (Kafka mode) or --input FILE --output FILE (file mode); \

@@ -47,7 +47,10 @@ impl Summary {
             self.mode
         );
         eprintln!("{:<28}{:>10}", "documents consumed", f.consumed);
-        for (stage, outcomes) in &f.stages {
+        // In the order a document meets the stages, not alphabetically.
+        let mut stages: Vec<_> = f.stages.iter().collect();
+        stages.sort_by_key(|(stage, _)| (webscale_rl_operators::Stage::rank(stage), *stage));
+        for (stage, outcomes) in stages {
             let passed = outcomes.get("passed").copied().unwrap_or(0);
             let rejected: u64 = outcomes
                 .iter()

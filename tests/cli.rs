@@ -78,6 +78,11 @@ fn the_demo_runs_with_nothing_installed() {
         stderr.contains("in-process Kafka cluster at 127.0.0.1:"),
         "{stderr}"
     );
+    // Without the LLM the output topic holds documents, and is named for them.
+    assert!(
+        stderr.contains("outputs: topic 'webscale.documents.accepted'"),
+        "{stderr}"
+    );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let consumed = summary["consumed"].as_u64().unwrap();
     assert_eq!(consumed, 100, "the bundled corpus has 100 documents");
@@ -107,6 +112,77 @@ fn the_demo_runs_with_nothing_installed() {
             >= 1,
         "{summary}"
     );
+}
+
+#[test]
+fn a_demo_with_nothing_passing_says_so_instead_of_a_blank_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &corpus,
+        "{broken\n{\"id\": \"x\", \"text\": \"too short\"}\n",
+    )
+    .unwrap();
+    let out = crate::support::engine()
+        .args(["demo", "--no-llm", "--corpus"])
+        .arg(&corpus)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("first output record: (none)"), "{stderr}");
+    assert!(stderr.contains("first dead letter: {"), "{stderr}");
+}
+
+#[test]
+fn a_summary_and_records_cannot_share_stdout() {
+    let (ok, err) = run(&[
+        "run",
+        "--no-llm",
+        "--json-summary",
+        "--input",
+        "-",
+        "--output",
+        "-",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("--json-summary") && err.contains("--output -"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_topic_says_how_to_create_it() {
+    let kafka = crate::support::Kafka::start(1, "missing-topic");
+    let (ok, err) = run(&[
+        "run",
+        "--no-llm",
+        "--brokers",
+        &kafka.cfg.brokers,
+        "--input-topic",
+        "no.such.topic",
+        "--metrics-addr",
+        "off",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("topic 'no.such.topic' does not exist") && err.contains("kafka-topics.sh"),
+        "{err}"
+    );
+    assert!(!err.contains("RD_KAFKA_RESP_ERR"), "{err}");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "{\"id\": \"a\", \"text\": \"x\"}\n").unwrap();
+    let (ok, err) = run(&[
+        "produce",
+        "--brokers",
+        &kafka.cfg.brokers,
+        "--topic",
+        "no.such.topic",
+        file.path().to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("kafka-topics.sh"), "{err}");
 }
 
 #[test]

@@ -52,6 +52,19 @@ fn a_gzipped_file_becomes_outputs_and_rejects_with_every_line_accounted_for() {
     let outputs = read_jsonl(&output);
     let rejects = read_jsonl(&dir.path().join("out.rejects.jsonl"));
     assert_eq!(outputs.len() + rejects.len(), lines.len() + 3);
+    // The summary table lists the stages in the order a document meets them.
+    let table = String::from_utf8_lossy(&out.stderr);
+    let at = |stage: &str| {
+        table
+            .find(&format!("  {stage} "))
+            .unwrap_or_else(|| panic!("{stage} missing from the summary: {table}"))
+    };
+    assert!(
+        at("parse") < at("quality_filter")
+            && at("quality_filter") < at("exact_dedup")
+            && at("exact_dedup") < at("near_dedup"),
+        "{table}"
+    );
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         summary["consumed"].as_u64().unwrap() as usize,

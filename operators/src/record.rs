@@ -199,6 +199,28 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in the order a document meets them.
+    pub const ALL: [Stage; 9] = [
+        Stage::Parse,
+        Stage::QualityFilter,
+        Stage::ExactDedup,
+        Stage::NearDedup,
+        Stage::Decontaminate,
+        Stage::LlmFilter,
+        Stage::Classify,
+        Stage::Generate,
+        Stage::Verify,
+    ];
+
+    /// Where the stage named `name` sits in [`Stage::ALL`] (unknown names last), for listing
+    /// counts in pipeline order.
+    pub fn rank(name: &str) -> usize {
+        Stage::ALL
+            .iter()
+            .position(|s| s.as_str() == name)
+            .unwrap_or(Stage::ALL.len())
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Parse => "parse",

@@ -159,14 +159,16 @@ pub fn assign_partitions(
                 cfg.brokers
             )
         })?;
+    let missing = || super::tools::missing_topic(topic, &cfg.brokers);
     let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
-        bail!(
-            "input topic '{topic}' not found on brokers '{}'",
-            cfg.brokers
-        );
+        bail!("input {}", missing());
     };
-    if let Some(err) = meta.error() {
-        bail!("input topic '{topic}' is not available: {:?}", err);
+    match meta.error() {
+        None => {}
+        Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {
+            bail!("input {}", missing())
+        }
+        Some(err) => bail!("input topic '{topic}' is not available: {err:?}"),
     }
     let mut partitions: Vec<i32> = meta
         .partitions()

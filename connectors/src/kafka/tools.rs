@@ -32,8 +32,18 @@ pub fn topic_partitions(
         Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
             Ok(t.partitions().iter().map(|p| p.id()).collect())
         }
-        _ => bail!("topic '{topic}' not found on brokers '{}'", cfg.brokers),
+        _ => bail!("{}", missing_topic(topic, &cfg.brokers)),
     }
+}
+
+/// What to say about a topic the brokers do not have: the engine never creates topics (their
+/// partition count and retention are the operator's choice), so say how to.
+pub fn missing_topic(topic: &str, brokers: &str) -> String {
+    format!(
+        "topic '{topic}' does not exist on brokers '{brokers}'; create it first, e.g. \
+         `kafka-topics.sh --bootstrap-server {brokers} --create --topic {topic} --partitions 8` \
+         (partitions bound how many workers can read it)"
+    )
 }
 
 /// Produces each line as one message (key = the line's `"id"` field when it has one) and waits
