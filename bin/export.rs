@@ -48,7 +48,7 @@ pub struct ExportArgs {
     pub verl_instruction: Option<String>,
 }
 
-pub fn export(args: &ExportArgs, quiet: bool) -> anyhow::Result<()> {
+pub fn export(args: &ExportArgs, quiet: bool, json_summary: bool) -> anyhow::Result<()> {
     let mut opts = ExportOptions {
         prefix: args.prefix.clone(),
         max_records: args.max_records,
@@ -75,6 +75,28 @@ pub fn export(args: &ExportArgs, quiet: bool) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("give --brokers B (with --topic) or --input FILE"),
     };
+    if report.read > 0 && report.written == 0 && report.invalid == report.read {
+        anyhow::bail!(
+            "none of the {} records read is a QA record: `export` takes the QA pairs a run with \
+             the LLM stages writes (a --no-llm run writes documents); nothing was exported",
+            report.read
+        );
+    }
+    if json_summary {
+        println!(
+            "{}",
+            serde_json::json!({
+                "format": args.format.to_string(),
+                "out": args.out.display().to_string(),
+                "read": report.read,
+                "written": report.written,
+                "duplicates": report.duplicates,
+                "invalid": report.invalid,
+                "missing": report.missing,
+                "shards": report.shards.len(),
+            })
+        );
+    }
     if !quiet {
         eprintln!(
             "exported {} QA records as {} into {} shard(s) in '{}' ({} read, {} duplicates dropped, {} invalid skipped)",

@@ -54,7 +54,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Run(args) => run(cli, args),
         Command::Demo(args) => demo::demo(cli, args),
-        Command::Export(args) => export::export(args, cli.quiet),
+        Command::Export(args) => export::export(args, cli.quiet, cli.json_summary),
         Command::Score(args) => score::score(args),
         Command::Replay(args) => replay::replay(args, cli.quiet),
         Command::Produce(args) => {

@@ -114,6 +114,7 @@ fn export_writes_verl_shards_that_pyarrow_reads() {
     let out = crate::support::engine()
         .args([
             "export",
+            "--json-summary",
             "--format",
             "verl",
             "--max-records",
@@ -127,6 +128,28 @@ fn export_writes_verl_shards_that_pyarrow_reads() {
         .unwrap();
     assert!(
         out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (summary["written"].as_u64(), summary["shards"].as_u64()),
+        (Some(25), Some(3))
+    );
+
+    // Documents (what a --no-llm run writes) are not QA records: an error, not "exported 0".
+    let docs = dir.path().join("docs.jsonl");
+    std::fs::write(&docs, "{\"id\": \"d\", \"text\": \"a document\"}\n").unwrap();
+    let out = crate::support::engine()
+        .args(["export", "--format", "jsonl", "--input"])
+        .arg(&docs)
+        .arg("--out")
+        .arg(dir.path().join("none"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("none of the 1 records read is a QA record"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
