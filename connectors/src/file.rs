@@ -489,6 +489,11 @@ pub struct Progress {
     last_message: Option<Instant>,
     docs_read: u64,
     docs_out: u64,
+    total_bytes: Option<u64>,
+    /// The whole input is read: the bar shows the work in flight, not an ETA of 0 s.
+    reading_done: bool,
+    /// Outputs are QA pairs (several per document), not documents: no "yield".
+    qa_pairs: bool,
 }
 
 impl Progress {
@@ -519,7 +524,16 @@ impl Progress {
             last_message: None,
             docs_read: 0,
             docs_out: 0,
+            total_bytes,
+            reading_done: false,
+            qa_pairs: false,
         }
+    }
+
+    /// The outputs counted are QA pairs: show pairs per document instead of a yield.
+    pub fn counting_qa_pairs(mut self) -> Self {
+        self.qa_pairs = true;
+        self
     }
 
     /// Reports the input bytes consumed, documents read and records written so far. Cheap enough
@@ -527,6 +541,16 @@ impl Progress {
     pub fn update(&mut self, bytes_read: u64, docs_read: u64, docs_out: u64) {
         self.docs_read = docs_read;
         self.docs_out = docs_out;
+        if !self.reading_done && self.total_bytes.is_some_and(|t| bytes_read >= t) {
+            self.reading_done = true;
+            // The rest is processing (the LLM stages can take long): no ETA of 0 s.
+            if let Ok(style) = ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] input read, finishing what is in flight: {msg}",
+            ) {
+                self.bar.set_style(style);
+                self.bar.enable_steady_tick(Duration::from_millis(200));
+            }
+        }
         if self.bar.is_hidden() {
             return;
         }
@@ -541,6 +565,7 @@ impl Progress {
                 docs_read,
                 docs_out,
                 now.duration_since(self.start),
+                self.qa_pairs,
             ));
         }
     }
@@ -552,29 +577,39 @@ impl Progress {
                 self.docs_read,
                 self.docs_out,
                 self.start.elapsed(),
+                self.qa_pairs,
             ));
         }
     }
 }
 
 /// "12,345 docs, 1,234 docs/s, 7,802 out, yield 63.2%".
-fn status_message(docs_read: u64, docs_out: u64, elapsed: Duration) -> String {
+fn status_message(docs_read: u64, docs_out: u64, elapsed: Duration, qa_pairs: bool) -> String {
     let secs = elapsed.as_secs_f64();
     let rate = if secs > 0.0 {
         docs_read as f64 / secs
     } else {
         0.0
     };
-    let yield_pct = if docs_read > 0 {
-        100.0 * docs_out as f64 / docs_read as f64
+    let per_doc = if docs_read > 0 {
+        docs_out as f64 / docs_read as f64
     } else {
         0.0
     };
+    if qa_pairs {
+        return format!(
+            "{} docs, {} docs/s, {} QA pairs ({per_doc:.2} per document)",
+            thousands(docs_read),
+            thousands(rate.round() as u64),
+            thousands(docs_out)
+        );
+    }
     format!(
-        "{} docs, {} docs/s, {} out, yield {yield_pct:.1}%",
+        "{} docs, {} docs/s, {} out, yield {:.1}%",
         thousands(docs_read),
         thousands(rate.round() as u64),
-        thousands(docs_out)
+        thousands(docs_out),
+        100.0 * per_doc
     )
 }
 
@@ -964,12 +999,17 @@ mod tests {
     #[test]
     fn file_progress_message_and_hidden_bar() {
         assert_eq!(
-            status_message(12_345, 7_802, Duration::from_secs(10)),
+            status_message(12_345, 7_802, Duration::from_secs(10), false),
             "12,345 docs, 1,235 docs/s, 7,802 out, yield 63.2%"
         );
         assert_eq!(
-            status_message(0, 0, Duration::ZERO),
+            status_message(0, 0, Duration::ZERO, false),
             "0 docs, 0 docs/s, 0 out, yield 0.0%"
+        );
+        // QA pairs outnumber documents: pairs per document, never a yield of 179 %.
+        assert_eq!(
+            status_message(100, 179, Duration::from_secs(10), true),
+            "100 docs, 10 docs/s, 179 QA pairs (1.79 per document)"
         );
         assert_eq!(thousands(1_000_000), "1,000,000");
         assert_eq!(thousands(999), "999");
@@ -977,7 +1017,11 @@ mod tests {
         let mut p = Progress::new(Some(100), false);
         assert!(p.bar.is_hidden());
         p.update(50, 10, 6);
+        assert!(!p.reading_done);
+        // All bytes read while work is still in flight: no more ETA.
+        p.update(100, 20, 6);
+        assert!(p.reading_done);
         p.finish();
-        assert_eq!((p.docs_read, p.docs_out), (10, 6));
+        assert_eq!((p.docs_read, p.docs_out), (20, 6));
     }
 }

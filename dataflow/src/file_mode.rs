@@ -185,7 +185,15 @@ fn file_worker(
         counted_out.concat(counted_dead).probe_with(&durable);
         Ok(())
     })?;
-    let mut bar = is_reader.then(|| Progress::new(progress.borrow().total_bytes, run.progress));
+    let with_llm = resources.llm.is_some();
+    let mut bar = is_reader.then(|| {
+        let bar = Progress::new(progress.borrow().total_bytes, run.progress);
+        if with_llm {
+            bar.counting_qa_pairs()
+        } else {
+            bar
+        }
+    });
     while !durable.done() {
         worker.step_or_park(Some(Duration::from_millis(50)));
         if let Some(e) = sink_error.borrow().as_ref() {
