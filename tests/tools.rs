@@ -286,3 +286,49 @@ fn file_mode_writes_verl_shards_directly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs the LLM stages"));
 }
+
+#[test]
+fn the_kafka_tools_print_their_own_errors_not_librdkafka_chatter() {
+    let kafka = crate::support::Kafka::start(1, "quiet-tools");
+    let pair = json!({
+        "id": "0123456789abcdef0123456789abcdef", "doc_id": "d", "question": "In 2003, how many moons did the survey list?",
+        "answer": "4", "domain": "Natural Science", "persona": "a student", "source": "s", "url": null,
+        "models": {"filter": null, "classifier": null, "generator": "m", "verifier": "m"},
+        "created_at": 1, "pipeline_version": "t"
+    });
+    webscale_rl_connectors::kafka::tools::produce_lines(
+        &kafka.cfg,
+        &kafka.cfg.output_topic,
+        vec![pair.to_string().into_bytes()],
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::support::engine()
+        .args([
+            "export",
+            "--format",
+            "jsonl",
+            "--brokers",
+            &kafka.cfg.brokers,
+        ])
+        .args(["--topic", &kafka.cfg.output_topic, "--out"])
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("exported 1 QA records"), "{stderr}");
+    assert!(
+        !stderr.contains("PartitionEOF") && !stderr.contains("ERROR"),
+        "{stderr}"
+    );
+    // An address nobody listens on: one clear error, no line per connection attempt.
+    let out = crate::support::engine()
+        .args(["tail", "--brokers", "127.0.0.1:9", "--topic", "t"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot reach Kafka brokers"), "{stderr}");
+    assert_eq!(stderr.matches("ERROR").count(), 0, "{stderr}");
+}

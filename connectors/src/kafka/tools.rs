@@ -7,15 +7,35 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::config::KafkaConfig;
 
+/// The client context of the command-line tools (`produce`, `tail`, `export`): librdkafka's
+/// errors go to the debug log instead of `ERROR` lines. The end of a partition is an expected
+/// event when reading a topic to its end, and a broker that cannot be reached is reported once,
+/// by the tool's own error, not by a line per connection attempt.
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(?level, fac, "librdkafka: {message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(error = %error, reason, "librdkafka");
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
 /// Checks that the brokers answer and `topic` exists; returns its partition ids.
-pub fn topic_partitions(
-    consumer: &BaseConsumer,
+pub fn topic_partitions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     cfg: &KafkaConfig,
     topic: &str,
 ) -> anyhow::Result<Vec<i32>> {
@@ -59,7 +79,7 @@ where
         ])?
         .create()
         .context("creating a Kafka producer")?;
-    let probe: BaseConsumer = cfg.client_config()?.create()?;
+    let probe: BaseConsumer<Quiet> = cfg.client_config()?.create_with_context(Quiet)?;
     topic_partitions(&probe, cfg, topic)?;
     let mut sent = 0u64;
     for line in lines {
@@ -107,12 +127,12 @@ pub fn tail(
     idle: Duration,
     out: &mut dyn Write,
 ) -> anyhow::Result<u64> {
-    let consumer: BaseConsumer = cfg
+    let consumer: BaseConsumer<Quiet> = cfg
         .client_config_with(&[
             ("group.id", "webscale-rl-tail"),
             ("enable.auto.commit", "false"),
         ])?
-        .create()
+        .create_with_context(Quiet)
         .context("creating a Kafka consumer")?;
     let partitions = topic_partitions(&consumer, cfg, topic)?;
     let mut tpl = TopicPartitionList::new();
@@ -156,9 +176,9 @@ pub struct TopicMessage<'a> {
 /// Reading up to these offsets, rather than until the topic goes quiet, gives a snapshot that can
 /// be read twice with the same result while producers keep appending.
 pub fn end_offsets(cfg: &KafkaConfig, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let consumer: BaseConsumer = cfg
+    let consumer: BaseConsumer<Quiet> = cfg
         .client_config()?
-        .create()
+        .create_with_context(Quiet)
         .context("creating a Kafka consumer")?;
     let mut ends = BTreeMap::new();
     for p in topic_partitions(&consumer, cfg, topic)? {
@@ -180,7 +200,7 @@ pub fn read_topic_to(
     ends: &BTreeMap<i32, i64>,
     f: &mut dyn FnMut(TopicMessage<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
-    let consumer: BaseConsumer = cfg
+    let consumer: BaseConsumer<Quiet> = cfg
         .client_config_with(&[
             ("group.id", "webscale-rl-export"),
             ("enable.auto.commit", "false"),
@@ -188,7 +208,7 @@ pub fn read_topic_to(
             // transaction markers) is found without a message at `end - 1`.
             ("enable.partition.eof", "true"),
         ])?
-        .create()
+        .create_with_context(Quiet)
         .context("creating a Kafka consumer")?;
     let mut tpl = TopicPartitionList::new();
     let mut unfinished = BTreeMap::new();
