@@ -197,7 +197,8 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     let usage = llm.as_ref().map(|l| l.backend.client.usage());
     report(
         cli,
-        Summary::new(mode, started.elapsed(), funnel.snapshot(), usage),
+        Summary::new(mode, started.elapsed(), funnel.snapshot(), usage)
+            .of_process(args.cluster.process, args.cluster.processes),
     );
     Ok(())
 }

@@ -16,6 +16,11 @@ pub struct Summary {
     /// LLM tokens, requests and cost per stage and model (absent without the LLM).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub llm: Option<UsageSnapshot>,
+    /// This process's index and the cluster's process count: with several processes, records
+    /// move between them at the dedup exchanges, so `consumed = emitted + dead_lettered` holds
+    /// for the sums over all processes, not for each.
+    pub process: usize,
+    pub processes: usize,
 }
 
 impl Summary {
@@ -30,7 +35,16 @@ impl Summary {
             wall_secs: wall.as_secs_f64(),
             funnel,
             llm,
+            process: 0,
+            processes: 1,
         }
+    }
+
+    /// The summary of process `process` of `processes`.
+    pub fn of_process(mut self, process: usize, processes: usize) -> Self {
+        self.process = process;
+        self.processes = processes;
+        self
     }
 
     /// A table for people, on stderr so stdout stays clean for data.
@@ -64,6 +78,13 @@ impl Summary {
         }
         eprintln!("{:<28}{:>10}", "output records", f.emitted);
         eprintln!("{:<28}{:>10}", "dead letters", f.dead_lettered);
+        if self.processes > 1 {
+            eprintln!(
+                "(process {} of {}: documents move between processes at the dedup exchanges, so \
+                 consumed = output + dead letters holds for the sums over all processes)",
+                self.process, self.processes
+            );
+        }
         let top = f.top_rejections(8);
         if !top.is_empty() {
             eprintln!("top rejection reasons:");

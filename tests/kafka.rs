@@ -354,7 +354,8 @@ fn two_processes_split_the_partitions_and_lose_nothing() {
         })
         .collect();
     let mut consumed = Vec::new();
-    for child in children {
+    let mut accounted = 0;
+    for (p, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
@@ -364,7 +365,18 @@ fn two_processes_split_the_partitions_and_lose_nothing() {
         let summary: Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out.stdout)));
         consumed.push(summary["consumed"].as_i64().unwrap());
+        // Each summary says which process it is; the invariant holds for the sums.
+        assert_eq!(
+            (summary["process"].as_u64(), summary["processes"].as_u64()),
+            (Some(p as u64), Some(2))
+        );
+        accounted +=
+            summary["emitted"].as_i64().unwrap() + summary["dead_lettered"].as_i64().unwrap();
     }
+    assert_eq!(
+        accounted, produced,
+        "consumed = emitted + dead_lettered over the cluster"
+    );
     assert!(
         consumed.iter().all(|c| *c > 0),
         "both processes read partitions: {consumed:?}"
