@@ -29,7 +29,7 @@ use cli::{Cli, Command, RunArgs};
 use summary::Summary;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(help_for_bare_h(std::env::args_os().collect()));
     init_logging(cli.quiet);
     match dispatch(&cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -38,6 +38,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `-h` is the host file of a timely cluster (`run`, `demo`), as in timely. A `-h` with no file
+/// after it (last, or followed by another flag) can only be a request for help: read it as
+/// `--help` instead of failing with "a value is required for '--hostfile'".
+fn help_for_bare_h(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    for i in 1..args.len() {
+        let next_is_value = args
+            .get(i + 1)
+            .is_some_and(|a| !a.to_string_lossy().starts_with('-'));
+        if args[i] == "-h" && !next_is_value {
+            args[i] = "--help".into();
+        }
+    }
+    args
 }
 
 fn init_logging(quiet: bool) {

@@ -186,6 +186,44 @@ fn a_missing_topic_says_how_to_create_it() {
 }
 
 #[test]
+fn a_bare_dash_h_asks_for_help() {
+    for args in [
+        &["run", "-h"][..],
+        &["run", "-h", "--no-llm"],
+        &["demo", "-h"],
+    ] {
+        let out = crate::support::engine().args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("Usage:") && text.contains("--hostfile"),
+            "{args:?}: {text}"
+        );
+    }
+    // With a file after it, -h is still the host file.
+    let (ok, err) = run(&[
+        "run",
+        "--no-llm",
+        "--input",
+        "-",
+        "--output",
+        "x",
+        "-n",
+        "2",
+        "-p",
+        "0",
+        "-h",
+        "/no/such/hosts",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("/no/such/hosts"), "{err}");
+}
+
+#[test]
 fn run_without_an_llm_names_the_flags() {
     let (ok, err) = run(&["run", "--brokers", "127.0.0.1:1"]);
     assert!(!ok);
