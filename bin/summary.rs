@@ -102,24 +102,30 @@ impl Summary {
         }
         if let Some(llm) = self.llm.as_ref().filter(|u| !u.stages.is_empty()) {
             eprintln!(
-                "LLM {:<23}{:>10} {:>12} {:>12} {:>10}",
-                "stage (model)", "calls", "tokens in", "tokens out", "cost $"
+                "LLM {:<23}{:>10} {:>12} {:>12} {:>12} {:>10}",
+                "stage (model)", "calls", "tokens in", "cached in", "tokens out", "cost $"
             );
             for s in &llm.stages {
                 let c = &s.counters;
                 eprintln!(
-                    "  {:<26}{:>10} {:>12} {:>12} {:>10.4}",
+                    "  {:<26}{:>10} {:>12} {:>12} {:>12} {:>10.4}",
                     format!("{} ({})", s.stage, s.model),
                     c.calls,
                     c.prompt_tokens,
+                    c.cached_prompt_tokens,
                     c.completion_tokens,
                     c.cost
                 );
             }
             let t = &llm.total;
             eprintln!(
-                "  {:<26}{:>10} {:>12} {:>12} {:>10.4}",
-                "total", t.calls, t.prompt_tokens, t.completion_tokens, t.cost
+                "  {:<26}{:>10} {:>12} {:>12} {:>12} {:>10.4}",
+                "total",
+                t.calls,
+                t.prompt_tokens,
+                t.cached_prompt_tokens,
+                t.completion_tokens,
+                t.cost
             );
             eprintln!(
                 "  {} of {} calls answered by the response cache (not paid again)",

@@ -22,8 +22,17 @@ use webscale_rl_dataflow::{Funnel, PipelineConfig};
 
 use crate::support::{Kafka, http_get, oracle};
 
+/// The scripted server, reporting a third of each prompt as served from its prefix cache.
 fn scripted_server(runtime: &tokio::runtime::Runtime) -> ScriptedServer {
-    crate::support::scripted_server(runtime, oracle, Duration::from_millis(20))
+    use webscale_rl_connectors::llm::scripted_server::ScriptedServerConfig;
+    runtime
+        .block_on(ScriptedServer::start_with(ScriptedServerConfig {
+            answer: Some(Arc::new(oracle)),
+            latency: Duration::from_millis(20),
+            cached_prompt_fraction: 1.0 / 3.0,
+            ..Default::default()
+        }))
+        .unwrap()
 }
 
 /// 10 documents that pass the CPU stages (markers steer them through the LLM stages) and 4 that
@@ -88,6 +97,7 @@ fn metrics_count_exactly_the_records_written() {
             Price {
                 prompt_per_million: 2.0,
                 completion_per_million: 8.0,
+                cached_prompt_per_million: None,
             },
         )]
         .into(),
@@ -203,6 +213,13 @@ fn metrics_count_exactly_the_records_written() {
     );
     assert!(m("webscale_llm_tokens_total", &[("direction", "input")]) > 0);
     assert!(m("webscale_llm_tokens_total", &[("direction", "output")]) > 0);
+    // Cached prompt tokens, as the server reported them, flow into the metrics.
+    let cached = m(
+        "webscale_llm_tokens_total",
+        &[("direction", "cached_input")],
+    );
+    let input = m("webscale_llm_tokens_total", &[("direction", "input")]);
+    assert!(cached > 0 && cached * 2 < input, "{cached} of {input}");
     assert!(sample(&text, "webscale_llm_cost_dollars_total", &[]).unwrap() > 0.0);
     assert_eq!(m("webscale_llm_in_flight_requests", &[]), 0);
 
@@ -246,6 +263,7 @@ fn metrics_count_exactly_the_records_written() {
             .starts_with("https://example.org/doc/")
     }));
     assert!(state["llm"]["cost_per_1000_pairs"].as_f64().unwrap() > 0.0);
+    assert_eq!(state["llm"]["cached_prompt_tokens"].as_u64(), Some(cached));
     drop(http);
     drop(backend);
 }

@@ -58,6 +58,7 @@ async fn success_counts_usage_and_cost() {
         Price {
             prompt_per_million: 1000.0,
             completion_per_million: 2000.0,
+            cached_prompt_per_million: None,
         },
     );
     let c = client(cfg);
@@ -614,6 +615,7 @@ async fn cache_avoids_repeat_calls_and_survives_reopen() {
         Price {
             prompt_per_million: 1.0,
             completion_per_million: 1.0,
+            cached_prompt_per_million: None,
         },
     );
 
@@ -1019,4 +1021,35 @@ async fn startup_waits_for_an_unreachable_server() {
     let report = c.startup_check(&[]).await.unwrap();
     assert_eq!(report.model, "scripted");
     assert!(c.health().is_up());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_prompt_tokens_are_counted_and_priced() {
+    let server = ScriptedServer::start_with(ScriptedServerConfig {
+        cached_prompt_fraction: 0.5,
+        ..ScriptedServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.prices.insert(
+        "test-model".to_owned(),
+        Price {
+            prompt_per_million: 1000.0,
+            completion_per_million: 0.0,
+            cached_prompt_per_million: Some(100.0),
+        },
+    );
+    let c = client(cfg);
+    let r = c
+        .chat_json("s", req("a prompt long enough to have tokens"))
+        .await
+        .unwrap();
+    let (prompt, cached) = (r.usage.prompt_tokens, r.usage.cached_prompt_tokens);
+    assert_eq!(cached, prompt / 2, "{:?}", r.usage);
+    assert!(cached > 0);
+    let s = c.usage().get("s", "test-model").unwrap().clone();
+    assert_eq!((s.prompt_tokens, s.cached_prompt_tokens), (prompt, cached));
+    let want = ((prompt - cached) as f64 * 1000.0 + cached as f64 * 100.0) / 1e6;
+    assert!((s.cost - want).abs() < 1e-12, "{} vs {want}", s.cost);
 }

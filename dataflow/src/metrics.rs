@@ -498,11 +498,13 @@ impl EngineMetrics {
                 "failed_calls": u.total.failed_calls(),
                 "cache_hits": u.total.cache_hits,
                 "prompt_tokens": u.total.prompt_tokens,
+                "cached_prompt_tokens": u.total.cached_prompt_tokens,
                 "completion_tokens": u.total.completion_tokens,
                 "in_flight": in_flight_requests(&handle.client),
                 "stages": u.stages.iter().map(|s| json!({
                     "stage": s.stage, "model": s.model, "calls": s.counters.calls,
                     "prompt_tokens": s.counters.prompt_tokens,
+                    "cached_prompt_tokens": s.counters.cached_prompt_tokens,
                     "completion_tokens": s.counters.completion_tokens,
                     "cost_dollars": s.counters.cost,
                 })).collect::<Vec<_>>(),
@@ -808,15 +810,15 @@ fn encode_llm(e: &mut DescriptorEncoder, llm: &LlmHandle, u: &UsageSnapshot) -> 
     counters(
         e,
         "webscale_llm_tokens",
-        "Tokens reported by the LLM servers; direction=input (prompt) or output (completion).",
+        "Tokens reported by the LLM servers; direction=input (prompt), cached_input (the part of the prompt served from the server's prefix cache) or output (completion).",
         u.stages.iter().flat_map(|s| {
-            ["input", "output"].map(|d| {
+            ["input", "cached_input", "output"].map(|d| {
                 let mut l = stage_model(&s.stage, &s.model);
                 l.push(("direction", d.to_string()));
-                let n = if d == "input" {
-                    s.counters.prompt_tokens
-                } else {
-                    s.counters.completion_tokens
+                let n = match d {
+                    "input" => s.counters.prompt_tokens,
+                    "cached_input" => s.counters.cached_prompt_tokens,
+                    _ => s.counters.completion_tokens,
                 };
                 (l, n)
             })

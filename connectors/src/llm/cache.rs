@@ -52,6 +52,9 @@ pub struct CachedAnswer {
     pub model: String,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Of the prompt tokens, those the server had in its prefix cache (0 in older entries).
+    #[serde(default)]
+    pub cached_prompt_tokens: u64,
     pub finish_reason: Option<String>,
 }
 
@@ -401,6 +404,7 @@ mod tests {
             model: "m".to_owned(),
             prompt_tokens: 3,
             completion_tokens: 4,
+            cached_prompt_tokens: 0,
             finish_reason: Some("stop".to_owned()),
         }
     }

@@ -493,6 +493,7 @@ impl Inner {
                             usage: Usage {
                                 prompt_tokens: hit.prompt_tokens,
                                 completion_tokens: hit.completion_tokens,
+                                cached_prompt_tokens: hit.cached_prompt_tokens,
                             },
                             model: hit.model,
                             endpoint: None,
@@ -565,12 +566,7 @@ impl Inner {
                     if let (Some(b), Some(u)) = (&self.tpm, &c.usage) {
                         b.adjust((u.prompt_tokens + u.completion_tokens) as f64 - estimate);
                     }
-                    self.usage.record_tokens(
-                        stage,
-                        model,
-                        usage.prompt_tokens,
-                        usage.completion_tokens,
-                    );
+                    self.usage.record_tokens(stage, model, &usage);
                     let answer_model = c.model.unwrap_or_else(|| model.to_owned());
                     match c.choices.into_iter().next() {
                         None => LlmError::ServerError {
@@ -603,6 +599,7 @@ impl Inner {
                                                 model: answer_model.clone(),
                                                 prompt_tokens: usage.prompt_tokens,
                                                 completion_tokens: usage.completion_tokens,
+                                                cached_prompt_tokens: usage.cached_prompt_tokens,
                                                 finish_reason: finish_reason.clone(),
                                             },
                                         );

@@ -19,12 +19,22 @@ pub struct Price {
     pub prompt_per_million: f64,
     /// Price of one million completion (output) tokens.
     pub completion_per_million: f64,
+    /// Price of one million prompt tokens served from the server's prefix cache; unset: the
+    /// prompt price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_prompt_per_million: Option<f64>,
 }
 
 impl Price {
-    /// Cost of one call with the given token counts.
-    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
-        (prompt_tokens as f64 * self.prompt_per_million
+    /// Cost of one call with the given token counts (`cached` of the `prompt_tokens` at the
+    /// cached price).
+    pub fn cost(&self, prompt_tokens: u64, cached: u64, completion_tokens: u64) -> f64 {
+        let cached = cached.min(prompt_tokens);
+        let cached_price = self
+            .cached_prompt_per_million
+            .unwrap_or(self.prompt_per_million);
+        ((prompt_tokens - cached) as f64 * self.prompt_per_million
+            + cached as f64 * cached_price
             + completion_tokens as f64 * self.completion_per_million)
             / 1_000_000.0
     }
@@ -265,7 +275,15 @@ mod tests {
         )
         .unwrap();
         let p = c.prices["m"];
-        assert!((p.cost(1_000_000, 500_000) - 6.0).abs() < 1e-9);
+        assert!((p.cost(1_000_000, 0, 500_000) - 6.0).abs() < 1e-9);
+        // Cached input at its own price; unset, at the prompt price.
+        let c: LlmConfig = serde_json::from_str(
+            r#"{"prices": {"m": {"prompt_per_million": 2.0, "completion_per_million": 8.0,
+                "cached_prompt_per_million": 0.5}}}"#,
+        )
+        .unwrap();
+        assert!((c.prices["m"].cost(1_000_000, 600_000, 0) - (0.8 + 0.3)).abs() < 1e-9);
+        assert!((p.cost(1_000_000, 600_000, 0) - 2.0).abs() < 1e-9);
     }
 
     #[test]

@@ -223,9 +223,50 @@ impl ChatRequest {
 
 /// Tokens reported by the server for one answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "ReportedUsage")]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Of the prompt tokens, those served from the server's prefix cache (billed at the cached
+    /// price by APIs that discount them).
+    pub cached_prompt_tokens: u64,
+}
+
+/// `usage` as servers report it: `prompt_tokens_details.cached_tokens` (OpenAI, vLLM, SGLang),
+/// or `cache_read_input_tokens` (Anthropic-style gateways), or our own field when read back.
+#[derive(Deserialize)]
+struct ReportedUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    cached_prompt_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptTokensDetails>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl From<ReportedUsage> for Usage {
+    fn from(r: ReportedUsage) -> Usage {
+        let cached = r
+            .cached_prompt_tokens
+            .or(r.prompt_tokens_details.and_then(|d| d.cached_tokens))
+            .or(r.cache_read_input_tokens)
+            .unwrap_or(0);
+        Usage {
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
+            cached_prompt_tokens: cached.min(r.prompt_tokens),
+        }
+    }
 }
 
 /// A successful answer.
@@ -282,6 +323,24 @@ mod tests {
                 .is_none()
         );
         assert!(b.get("seed").is_none() && b.get("stop").is_none());
+    }
+
+    #[test]
+    fn cached_tokens_are_read_from_each_servers_field() {
+        let u = |v: serde_json::Value| serde_json::from_value::<Usage>(v).unwrap();
+        let openai = u(json!({"prompt_tokens": 100, "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 64}}));
+        assert_eq!(openai.cached_prompt_tokens, 64);
+        let gateway = u(json!({"prompt_tokens": 100, "completion_tokens": 5,
+            "cache_read_input_tokens": 32}));
+        assert_eq!(gateway.cached_prompt_tokens, 32);
+        let plain = u(json!({"prompt_tokens": 100, "completion_tokens": 5}));
+        assert_eq!(plain.cached_prompt_tokens, 0);
+        // Never more than the prompt; our own serialization reads back.
+        let odd = u(json!({"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 64}}));
+        assert_eq!(odd.cached_prompt_tokens, 10);
+        let back = u(serde_json::to_value(openai).unwrap());
+        assert_eq!(back, openai);
     }
 
     #[test]

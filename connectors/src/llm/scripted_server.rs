@@ -95,6 +95,9 @@ pub struct ScriptedServerConfig {
     pub answer: Option<AnswerFn>,
     /// Keep request bodies in the log (off for long benchmark runs).
     pub log_bodies: bool,
+    /// Share of the prompt tokens reported as served from a prefix cache
+    /// (`usage.prompt_tokens_details.cached_tokens`), as vLLM and OpenAI report it.
+    pub cached_prompt_fraction: f64,
 }
 
 impl Default for ScriptedServerConfig {
@@ -105,6 +108,7 @@ impl Default for ScriptedServerConfig {
             models: Some(vec!["scripted".to_owned()]),
             answer: None,
             log_bodies: true,
+            cached_prompt_fraction: 0.0,
         }
     }
 }
@@ -506,6 +510,18 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         }
     };
 
+    // The prefix-cache report vLLM and OpenAI give: a share of the prompt tokens.
+    let text = match serde_json::from_str::<Value>(&text) {
+        Ok(mut v) if status == 200 && s.config.cached_prompt_fraction > 0.0 => {
+            let prompt_tokens = v.pointer("/usage/prompt_tokens").and_then(Value::as_u64);
+            if let (Some(p), Some(usage)) = (prompt_tokens, v.get_mut("usage")) {
+                let cached = (p as f64 * s.config.cached_prompt_fraction).floor() as u64;
+                usage["prompt_tokens_details"] = json!({"cached_tokens": cached});
+            }
+            v.to_string()
+        }
+        _ => text,
+    };
     lock(&s.log).push(LoggedRequest {
         received,
         authorization: headers

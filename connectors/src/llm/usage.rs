@@ -31,6 +31,8 @@ pub struct UsageCounters {
     pub cache_hits: u64,
     /// Prompt tokens reported by the servers (malformed answers included).
     pub prompt_tokens: u64,
+    /// Of the prompt tokens, those the servers served from their prefix cache.
+    pub cached_prompt_tokens: u64,
     /// Completion tokens reported by the servers.
     pub completion_tokens: u64,
     /// Cost of those tokens at the configured price (0 for unpriced models).
@@ -54,6 +56,7 @@ impl UsageCounters {
         }
         self.cache_hits += o.cache_hits;
         self.prompt_tokens += o.prompt_tokens;
+        self.cached_prompt_tokens += o.cached_prompt_tokens;
         self.completion_tokens += o.completion_tokens;
         self.cost += o.cost;
         self.latency_ms_sum += o.latency_ms_sum;
@@ -146,13 +149,19 @@ impl UsageTracker {
     }
 
     /// The server reported token usage for one answer (well-formed or not).
-    pub fn record_tokens(&self, stage: &str, model: &str, prompt: u64, completion: u64) {
+    pub fn record_tokens(&self, stage: &str, model: &str, usage: &super::request::Usage) {
+        let (prompt, cached, completion) = (
+            usage.prompt_tokens,
+            usage.cached_prompt_tokens,
+            usage.completion_tokens,
+        );
         let cost = self
             .prices
             .get(model)
-            .map_or(0.0, |p| p.cost(prompt, completion));
+            .map_or(0.0, |p| p.cost(prompt, cached, completion));
         self.with(stage, model, |c| {
             c.prompt_tokens += prompt;
+            c.cached_prompt_tokens += cached;
             c.completion_tokens += completion;
             c.cost += cost;
         });
@@ -217,6 +226,7 @@ mod tests {
             Price {
                 prompt_per_million: 1.0,
                 completion_per_million: 4.0,
+                cached_prompt_per_million: None,
             },
         );
         let t = UsageTracker::new(prices);
@@ -224,13 +234,18 @@ mod tests {
         t.record_attempt("qa", "m1", false);
         t.record_error("qa", "m1", "server_error");
         t.record_attempt("qa", "m1", true);
-        t.record_tokens("qa", "m1", 1000, 250);
+        let tokens = |prompt, cached, completion| crate::llm::Usage {
+            prompt_tokens: prompt,
+            cached_prompt_tokens: cached,
+            completion_tokens: completion,
+        };
+        t.record_tokens("qa", "m1", &tokens(1000, 0, 250));
         t.record_success("qa", "m1", false, 12.0);
         t.record_call("qa", "m1");
         t.record_success("qa", "m1", true, 0.0);
         t.record_call("judge", "m2");
         t.record_attempt("judge", "m2", false);
-        t.record_tokens("judge", "m2", 10, 10);
+        t.record_tokens("judge", "m2", &tokens(10, 6, 10));
         t.record_error("judge", "m2", "malformed_answer");
         t.record_failure("judge", "m2", "malformed_answer");
 
