@@ -161,7 +161,7 @@ fn every_shared_benchmark_loads_with_its_item_count() {
     assert_eq!(
         counts,
         vec![
-            // The tests' slice (tests/data/slice.py): the first 300 items of each shared file
+            // The tests' slice (scripts/slice_test_data.py): the first 300 items of each shared file
             // (all 164 of HumanEval).
             ("arc_challenge", 300),
             ("arc_easy", 300),

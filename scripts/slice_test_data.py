@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""Cuts the tests' own slice of the shared data (../../shared/data, see its README for sources
-and licences) into tests/data/, so `cargo test` needs nothing outside the repository.
+"""Cuts the tests' own slice of the project's shared data set (the `shared/data` folder beside the
+checkout; its README gives sources and licences) into tests/data/, so `cargo test` needs nothing
+outside the repository. A maintainer's tool: neither the tests nor CI run it.
 
-Re-run from the repository root after the shared data changes: python3 tests/data/slice.py
+Re-run from the repository root after the shared data changes: python3 scripts/slice_test_data.py
 Deterministic: the same shared files give the same slice, byte for byte.
 """
 import json
 import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parent
-SHARED = ROOT.parent.parent.parent / "shared" / "data"
+REPO = pathlib.Path(__file__).resolve().parent.parent
+ROOT = REPO / "tests" / "data"
+SHARED = REPO.parent / "shared" / "data"
 
 # Web sample: the first documents of each source, plus every document a test names.
 PER_SOURCE = {"dclm-annotated": 150, "fineweb": 100, "scrapinghub-aeb": 60, "wikitext2-test": 62}
