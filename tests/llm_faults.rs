@@ -20,7 +20,7 @@ use webscale_rl_dataflow::metrics::EngineMetrics;
 use webscale_rl_dataflow::runtime::{LlmWatch, RunControl, run_kafka};
 use webscale_rl_dataflow::{Funnel, PipelineConfig};
 
-use crate::support::{Kafka, good_articles, http_get, oracle};
+use crate::support::{Kafka, good_articles, http_get, kafka_with_articles, oracle};
 
 /// Reasons that would mean a fault of the world became a dead letter.
 const WORLD_REASONS: [&str; 6] = [
@@ -47,6 +47,11 @@ fn server_with(
             ..Default::default()
         }))
         .unwrap()
+}
+
+/// An OpenAI-dialect server serving the model `scripted`.
+fn scripted(runtime: &tokio::runtime::Runtime, latency: Duration) -> ScriptedServer {
+    server_with(runtime, ServerDialect::OpenAi, &["scripted"], latency)
 }
 
 fn articles(n: usize) -> Vec<Value> {
@@ -90,15 +95,8 @@ fn the_model_comes_from_the_server_and_a_wrong_one_stops_before_reading() {
     write_jsonl(&dir.path().join("in.jsonl"), &articles(3));
 
     // One model served, none named: used, and said so.
-    let one = server_with(
-        &runtime,
-        ServerDialect::OpenAi,
-        &["scripted"],
-        Duration::ZERO,
-    );
-    let out = file_run(dir.path(), &one.base_url(), "").output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let one = scripted(&runtime, Duration::ZERO);
+    let (_, stderr) = crate::support::succeed(&mut file_run(dir.path(), &one.base_url(), ""));
     assert!(
         stderr.contains("LLM model: scripted (the one model the server lists)"),
         "{stderr}"
@@ -127,12 +125,7 @@ fn a_server_down_at_start_is_waited_for_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let docs = articles(4);
     write_jsonl(&dir.path().join("in.jsonl"), &docs);
-    let server = server_with(
-        &runtime,
-        ServerDialect::OpenAi,
-        &["scripted"],
-        Duration::ZERO,
-    );
+    let server = scripted(&runtime, Duration::ZERO);
     server.go_down();
 
     // Nobody answers within the start-up timeout: non-zero, the endpoint named, nothing written.
@@ -177,11 +170,7 @@ fn llama_cpp_python_is_spoken_in_its_own_dialect() {
         &["smollm2"],
         Duration::ZERO,
     );
-    let out = file_run(dir.path(), &server.base_url(), "")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (_, stderr) = crate::support::succeed(&mut file_run(dir.path(), &server.base_url(), ""));
     assert!(
         stderr.contains("structured output as json_object (probed)"),
         "{stderr}"
@@ -297,18 +286,8 @@ fn kafka_run_with(
 #[test]
 fn an_llm_outage_mid_run_pauses_and_loses_nothing() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = server_with(
-        &runtime,
-        ServerDialect::OpenAi,
-        &["scripted"],
-        Duration::from_millis(100),
-    );
-    let kafka = Kafka::start(2, "outage");
-    let docs: Vec<Vec<u8>> = articles(16)
-        .into_iter()
-        .map(|d| serde_json::to_vec(&d).unwrap())
-        .collect();
-    kafka.produce_lines(docs);
+    let server = scripted(&runtime, Duration::from_millis(100));
+    let kafka = kafka_with_articles(2, "outage", 16);
 
     // A clean reference run.
     kafka_run(&kafka, &server, "clean", "qa-clean", |_| {});
@@ -365,12 +344,7 @@ fn an_outage_past_max_outage_secs_stops_the_run_with_nothing_half_written() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     write_jsonl(&dir.path().join("in.jsonl"), &articles(6));
-    let server = server_with(
-        &runtime,
-        ServerDialect::OpenAi,
-        &["scripted"],
-        Duration::from_millis(300),
-    );
+    let server = scripted(&runtime, Duration::from_millis(300));
     let mut child = file_run(
         dir.path(),
         &server.base_url(),
@@ -417,18 +391,8 @@ fn an_outage_past_max_outage_secs_stops_the_run_with_nothing_half_written() {
 #[test]
 fn a_kafka_run_past_max_outage_commits_nothing_unfinished_and_a_rerun_completes() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = server_with(
-        &runtime,
-        ServerDialect::OpenAi,
-        &["scripted"],
-        Duration::from_millis(200),
-    );
-    let kafka = Kafka::start(2, "gives-up");
-    let docs: Vec<Vec<u8>> = articles(12)
-        .into_iter()
-        .map(|d| serde_json::to_vec(&d).unwrap())
-        .collect();
-    kafka.produce_lines(docs);
+    let server = scripted(&runtime, Duration::from_millis(200));
+    let kafka = kafka_with_articles(2, "gives-up", 12);
     let (_, result) = kafka_run_with(
         &kafka,
         &server,
@@ -471,20 +435,9 @@ fn a_kafka_run_past_max_outage_commits_nothing_unfinished_and_a_rerun_completes(
 #[test]
 fn kafka_mode_waits_not_ready_for_an_llm_that_is_down_and_consumes_nothing() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = server_with(
-        &runtime,
-        ServerDialect::OpenAi,
-        &["scripted"],
-        Duration::ZERO,
-    );
+    let server = scripted(&runtime, Duration::ZERO);
     server.go_down();
-    let kafka = Kafka::start(2, "waits");
-    kafka.produce_lines(
-        articles(3)
-            .iter()
-            .map(|d| serde_json::to_vec(d).unwrap())
-            .collect(),
-    );
+    let kafka = kafka_with_articles(2, "waits", 3);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

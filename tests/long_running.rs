@@ -20,18 +20,16 @@ fn the_response_cache_is_on_by_default_and_a_replay_never_pays_twice() {
     std::fs::write(dir.path().join("in.jsonl"), docs).unwrap();
     let (cache_home, state_home) = (dir.path().join("cache"), dir.path().join("state"));
     let file_run = |out: &str, extra: &[&str]| {
-        let out = engine()
-            .env("XDG_CACHE_HOME", &cache_home)
-            .env("XDG_STATE_HOME", &state_home)
-            .args(["run", "--llm-url", &server.base_url(), "--input"])
-            .arg(dir.path().join("in.jsonl"))
-            .arg("--output")
-            .arg(dir.path().join(out))
-            .args(extra)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{stderr}");
+        let (_, stderr) = crate::support::succeed(
+            &mut engine()
+                .env("XDG_CACHE_HOME", &cache_home)
+                .env("XDG_STATE_HOME", &state_home)
+                .args(["run", "--llm-url", &server.base_url(), "--input"])
+                .arg(dir.path().join("in.jsonl"))
+                .arg("--output")
+                .arg(dir.path().join(out))
+                .args(extra),
+        );
         stderr
     };
 
@@ -87,22 +85,20 @@ fn the_response_cache_is_on_by_default_and_a_replay_never_pays_twice() {
             .map(|d| serde_json::to_vec(&d).unwrap())
             .collect(),
     );
-    let out = engine()
-        .env("XDG_CACHE_HOME", &cache_home)
-        .env("XDG_STATE_HOME", &state_home)
-        .args([
-            "run",
-            "--until-caught-up",
-            "--metrics-addr",
-            "off",
-            "--llm-url",
-        ])
-        .arg(server.base_url())
-        .args(["--brokers", &kafka.cfg.brokers, "--group", "cache-group"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (_, stderr) = crate::support::succeed(
+        &mut engine()
+            .env("XDG_CACHE_HOME", &cache_home)
+            .env("XDG_STATE_HOME", &state_home)
+            .args([
+                "run",
+                "--until-caught-up",
+                "--metrics-addr",
+                "off",
+                "--llm-url",
+            ])
+            .arg(server.base_url())
+            .args(["--brokers", &kafka.cfg.brokers, "--group", "cache-group"]),
+    );
     let group_cache = state_home.join("webscale-rl/kafka/cache-group/llm-cache.redb");
     assert!(group_cache.exists(), "{stderr}");
 }
@@ -134,15 +130,7 @@ fn repeated_crashes_keep_making_progress_and_barely_pay_twice() {
     reference.produce_lines(lines.clone());
     let clean_state = tempfile::tempdir().unwrap();
     let before = server.requests();
-    let out = run(&reference, clean_state.path())
-        .arg("--until-caught-up")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::succeed(&mut run(&reference, clean_state.path()).arg("--until-caught-up"));
     let clean_requests = server.requests() - before;
     let (want_qa, want_dead) = (
         crate::support::ids(&reference.outputs()),
@@ -185,15 +173,7 @@ fn repeated_crashes_keep_making_progress_and_barely_pay_twice() {
         committed.len() >= 3 && committed[1] < end,
         "the kills happened mid-stream, after progress: {committed:?} of {end}"
     );
-    let out = run(&kafka, state.path())
-        .arg("--until-caught-up")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::succeed(&mut run(&kafka, state.path()).arg("--until-caught-up"));
     let crash_requests = server.requests() - before;
 
     assert_eq!(kafka.committed(), kafka.end_offsets());
@@ -251,22 +231,17 @@ fn dead_letters_replay_through_kafka_after_switching_models() {
             .collect(),
     );
     let run = |model: &str| {
-        let out = engine()
-            .args([
-                "run",
-                "--until-caught-up",
-                "--metrics-addr",
-                "off",
-                "--quiet",
-            ])
-            .args(["--brokers", &kafka.cfg.brokers, "--group", "replay"])
-            .args(["--llm-url", &server.base_url(), "--llm-model", model])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        crate::support::succeed(
+            &mut engine()
+                .args([
+                    "run",
+                    "--until-caught-up",
+                    "--metrics-addr",
+                    "off",
+                    "--quiet",
+                ])
+                .args(["--brokers", &kafka.cfg.brokers, "--group", "replay"])
+                .args(["--llm-url", &server.base_url(), "--llm-model", model]),
         );
     };
     run("bad");
@@ -291,20 +266,18 @@ fn dead_letters_replay_through_kafka_after_switching_models() {
         "pair-level dead letters do not repeat the document"
     );
 
-    let out = engine()
-        .args(["replay", "--brokers", &kafka.cfg.brokers])
-        .args(["--dead-letter-topic", &kafka.cfg.dead_letter_topic])
-        .args([
-            "--to-topic",
-            &kafka.cfg.input_topic,
-            "--reason",
-            "no_verified_pair",
-        ])
-        .args(["--since", "2020-01-01T00:00:00Z"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (_, stderr) = crate::support::succeed(
+        &mut engine()
+            .args(["replay", "--brokers", &kafka.cfg.brokers])
+            .args(["--dead-letter-topic", &kafka.cfg.dead_letter_topic])
+            .args([
+                "--to-topic",
+                &kafka.cfg.input_topic,
+                "--reason",
+                "no_verified_pair",
+            ])
+            .args(["--since", "2020-01-01T00:00:00Z"]),
+    );
     assert!(
         stderr.contains(&format!("replayed {} documents", docs.len())),
         "{stderr}"
@@ -329,44 +302,37 @@ fn a_rejects_file_replays_into_a_file_mode_rerun() {
     let text: String = docs.iter().map(|d| format!("{d}\n")).collect();
     std::fs::write(dir.path().join("in.jsonl"), text).unwrap();
     let run = |input: &str, output: &str, model: &str| {
-        let out = engine()
-            .args([
-                "run",
-                "--quiet",
-                "--llm-url",
-                &server.base_url(),
-                "--llm-model",
-                model,
-            ])
-            .arg("--input")
-            .arg(dir.path().join(input))
-            .arg("--output")
-            .arg(dir.path().join(output))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        crate::support::succeed(
+            &mut engine()
+                .args([
+                    "run",
+                    "--quiet",
+                    "--llm-url",
+                    &server.base_url(),
+                    "--llm-model",
+                    model,
+                ])
+                .arg("--input")
+                .arg(dir.path().join(input))
+                .arg("--output")
+                .arg(dir.path().join(output)),
         );
     };
     run("in.jsonl", "a.jsonl", "bad");
-    let out = engine()
-        .args([
-            "replay",
-            "--stage",
-            "verify",
-            "--reason",
-            "no_verified_pair",
-            "--input",
-        ])
-        .arg(dir.path().join("a.rejects.jsonl"))
-        .arg("--output")
-        .arg(dir.path().join("again.jsonl"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (_, stderr) = crate::support::succeed(
+        &mut engine()
+            .args([
+                "replay",
+                "--stage",
+                "verify",
+                "--reason",
+                "no_verified_pair",
+                "--input",
+            ])
+            .arg(dir.path().join("a.rejects.jsonl"))
+            .arg("--output")
+            .arg(dir.path().join("again.jsonl")),
+    );
     assert!(stderr.contains("replayed 3 documents"), "{stderr}");
     run("again.jsonl", "b.jsonl", "good");
     let pairs: Vec<Value> = std::fs::read_to_string(dir.path().join("b.jsonl"))

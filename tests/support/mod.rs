@@ -263,3 +263,24 @@ pub fn engine() -> std::process::Command {
         .env("XDG_STATE_HOME", home.join("state"));
     cmd
 }
+
+/// Runs `cmd` to completion and insists that it succeeded (its stderr is the failure message);
+/// returns (stdout, stderr).
+pub fn succeed(cmd: &mut std::process::Command) -> (Vec<u8>, String) {
+    let out = cmd.output().expect("the command starts");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (out.stdout, stderr)
+}
+
+/// A mock cluster holding `n` of the [`good_articles`] on its input topic.
+pub fn kafka_with_articles(partitions: i32, group: &str, n: usize) -> Kafka {
+    let kafka = Kafka::start(partitions, group);
+    kafka.produce_lines(
+        good_articles()
+            .take(n)
+            .map(|d| serde_json::to_vec(&d).unwrap())
+            .collect(),
+    );
+    kafka
+}

@@ -806,19 +806,9 @@ impl Inner {
         let error = if e.is_timeout() {
             LlmError::Timeout { endpoint }
         } else {
-            // The URL is ours (already shown without credentials); the
-            // source chain says what went wrong.
-            let e = e.without_url();
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
             LlmError::Connection {
                 endpoint,
-                message: self.redactor.message(&text),
+                message: self.redactor.message(&error_chain(e)),
             }
         };
         Attempt::Failed {
@@ -836,6 +826,20 @@ fn parse_answer(content: &str, finish_reason: Option<&str>) -> Option<serde_json
             .then(|| parse_truncated_object(content))
             .flatten()
     })
+}
+
+/// A transport error as one line: the error and its source chain, without the URL (ours, shown
+/// elsewhere without credentials). Not yet redacted.
+pub(crate) fn error_chain(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Phrases servers use when a prompt does not fit the context window (vLLM,

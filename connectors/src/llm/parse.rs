@@ -23,6 +23,38 @@
 
 use serde_json::Value;
 
+/// Follows JSON's structure character by character: the nesting depth outside strings, with
+/// escapes inside them skipped. Shared by the readers that must know where an object ends.
+#[derive(Default)]
+pub(crate) struct JsonDepth {
+    pub depth: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl JsonDepth {
+    /// Takes `c`; returns it when it is structure (outside a string), else `None`. `depth`
+    /// counts the open `{`/`[` after it.
+    pub fn step(&mut self, c: char) -> Option<char> {
+        if self.in_string {
+            match c {
+                _ if self.escaped => self.escaped = false,
+                '\\' => self.escaped = true,
+                '"' => self.in_string = false,
+                _ => {}
+            }
+            return None;
+        }
+        match c {
+            '"' => self.in_string = true,
+            '{' | '[' => self.depth += 1,
+            '}' | ']' => self.depth = self.depth.saturating_sub(1),
+            _ => {}
+        }
+        Some(c)
+    }
+}
+
 /// The complete members of a top-level JSON object cut short: the object's
 /// text up to its last member boundary, closed. `None` when no complete
 /// member precedes the cut.
@@ -30,28 +62,12 @@ pub fn parse_truncated_object(text: &str) -> Option<Value> {
     let text = strip_reasoning(text.trim_start_matches('\u{feff}'));
     let start = text.find('{')?;
     let body = &text[start..];
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut json = JsonDepth::default();
     let mut cuts = Vec::new();
     for (i, c) in body.char_indices() {
-        if in_string {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => in_string = true,
-            '{' | '[' => depth += 1,
-            '}' | ']' => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    return None; // complete: not a truncation
-                }
-            }
-            ',' if depth == 1 => cuts.push(i),
+        match json.step(c) {
+            Some('}' | ']') if json.depth == 0 => return None, // complete: not a truncation
+            Some(',') if json.depth == 1 => cuts.push(i),
             _ => {}
         }
     }

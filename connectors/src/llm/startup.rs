@@ -19,10 +19,11 @@ use std::time::Duration;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{Value, json};
 
-use super::client::{Endpoint, LlmClient, classify_refusal, dialect_index};
+use super::client::{Endpoint, LlmClient, classify_refusal, dialect_index, error_chain};
 use super::config::StructuredOutput;
 use super::error::LlmError;
 use super::parse::parse_json_answer;
+use super::request::{ChatRequest, ResponseSchema};
 
 /// Marks the probe's prompt, so a test server (or a log reader) can tell it
 /// from the pipeline's calls.
@@ -175,22 +176,11 @@ impl LlmClient {
     /// `GET {base}/models`: `Ok(None)` when the server does not list models.
     async fn list_models(&self, ep: &Endpoint) -> Result<Option<Vec<String>>, StartupError> {
         let inner = &*self.inner;
-        let mut rb = inner
+        let rb = inner
             .http
             .get(ep.models_url.clone())
             .timeout(inner.config.timeout().min(LIST_TIMEOUT));
-        if let Some(auth) = &inner.auth {
-            rb = rb.header(AUTHORIZATION, auth.clone());
-        }
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| unreachable_error(&ep.display, &self.transport_text(e)))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| unreachable_error(&ep.display, &self.transport_text(e)))?;
+        let (status, body) = self.exchange(ep, rb).await?;
         match status {
             200..=299 => Ok(model_ids(&body)),
             401 | 403 => Err(self.auth_error(ep, status, &body)),
@@ -218,51 +208,32 @@ impl LlmClient {
         model: &str,
     ) -> Result<StructuredOutput, StartupError> {
         let inner = &*self.inner;
-        let schema = json!({
-            "type": "object",
-            "properties": {"ok": {"type": "boolean"}},
-            "required": ["ok"]
-        });
+        let probe = ChatRequest::new(model)
+            .user(format!(
+                "{PROBE_MARKER}. Reply with the JSON object {{\"ok\": true}} and nothing else."
+            ))
+            .max_tokens(16)
+            .temperature(0.0)
+            .schema(ResponseSchema::new(
+                "webscale_probe",
+                json!({
+                    "type": "object",
+                    "properties": {"ok": {"type": "boolean"}},
+                    "required": ["ok"]
+                }),
+            ));
         let mut answered_prose = false;
         let mut last_refusal = String::new();
         for dialect in StructuredOutput::PROBE_ORDER {
-            let mut body = json!({
-                "model": model,
-                "messages": [{"role": "user", "content": format!(
-                    "{PROBE_MARKER}. Reply with the JSON object {{\"ok\": true}} and nothing else."
-                )}],
-                "max_tokens": 16,
-                "temperature": 0.0,
-            });
-            match dialect {
-                StructuredOutput::JsonSchema => {
-                    body["response_format"] = json!({"type": "json_schema", "json_schema":
-                        {"name": "webscale_probe", "schema": schema, "strict": true}});
-                }
-                StructuredOutput::JsonObject => {
-                    body["response_format"] = json!({"type": "json_object", "schema": schema});
-                }
-                StructuredOutput::GuidedJson => body["guided_json"] = schema.clone(),
-                StructuredOutput::None | StructuredOutput::Auto => {}
-            }
-            let mut rb = inner
+            // The pipeline's own request shape: the probe tests exactly what the calls will send.
+            let body = probe.body(model, dialect);
+            let rb = inner
                 .http
                 .post(ep.url.clone())
                 .header(CONTENT_TYPE, "application/json")
                 .timeout(inner.config.timeout())
                 .body(body.to_string());
-            if let Some(auth) = &inner.auth {
-                rb = rb.header(AUTHORIZATION, auth.clone());
-            }
-            let resp = rb
-                .send()
-                .await
-                .map_err(|e| unreachable_error(&ep.display, &self.transport_text(e)))?;
-            let status = resp.status().as_u16();
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| unreachable_error(&ep.display, &self.transport_text(e)))?;
+            let (status, bytes) = self.exchange(ep, rb).await?;
             if (200..300).contains(&status) {
                 if completion_is_json(&bytes) {
                     return Ok(dialect);
@@ -326,19 +297,28 @@ impl LlmClient {
         ))
     }
 
-    fn transport_text(&self, e: reqwest::Error) -> String {
-        if e.is_timeout() {
-            return "timed out".to_owned();
+    /// Sends `rb` with the API key; the status and body, or `Unreachable` when nothing answers.
+    async fn exchange(
+        &self,
+        ep: &Endpoint,
+        mut rb: reqwest::RequestBuilder,
+    ) -> Result<(u16, Vec<u8>), StartupError> {
+        let inner = &*self.inner;
+        if let Some(auth) = &inner.auth {
+            rb = rb.header(AUTHORIZATION, auth.clone());
         }
-        let e = e.without_url();
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        self.inner.redactor.message(&text)
+        let unreachable = |e: reqwest::Error| {
+            let what = if e.is_timeout() {
+                "timed out".to_owned()
+            } else {
+                inner.redactor.message(&error_chain(e))
+            };
+            unreachable_error(&ep.display, &what)
+        };
+        let resp = rb.send().await.map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(unreachable)?;
+        Ok((status, body.to_vec()))
     }
 }
 

@@ -291,34 +291,16 @@ fn first_stop(text: &str, stop: &[String]) -> Option<usize> {
 /// that `prefix` + `text` starts with, once it is closed (strings and
 /// escapes skipped).
 fn json_object_end(prefix: &str, text: &str) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut json = crate::llm::parse::JsonDepth::default();
     let mut opened = false;
     for (i, c) in prefix
         .char_indices()
         .chain(text.char_indices().map(|(i, c)| (prefix.len() + i, c)))
     {
-        if in_string {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => in_string = true,
-            '{' | '[' => {
-                depth += 1;
-                opened = true;
-            }
-            '}' | ']' => {
-                depth = depth.saturating_sub(1);
-                if opened && depth == 0 {
-                    return (i >= prefix.len()).then(|| i + 1 - prefix.len());
-                }
+        match json.step(c) {
+            Some('{' | '[') => opened = true,
+            Some('}' | ']') if opened && json.depth == 0 => {
+                return (i >= prefix.len()).then(|| i + 1 - prefix.len());
             }
             _ => {}
         }
