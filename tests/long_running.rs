@@ -21,7 +21,7 @@ fn the_response_cache_is_on_by_default_and_a_replay_never_pays_twice() {
     let (cache_home, state_home) = (dir.path().join("cache"), dir.path().join("state"));
     let file_run = |out: &str, extra: &[&str]| {
         let (_, stderr) = crate::support::succeed(
-            &mut engine()
+            engine()
                 .env("XDG_CACHE_HOME", &cache_home)
                 .env("XDG_STATE_HOME", &state_home)
                 .args(["run", "--llm-url", &server.base_url(), "--input"])
@@ -86,7 +86,7 @@ fn the_response_cache_is_on_by_default_and_a_replay_never_pays_twice() {
             .collect(),
     );
     let (_, stderr) = crate::support::succeed(
-        &mut engine()
+        engine()
             .env("XDG_CACHE_HOME", &cache_home)
             .env("XDG_STATE_HOME", &state_home)
             .args([
@@ -130,7 +130,7 @@ fn repeated_crashes_keep_making_progress_and_barely_pay_twice() {
     reference.produce_lines(lines.clone());
     let clean_state = tempfile::tempdir().unwrap();
     let before = server.requests();
-    crate::support::succeed(&mut run(&reference, clean_state.path()).arg("--until-caught-up"));
+    crate::support::succeed(run(&reference, clean_state.path()).arg("--until-caught-up"));
     let clean_requests = server.requests() - before;
     let (want_qa, want_dead) = (
         crate::support::ids(&reference.outputs()),
@@ -173,7 +173,7 @@ fn repeated_crashes_keep_making_progress_and_barely_pay_twice() {
         committed.len() >= 3 && committed[1] < end,
         "the kills happened mid-stream, after progress: {committed:?} of {end}"
     );
-    crate::support::succeed(&mut run(&kafka, state.path()).arg("--until-caught-up"));
+    crate::support::succeed(run(&kafka, state.path()).arg("--until-caught-up"));
     let crash_requests = server.requests() - before;
 
     assert_eq!(kafka.committed(), kafka.end_offsets());
@@ -232,7 +232,7 @@ fn dead_letters_replay_through_kafka_after_switching_models() {
     );
     let run = |model: &str| {
         crate::support::succeed(
-            &mut engine()
+            engine()
                 .args([
                     "run",
                     "--until-caught-up",
@@ -267,7 +267,7 @@ fn dead_letters_replay_through_kafka_after_switching_models() {
     );
 
     let (_, stderr) = crate::support::succeed(
-        &mut engine()
+        engine()
             .args(["replay", "--brokers", &kafka.cfg.brokers])
             .args(["--dead-letter-topic", &kafka.cfg.dead_letter_topic])
             .args([
@@ -303,7 +303,7 @@ fn a_rejects_file_replays_into_a_file_mode_rerun() {
     std::fs::write(dir.path().join("in.jsonl"), text).unwrap();
     let run = |input: &str, output: &str, model: &str| {
         crate::support::succeed(
-            &mut engine()
+            engine()
                 .args([
                     "run",
                     "--quiet",
@@ -320,7 +320,7 @@ fn a_rejects_file_replays_into_a_file_mode_rerun() {
     };
     run("in.jsonl", "a.jsonl", "bad");
     let (_, stderr) = crate::support::succeed(
-        &mut engine()
+        engine()
             .args([
                 "replay",
                 "--stage",
