@@ -72,10 +72,24 @@ fn the_response_cache_is_on_by_default_and_a_replay_never_pays_twice() {
     );
     assert!(!ids("a.jsonl").is_empty());
 
+    // Another run holding the default file (redb locks it): this run goes on without a cache.
+    {
+        let _held =
+            webscale_rl_connectors::llm::cache::ResponseCache::open(&cache, u64::MAX).unwrap();
+        let locked = file_run("locked.jsonl", &[]);
+        assert!(locked.contains("LLM response cache: off"), "{locked}");
+        assert_eq!(
+            server.requests(),
+            2 * paid,
+            "without the cache every call is paid"
+        );
+    }
+    let before = server.requests();
+
     // --no-llm-cache: every call goes to the server.
     let third = file_run("c.jsonl", &["--no-llm-cache"]);
     assert!(third.contains("LLM response cache: off"), "{third}");
-    assert_eq!(server.requests(), 2 * paid);
+    assert_eq!(server.requests(), before + paid);
 
     // Kafka mode: the consumer group's state directory.
     let kafka = Kafka::start(1, "cache-group");

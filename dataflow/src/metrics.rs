@@ -990,6 +990,7 @@ mod tests {
         );
         let text = metrics.encode();
         assert_eq!(s(&text, "webscale_llm_up"), Some(0.0));
+        assert!(s(&text, "webscale_llm_outage_seconds").is_some_and(|v| (0.0..60.0).contains(&v)));
         assert_eq!(s(&text, "webscale_ready"), Some(0.0));
         let state = metrics.state();
         assert_eq!(state["llm"]["up"], false);

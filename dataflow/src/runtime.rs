@@ -340,3 +340,46 @@ impl Drop for WatermarkMonitor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_llm_stops_a_run_only_past_its_limit_or_on_a_stop_during_an_outage() {
+        let health = LlmHealth::new(1);
+        health.mark_up();
+        let control = RunControl {
+            llm: Some(LlmWatch {
+                health: health.clone(),
+                max_outage: Some(Duration::from_millis(50)),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(control.llm_stop_reason(), None, "up");
+        health.record_failure("connection refused");
+        assert!(
+            control.pause().load(Ordering::Relaxed),
+            "an outage pauses the sources"
+        );
+        assert_eq!(
+            control.llm_stop_reason(),
+            None,
+            "an outage within its limit"
+        );
+        control.stop.store(true, Ordering::Relaxed);
+        let why = control.llm_stop_reason().unwrap();
+        assert!(
+            why.contains("stopped during an LLM outage") && why.contains("refused"),
+            "{why}"
+        );
+        control.stop.store(false, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(60));
+        let why = control.llm_stop_reason().unwrap();
+        assert!(why.contains("max_outage_secs = 0 s"), "{why}");
+        // Without an LLM nothing pauses and nothing stops.
+        let plain = RunControl::default();
+        assert!(!plain.pause().load(Ordering::Relaxed));
+        assert_eq!(plain.llm_stop_reason(), None);
+    }
+}
