@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use timely::dataflow::InputHandle;
-use timely::dataflow::operators::core::{Concat, Inspect, Probe};
+use timely::dataflow::operators::core::{Inspect, Probe};
 use timely::dataflow::operators::vec::Input;
+use timely::dataflow::{InputHandle, ProbeHandle};
 use webscale_rl_dataflow::{Funnel, PipelineConfig, graph};
-use webscale_rl_operators::record::{Origin, RawMessage};
+use webscale_rl_records::{Origin, RawMessage};
 
 const SAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -53,14 +53,20 @@ fn run(workers: usize, docs: Arc<Vec<Vec<u8>>>, near_dedup: bool) -> (f64, u64) 
                 &Default::default(),
             )
             .unwrap();
-            let out = out.clone();
-            let (probe, _) = outs
-                .output
-                .concat(outs.dead_letters)
+            let graph::Output::Documents(docs) = outs.output else {
+                unreachable!("without an LLM the output is documents")
+            };
+            let (out, dead) = (out.clone(), out.clone());
+            let probe = ProbeHandle::new();
+            docs.inspect(move |_| {
+                out.fetch_add(1, Ordering::Relaxed);
+            })
+            .probe_with(&probe);
+            outs.dead_letters
                 .inspect(move |_| {
-                    out.fetch_add(1, Ordering::Relaxed);
+                    dead.fetch_add(1, Ordering::Relaxed);
                 })
-                .probe();
+                .probe_with(&probe);
             probe
         });
         // Each worker reads its share, in epochs of 1,000 documents.

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use timely::dataflow::operators::{Input, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
+use webscale_rl_operators::Verdicts;
 use webscale_rl_operators::benchmarks::{BenchmarkSet, load_path};
 use webscale_rl_operators::decontaminate::{
-    Benchmarks, DecontaminateConfig, NgramIndex, decontaminate, decontaminate_documents,
-    find_overlap,
+    Benchmarks, Decontaminate, DecontaminateConfig, NgramIndex, decontaminate_with, find_overlap,
 };
-use webscale_rl_operators::{Document, Origin};
+use webscale_rl_records::{Document, Origin};
 
 /// Counts live heap bytes, so the index's memory is measured rather than only computed.
 struct Counting;
@@ -92,7 +92,10 @@ fn run_stage(docs: Arc<Vec<Document>>, indexes: Arc<Vec<NgramIndex>>) -> (Durati
         let counter = passed.clone();
         worker.dataflow(|scope| {
             let stream = scope.input_from(&mut input).container::<Vec<Document>>();
-            let (ok, dead) = decontaminate_documents(stream, ngrams);
+            let Verdicts {
+                passed: ok,
+                rejected: dead,
+            } = stream.decontaminate(ngrams);
             use timely::dataflow::operators::Inspect;
             ok.inspect(move |_| counter.set(counter.get() + 1))
                 .probe_with(&probe);
@@ -125,13 +128,16 @@ fn run_pairs(texts: Arc<Vec<String>>, bench: Arc<Benchmarks>, fragments: bool) -
         let count = count.clone();
         let probe = worker.dataflow(|scope| {
             let records = scope.input_from(&mut input).container::<Vec<String>>();
-            let (ok, dead) = decontaminate(
+            let Verdicts {
+                passed: ok,
+                rejected: dead,
+            } = decontaminate_with(
                 records,
                 ngrams,
                 fragments,
                 |t: &String, out: &mut String| out.push_str(t),
                 |t: &String, o| {
-                    let mut d = webscale_rl_operators::DeadLetter::for_document(
+                    let mut d = webscale_rl_records::DeadLetter::for_document(
                         &Document {
                             id: t.clone(),
                             text: String::new(),
@@ -145,7 +151,7 @@ fn run_pairs(texts: Arc<Vec<String>>, bench: Arc<Benchmarks>, fragments: bool) -
                                 offset: 0,
                             },
                         },
-                        webscale_rl_operators::Stage::Decontaminate,
+                        webscale_rl_records::Stage::Decontaminate,
                         "benchmark_overlap",
                         o.detail(),
                     );

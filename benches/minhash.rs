@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use timely::dataflow::operators::{Input, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
+use webscale_rl_operators::Verdicts;
 use webscale_rl_operators::lsh_index::{IndexParams, Partition, Query, partition_of};
 use webscale_rl_operators::minhash::{MinHasher, NearDedupConfig, sketch, sketch_len};
-use webscale_rl_operators::near_dedup::near_dedup;
-use webscale_rl_operators::{Document, Origin};
+use webscale_rl_operators::near_dedup::NearDedup;
+use webscale_rl_records::{Document, Origin};
 
 /// Nanoseconds this thread has been on a CPU (Linux), so that MB/s per core is not diluted by
 /// other processes sharing the machine.
@@ -88,7 +89,10 @@ fn run_stage(workers: usize, docs: Arc<Vec<Document>>, cfg: NearDedupConfig) -> 
         let counter = passed.clone();
         worker.dataflow(|scope| {
             let stream = scope.input_from(&mut input).container::<Vec<Document>>();
-            let (ok, dead) = near_dedup(stream, cfg.clone());
+            let Verdicts {
+                passed: ok,
+                rejected: dead,
+            } = stream.near_dedup(cfg.clone());
             ok.inspect(move |_| counter.set(counter.get() + 1))
                 .probe_with(&probe);
             dead.probe_with(&probe);

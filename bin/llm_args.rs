@@ -96,16 +96,9 @@ impl LlmSetup {
                 cfg.llm_filter.enabled,
                 &cfg.llm_filter.model,
             ),
-            (
-                "[classify] model",
-                cfg.classify.enabled,
-                &cfg.classify.model,
-            ),
-            (
-                "[generate] model",
-                cfg.generate.enabled,
-                &cfg.generate.model,
-            ),
+            // Classification and generation are the method itself: always on.
+            ("[classify] model", true, &cfg.classify.model),
+            ("[generate] model", true, &cfg.generate.model),
             ("[verify] model", cfg.verify.enabled, &cfg.verify.model),
         ]
         .into_iter()

@@ -63,7 +63,7 @@ impl Summary {
         eprintln!("{:<28}{:>10}", "documents consumed", f.consumed);
         // In the order a document meets the stages, not alphabetically.
         let mut stages: Vec<_> = f.stages.iter().collect();
-        stages.sort_by_key(|(stage, _)| (webscale_rl_operators::Stage::rank(stage), *stage));
+        stages.sort_by_key(|(stage, _)| (webscale_rl_records::Stage::rank(stage), *stage));
         for (stage, outcomes) in stages {
             let passed = outcomes.get("passed").copied().unwrap_or(0);
             let rejected: u64 = outcomes

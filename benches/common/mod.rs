@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use webscale_rl_operators::{Document, Origin};
+use webscale_rl_records::{Document, Origin};
 
 /// A file under `../shared/data`, or the path in environment variable `var` when set.
 pub fn shared(var: &str, rel: &str) -> PathBuf {

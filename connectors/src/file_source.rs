@@ -13,7 +13,7 @@ use std::time::Duration;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::{Operator, source};
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
-use webscale_rl_operators::record::{Origin, RawMessage};
+use webscale_rl_records::{Origin, RawMessage};
 
 use crate::file::JsonlInput;
 

@@ -16,7 +16,7 @@ use webscale_rl_connectors::export::{
     ExportFormat, ExportOptions, export_file, export_topic, sharded_writer,
 };
 use webscale_rl_connectors::kafka::{KafkaConfig, tools};
-use webscale_rl_operators::record::{Models, PIPELINE_VERSION, QaPair, qa_id};
+use webscale_rl_records::{Models, PIPELINE_VERSION, QaPair, qa_id};
 
 const SAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

@@ -17,6 +17,7 @@ use webscale_rl_operators::minhash::NearDedupConfig;
 use webscale_rl_operators::parse::ParseConfig;
 use webscale_rl_operators::quality_filter::QualityFilterConfig;
 use webscale_rl_operators::verify::VerifyConfig;
+use webscale_rl_records::Stage;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -38,6 +39,22 @@ pub struct PipelineConfig {
 }
 
 impl PipelineConfig {
+    /// Whether the config switches `stage` on. Parsing, classification and generation are the
+    /// method itself and always run (the last two with an LLM); `verify.enabled` switches only
+    /// its LLM check, the deterministic checks always run.
+    pub fn enabled(&self, stage: Stage) -> bool {
+        match stage {
+            Stage::Parse | Stage::Classify | Stage::Generate | Stage::Verify => true,
+            Stage::QualityFilter => self.quality_filter.enabled,
+            Stage::ExactDedup => self.exact_dedup.enabled,
+            Stage::NearDedup => self.near_dedup.enabled,
+            Stage::Decontaminate => {
+                self.decontaminate.enabled && self.decontaminate.check_documents
+            }
+            Stage::LlmFilter => self.llm_filter.enabled,
+        }
+    }
+
     /// Reads a TOML config file; errors name the file and the offending key.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)

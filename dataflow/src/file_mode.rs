@@ -8,12 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::anyhow;
-use timely::dataflow::ProbeHandle;
-use timely::dataflow::operators::core::Concat;
 use timely::dataflow::operators::core::Probe;
+use timely::dataflow::{ProbeHandle, StreamVec};
 use webscale_rl_connectors::export::{ExportFormat, ExportOptions, sharded_writer};
 use webscale_rl_connectors::file::{JsonlInput, JsonlOutput, Progress};
-use webscale_rl_connectors::file_sink::{FileOutput, file_sink};
+use webscale_rl_connectors::file_sink::{FileOutput, FileRecord, SharedOutput, file_sink};
 use webscale_rl_connectors::file_source::{FileProgress, FileSourceConfig, file_source};
 
 use crate::config::PipelineConfig;
@@ -142,6 +141,28 @@ impl Output {
 
 type Worker0 = (JsonlInput, (Output, JsonlOutput));
 
+/// What every file sink of a worker shares: the funnel it counts into, the first write error,
+/// and the probe whose frontier says what is durable.
+struct Sinks<'a> {
+    funnel: &'a Funnel,
+    error: &'a Rc<RefCell<Option<String>>>,
+    durable: &'a ProbeHandle<u64>,
+}
+
+impl Sinks<'_> {
+    /// Counts `records` as (stage, outcome) on their way into the sink writing `to`.
+    fn write<R: FileRecord>(
+        &self,
+        records: StreamVec<'_, u64, R>,
+        to: &SharedOutput,
+        (stage, outcome): (&'static str, &'static str),
+    ) {
+        let counted = count(records, self.funnel, stage, outcome);
+        file_sink(counted.clone(), to.clone(), self.error.clone());
+        counted.probe_with(self.durable);
+    }
+}
+
 fn file_worker(
     worker: &mut timely::worker::Worker,
     cfg: &PipelineConfig,
@@ -178,11 +199,16 @@ fn file_worker(
         );
         let outs = graph::build(messages, cfg, funnel, resources).map_err(|e| anyhow!(e))?;
         // Counted on their way into the sinks: the funnel's `emitted` / `dead_lettered`.
-        let counted_out = count(outs.output, funnel, EMITTED.0, EMITTED.1);
-        let counted_dead = count(outs.dead_letters, funnel, DEAD_LETTERED.0, DEAD_LETTERED.1);
-        file_sink(counted_out.clone(), out.clone(), sink_error.clone());
-        file_sink(counted_dead.clone(), rej.clone(), sink_error.clone());
-        counted_out.concat(counted_dead).probe_with(&durable);
+        let sinks = Sinks {
+            funnel,
+            error: &sink_error,
+            durable: &durable,
+        };
+        match outs.output {
+            graph::Output::Documents(records) => sinks.write(records, &out, EMITTED),
+            graph::Output::QaPairs(records) => sinks.write(records, &out, EMITTED),
+        }
+        sinks.write(outs.dead_letters, &rej, DEAD_LETTERED);
         Ok(())
     })?;
     let with_llm = resources.llm.is_some();

@@ -15,30 +15,35 @@ use std::sync::Arc;
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::core::{Concat, Concatenate, Inspect};
 use timely::dataflow::operators::vec::Map;
-use webscale_rl_operators::classify::classify;
-use webscale_rl_operators::decontaminate::{
-    Benchmarks, NgramIndex, Overlap, decontaminate, decontaminate_documents,
-};
-use webscale_rl_operators::exact_dedup::exact_dedup;
-use webscale_rl_operators::generate::generate;
+use webscale_rl_operators::Verdicts;
+use webscale_rl_operators::classify::Classify;
+use webscale_rl_operators::decontaminate::{Benchmarks, Decontaminate, NgramIndex};
+use webscale_rl_operators::exact_dedup::ExactDedup;
+use webscale_rl_operators::generate::Generate;
 use webscale_rl_operators::llm_call::LlmService;
-use webscale_rl_operators::llm_filter::llm_filter;
-use webscale_rl_operators::near_dedup::near_dedup;
-use webscale_rl_operators::parse::parse;
-use webscale_rl_operators::qa_accounting::qa_accounting;
-use webscale_rl_operators::quality_filter::quality_filter;
-use webscale_rl_operators::record::{
-    AcceptedDocument, DeadLetter, Document, Emitted, Origin, PairOutcome, QaPair, RawMessage, Stage,
+use webscale_rl_operators::llm_filter::LlmFilter;
+use webscale_rl_operators::near_dedup::NearDedup;
+use webscale_rl_operators::parse::Parse;
+use webscale_rl_operators::qa_accounting::QaAccounting;
+use webscale_rl_operators::quality_filter::QualityFilter;
+use webscale_rl_operators::verify::Verify;
+use webscale_rl_records::{
+    AcceptedDocument, DeadLetter, Document, Origin, PairOutcome, QaPair, RawMessage, Stage,
 };
-use webscale_rl_operators::verify::verify;
 
 use crate::config::PipelineConfig;
 use crate::funnel::{CONSUMED, Funnel, QA_PAIRS};
 
-/// The two streams a pipeline produces, serialized and keyed for the sinks.
+/// What the pipeline emits: the surviving documents (no LLM) or the QA pairs.
+pub enum Output<'s> {
+    Documents(StreamVec<'s, u64, AcceptedDocument>),
+    QaPairs(StreamVec<'s, u64, QaPair>),
+}
+
+/// The two streams a pipeline produces, as records: the sinks encode them.
 pub struct Outputs<'s> {
-    pub output: StreamVec<'s, u64, Emitted>,
-    pub dead_letters: StreamVec<'s, u64, Emitted>,
+    pub output: Output<'s>,
+    pub dead_letters: StreamVec<'s, u64, DeadLetter>,
 }
 
 /// Counts the records of a stream into the funnel under (stage, outcome).
@@ -65,6 +70,52 @@ pub struct Resources {
     pub benchmarks: Option<Arc<Benchmarks>>,
 }
 
+/// Wires stages one way: a stage switched off in the config passes its input through; a stage's
+/// passed records are counted in the funnel under its name, its rejections collected for the
+/// dead-letter sink.
+struct Stages<'s, 'c> {
+    cfg: &'c PipelineConfig,
+    funnel: Funnel,
+    rejected: Vec<StreamVec<'s, u64, DeadLetter>>,
+    /// Rejections of single QA pairs, which go through accounting rather than straight out.
+    pair_failures: Vec<StreamVec<'s, u64, DeadLetter>>,
+}
+
+impl<'s> Stages<'s, '_> {
+    /// `stage` over `records` if the config enables it, else `records` untouched.
+    fn filter<D: 'static>(
+        &mut self,
+        stage: Stage,
+        records: StreamVec<'s, u64, D>,
+        build: impl FnOnce(StreamVec<'s, u64, D>) -> Verdicts<'s, D>,
+    ) -> StreamVec<'s, u64, D> {
+        if !self.cfg.enabled(stage) {
+            return records;
+        }
+        self.keep(stage.as_str(), build(records))
+    }
+
+    /// Counts what passed under `funnel_stage` and collects the rejections.
+    fn keep<D: 'static>(
+        &mut self,
+        funnel_stage: &'static str,
+        verdicts: Verdicts<'s, D>,
+    ) -> StreamVec<'s, u64, D> {
+        self.rejected.push(verdicts.rejected);
+        count(verdicts.passed, &self.funnel, funnel_stage, "passed")
+    }
+
+    /// [`Stages::keep`] for a stage whose rejections concern one QA pair, not its document.
+    fn keep_pairs<D: 'static>(
+        &mut self,
+        funnel_stage: &'static str,
+        verdicts: Verdicts<'s, D>,
+    ) -> StreamVec<'s, u64, D> {
+        self.pair_failures.push(verdicts.rejected);
+        count(verdicts.passed, &self.funnel, funnel_stage, "passed")
+    }
+}
+
 /// Builds the stage graph over `messages`. With an LLM, the LLM stages turn the surviving
 /// documents into QA pairs; without, the surviving documents are the output.
 pub fn build<'s>(
@@ -75,58 +126,53 @@ pub fn build<'s>(
 ) -> Result<Outputs<'s>, String> {
     let scope = messages.scope();
     let messages = count(messages, funnel, CONSUMED.0, CONSUMED.1);
-    let mut rejected: Vec<StreamVec<'s, u64, DeadLetter>> = Vec::new();
+    let mut stages = Stages {
+        cfg,
+        funnel: funnel.clone(),
+        rejected: Vec::new(),
+        pair_failures: Vec::new(),
+    };
 
-    let (docs, bad) = parse(messages, cfg.parse.clone());
-    rejected.push(bad);
-    let mut docs: StreamVec<'s, u64, Document> = count(docs, funnel, "parse", "passed");
-
-    if cfg.quality_filter.enabled {
-        let (passed, bad) = quality_filter(docs, cfg.quality_filter.clone());
-        rejected.push(bad);
-        docs = count(passed, funnel, "quality_filter", "passed");
-    }
-    if cfg.exact_dedup.enabled {
-        let (passed, bad) = exact_dedup(docs, cfg.exact_dedup.clone());
-        rejected.push(bad);
-        docs = count(passed, funnel, "exact_dedup", "passed");
-    }
-    if cfg.near_dedup.enabled {
-        let (passed, bad) = near_dedup(docs, cfg.near_dedup.clone());
-        rejected.push(bad);
-        docs = count(passed, funnel, "near_dedup", "passed");
-    }
+    let docs = stages.keep(Stage::Parse.as_str(), messages.parse(cfg.parse.clone()));
+    let docs = stages.filter(Stage::QualityFilter, docs, |d| {
+        d.quality_filter(cfg.quality_filter.clone())
+    });
+    let docs = stages.filter(Stage::ExactDedup, docs, |d| {
+        d.exact_dedup(cfg.exact_dedup.clone())
+    });
+    let docs = stages.filter(Stage::NearDedup, docs, |d| {
+        d.near_dedup(cfg.near_dedup.clone())
+    });
     // Each worker keeps the benchmark n-grams whose hash it owns.
     let index = resources
         .benchmarks
         .as_ref()
         .map(|b| NgramIndex::build(b, scope.index(), scope.peers()));
-    if let Some(index) = index.as_ref().filter(|_| cfg.decontaminate.check_documents) {
-        let (passed, bad) = decontaminate_documents(docs, index.clone());
-        rejected.push(bad);
-        docs = count(passed, funnel, "decontaminate", "passed");
-    }
+    let docs = match &index {
+        Some(index) => stages.filter(Stage::Decontaminate, docs, |d| {
+            d.decontaminate(index.clone())
+        }),
+        None => docs,
+    };
 
     let output = match resources.llm.clone() {
         None => {
             // The dashboard lists the latest accepted records.
             let live = funnel.live().clone();
-            docs.inspect(move |doc: &Document| live.record_document(doc))
-                .map(|doc| {
-                    let id = doc.id.clone();
-                    Emitted::json(&id, &AcceptedDocument::from_document(doc))
-                })
+            Output::Documents(
+                docs.inspect(move |doc: &Document| live.record_document(doc))
+                    .map(AcceptedDocument::from_document),
+            )
         }
-        Some(service) => {
-            let pairs = qa_stages(docs, cfg, funnel, service, index, &mut rejected)?;
-            count(pairs, funnel, QA_PAIRS.0, QA_PAIRS.1)
+        Some(llm) => {
+            let pairs = qa_stages(docs, cfg, &mut stages, llm, index)?;
+            Output::QaPairs(count(pairs, funnel, QA_PAIRS.0, QA_PAIRS.1))
         }
     };
     let funnel_dl = funnel.clone();
     let dead_letters = scope
-        .concatenate(rejected)
-        .inspect(move |dl: &DeadLetter| funnel_dl.add(dl.stage.as_str(), &dl.reason, 1))
-        .map(|dl| Emitted::json(&dl.id, &dl));
+        .concatenate(stages.rejected)
+        .inspect(move |dl: &DeadLetter| funnel_dl.add(dl.stage.as_str(), &dl.reason, 1));
     Ok(Outputs {
         output,
         dead_letters,
@@ -134,76 +180,58 @@ pub fn build<'s>(
 }
 
 /// LLM filter ─► classify ─► generate ─► verify ─► decontaminate (QA) ─► accounting.
-/// Document-level rejections go straight to `rejected`; pair-level ones pass through accounting,
-/// which adds a dead letter for every document left without a pair.
+/// Document-level rejections go straight to the dead letters; pair-level ones pass through
+/// accounting, which adds a dead letter for every document left without a pair.
 fn qa_stages<'s>(
-    mut docs: StreamVec<'s, u64, Document>,
+    docs: StreamVec<'s, u64, Document>,
     cfg: &PipelineConfig,
-    funnel: &Funnel,
-    service: Arc<dyn LlmService>,
+    stages: &mut Stages<'s, '_>,
+    llm: Arc<dyn LlmService>,
     index: Option<NgramIndex>,
-    rejected: &mut Vec<StreamVec<'s, u64, DeadLetter>>,
-) -> Result<StreamVec<'s, u64, Emitted>, String> {
-    if cfg.llm_filter.enabled {
-        let (passed, bad) = llm_filter(docs, cfg.llm_filter.clone(), service.clone())?;
-        rejected.push(bad);
-        docs = count(passed, funnel, "llm_filter", "passed");
-    }
-    let (classified, bad) = classify(docs, cfg.classify.clone(), service.clone())?;
-    rejected.push(bad);
-    let classified = count(classified, funnel, "classify", "passed");
-    let (candidates, gen_failed) = generate(classified, cfg.generate.clone(), service.clone())?;
-    let candidates = count(candidates, funnel, "generate", "passed");
-    let (verified, verify_failed) = verify(candidates, cfg.verify.clone(), service)?;
-    let mut verified = count(verified, funnel, "verify", "passed");
-    let mut pair_failures = gen_failed.concat(verify_failed);
+) -> Result<StreamVec<'s, u64, QaPair>, String> {
+    let docs = match cfg.enabled(Stage::LlmFilter) {
+        true => {
+            let verdicts = docs.llm_filter(cfg.llm_filter.clone(), llm.clone())?;
+            stages.keep(Stage::LlmFilter.as_str(), verdicts)
+        }
+        false => docs,
+    };
+    let classified = docs.classify(cfg.classify.clone(), llm.clone())?;
+    let classified = stages.keep(Stage::Classify.as_str(), classified);
+    // From here on a rejection concerns one pair, not its document: they are collected apart,
+    // and accounting decides which documents are left without a pair.
+    let candidates = classified.generate(cfg.generate.clone(), llm.clone())?;
+    let candidates = stages.keep_pairs(Stage::Generate.as_str(), candidates);
+    let verified = candidates.verify(cfg.verify.clone(), llm)?;
+    let mut verified = stages.keep_pairs(Stage::Verify.as_str(), verified);
     if let Some(index) = index {
-        let (clean, contaminated) = decontaminate(
-            verified,
-            index,
-            // Pairs get the fragment rules: a copied question with a word blanked or replaced.
-            true,
-            |(_, pair): &(Origin, QaPair), out: &mut String| {
-                out.push_str(&pair.question);
-                out.push('\n');
-                out.push_str(&pair.answer);
-            },
-            |(origin, pair): &(Origin, QaPair), overlap: &Overlap| {
-                DeadLetter::for_qa(
-                    origin,
-                    pair,
-                    Stage::Decontaminate,
-                    "benchmark_overlap",
-                    overlap.detail(),
-                )
-            },
-        );
-        verified = count(clean, funnel, "decontaminate_qa", "passed");
-        pair_failures = pair_failures.concat(contaminated);
+        verified = stages.keep_pairs("decontaminate_qa", verified.decontaminate(index));
     }
-
+    let scope = verified.scope();
     let outcomes = verified
         .map(|(origin, pair)| PairOutcome {
             doc_id: pair.doc_id.clone(),
             origin,
             result: Ok(pair),
         })
-        .concat(pair_failures.map(|dead| PairOutcome {
-            doc_id: dead.doc_id.clone().unwrap_or_default(),
-            origin: Origin {
-                topic: dead.topic.clone(),
-                partition: dead.partition,
-                offset: dead.offset,
-            },
-            result: Err(dead),
-        }));
-    let (pairs, bad) = qa_accounting(outcomes);
-    rejected.push(bad);
+        .concat(
+            scope
+                .concatenate(std::mem::take(&mut stages.pair_failures))
+                .map(|dead| PairOutcome {
+                    doc_id: dead.doc_id.clone().unwrap_or_default(),
+                    origin: Origin {
+                        topic: dead.topic.clone(),
+                        partition: dead.partition,
+                        offset: dead.offset,
+                    },
+                    result: Err(dead),
+                }),
+        );
+    // Accounting passes pairs through uncounted: they are counted as the output's `qa_pairs`.
+    let accounted = outcomes.qa_accounting();
+    stages.rejected.push(accounted.rejected);
+    let pairs = accounted.passed;
     // Domain and persona distribution and the latest pairs, for the metrics and the dashboard.
-    let live = funnel.live().clone();
-    let pairs = pairs.inspect(move |pair: &QaPair| live.record_pair(pair));
-    Ok(pairs.map(|pair| {
-        let id = pair.id.clone();
-        Emitted::json(&id, &pair)
-    }))
+    let live = stages.funnel.live().clone();
+    Ok(pairs.inspect(move |pair: &QaPair| live.record_pair(pair)))
 }

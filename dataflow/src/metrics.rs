@@ -25,7 +25,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::{Value, json};
 use webscale_rl_connectors::llm::{LlmClient, UsageSnapshot};
-use webscale_rl_operators::record::{Document, QaPair, now_millis};
+use webscale_rl_records::{Document, QaPair, now_millis};
 
 use crate::funnel::{Funnel, FunnelSnapshot};
 

@@ -24,7 +24,7 @@ use webscale_rl_connectors::llm::LlmHealth;
 
 use crate::config::PipelineConfig;
 use crate::funnel::{DEAD_LETTERED, EMITTED, Funnel};
-use crate::graph::{self, Resources};
+use crate::graph::{self, Output, Resources};
 use crate::metrics::Live;
 
 /// How often a worker reports its partitions' positions, in-flight records and the frontier.
@@ -178,7 +178,10 @@ fn kafka_worker(
             control.pause(),
         );
         let outs = graph::build(messages, cfg, funnel, resources).map_err(|e| anyhow!(e))?;
-        let written = kafka_sink(outs.output, output.clone());
+        let written = match outs.output {
+            Output::Documents(records) => kafka_sink(records, output.clone()),
+            Output::QaPairs(records) => kafka_sink(records, output.clone()),
+        };
         let dead = kafka_sink(outs.dead_letters, dead_letter.clone());
         written.concat(dead).probe_with(&durable);
         Ok(())

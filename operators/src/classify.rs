@@ -10,7 +10,8 @@ use timely::dataflow::StreamVec;
 
 use crate::llm_call::{LlmService, clip, prompt};
 use crate::llm_stage::{Verdict, llm_stage};
-use crate::record::{ClassifiedDocument, DeadLetter, Document, Stage};
+use crate::verdicts::{Epoch, Verdicts};
+use webscale_rl_records::{ClassifiedDocument, DeadLetter, Document, Stage};
 
 const PROMPT: &str = include_str!("../../prompts/classify.md");
 
@@ -31,7 +32,6 @@ pub const DEFAULT_DOMAINS: [&str; 10] = [
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClassifyConfig {
-    pub enabled: bool,
     /// Model name; empty = `[llm] model`.
     pub model: String,
     pub temperature: f64,
@@ -46,7 +46,6 @@ pub struct ClassifyConfig {
 impl Default for ClassifyConfig {
     fn default() -> Self {
         ClassifyConfig {
-            enabled: true,
             model: String::new(),
             temperature: 0.0,
             max_tokens: 256,
@@ -92,11 +91,51 @@ pub fn personas_of(value: &serde_json::Value, max: usize) -> Vec<String> {
     out
 }
 
-pub fn classify<'s>(
-    docs: StreamVec<'s, u64, Document>,
+/// The classify stage (an LLM stage: its calls run asynchronously, see [`crate::llm_stage`]).
+pub trait Classify<'s> {
+    /// Labels each document with one of the configured domains and up to `max_personas`
+    /// personas who would read it; an off-list domain is asked again once.
+    ///
+    /// An error: the stage's prompt file could not be read or lacks a placeholder.
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use webscale_rl_operators::classify::{Classify, ClassifyConfig};
+    /// use webscale_rl_operators::testing::{FakeLlm, answer, document, run_stage};
+    ///
+    /// let llm = FakeLlm::new(|_request| {
+    ///     answer(json!({"domain": "natural science", "personas": ["a botany student", "a gardener"], "reason": ""}))
+    /// });
+    /// let input = vec![document("d", "Plants make sugar from light by photosynthesis.")];
+    /// let (classified, _) = run_stage(input, move |docs| {
+    ///     docs.classify(ClassifyConfig::default(), llm).unwrap()
+    /// });
+    /// // The label is matched to the taxonomy's spelling.
+    /// assert_eq!(classified[0].domain, "Natural Science");
+    /// assert_eq!(classified[0].personas, ["a botany student", "a gardener"]);
+    /// ```
+    fn classify(
+        self,
+        cfg: ClassifyConfig,
+        llm: Arc<dyn LlmService>,
+    ) -> Result<Verdicts<'s, ClassifiedDocument>, String>;
+}
+
+impl<'s> Classify<'s> for StreamVec<'s, Epoch, Document> {
+    fn classify(
+        self,
+        cfg: ClassifyConfig,
+        llm: Arc<dyn LlmService>,
+    ) -> Result<Verdicts<'s, ClassifiedDocument>, String> {
+        classify(self, cfg, llm)
+    }
+}
+
+fn classify<'s>(
+    docs: StreamVec<'s, Epoch, Document>,
     cfg: ClassifyConfig,
     service: Arc<dyn LlmService>,
-) -> Result<crate::Split<'s, ClassifiedDocument>, String> {
+) -> Result<Verdicts<'s, ClassifiedDocument>, String> {
     let template = cfg.call().template(PROMPT)?;
     let domain_list = cfg
         .domains
@@ -193,6 +232,57 @@ crate::impl_stage_call!(ClassifyConfig);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{FakeLlm, answer, document, run_stage};
+
+    #[test]
+    fn an_off_list_domain_is_asked_once_more_then_dead_lettered() {
+        let llm = FakeLlm::new(|r| {
+            let domain = if r.prompt.contains("not in the list") && r.prompt.contains("fixed") {
+                "Coding"
+            } else {
+                "Cooking"
+            };
+            answer(serde_json::json!({"domain": domain, "personas": ["a cook"], "reason": ""}))
+        });
+        let input = vec![
+            document("fixed", "a text, fixed"),
+            document("stuck", "a text"),
+        ];
+        let (classified, dead) = run_stage(input, {
+            let llm = llm.clone();
+            move |docs| docs.classify(ClassifyConfig::default(), llm).unwrap()
+        });
+        assert_eq!(classified.len(), 1);
+        assert_eq!(classified[0].domain, "Coding");
+        assert_eq!(classified[0].classifier_model, "fake");
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (dead[0].doc_id.as_deref(), dead[0].reason.as_str()),
+            (Some("stuck"), "off_list_domain")
+        );
+        // Two calls per document: the second names the rejected label.
+        let asked = llm.asked();
+        assert_eq!(asked.len(), 4);
+        assert_eq!(
+            asked
+                .iter()
+                .filter(|r| r.prompt.contains("\"Cooking\""))
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_document_without_personas_is_a_dead_letter() {
+        let llm = FakeLlm::new(|_| {
+            answer(serde_json::json!({"domain": "Math", "personas": [], "reason": ""}))
+        });
+        let (classified, dead) = run_stage(vec![document("d", "a text")], move |docs| {
+            docs.classify(ClassifyConfig::default(), llm).unwrap()
+        });
+        assert!(classified.is_empty());
+        assert_eq!(dead[0].reason, "no_personas");
+    }
 
     #[test]
     fn domains_match_loosely_and_personas_are_cleaned() {

@@ -26,23 +26,22 @@
 //! A key maps to the first item (in load order) that has it, whatever the partitioning, so
 //! verdicts and details do not depend on the number of workers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
-use timely::order::TotalOrder;
-use timely::progress::Timestamp;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::benchmarks::{BenchmarkError, BenchmarkSet, BenchmarkSpec, load_all};
+use crate::epoch::EpochStash;
 use crate::normalize::{NormalizeConfig, normalize_words_into};
-use crate::record::{DeadLetter, Document, Stage};
+use crate::verdicts::{Epoch, Verdicts};
+use webscale_rl_records::{DeadLetter, Document, Origin, QaPair, Stage};
 
 /// Settings of decontamination (`[decontaminate]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -782,35 +781,98 @@ impl Hit {
 }
 
 /// Epoch state at a record's home.
-struct HomeEpoch<T: Timestamp, R> {
-    cap: Capability<T>,
+struct HomeEpoch<R> {
     records: Vec<(u64, R)>,
     hits: HashMap<u64, Hit>,
     /// Fragment hits per record: (item, position).
     fragments: HashMap<u64, Vec<(u32, u32)>>,
 }
 
-/// Drops documents overlapping a benchmark item (`benchmark_overlap` dead letters); the
-/// document stage of [`decontaminate`]. `index` is this worker's ([`NgramIndex::build`] with the
-/// scope's index and peers).
-pub fn decontaminate_documents<'s, T: Timestamp + TotalOrder>(
-    docs: StreamVec<'s, T, Document>,
-    index: NgramIndex,
-) -> (StreamVec<'s, T, Document>, StreamVec<'s, T, DeadLetter>) {
-    decontaminate(
-        docs,
-        index,
-        false,
-        |doc: &Document, out: &mut String| out.push_str(&doc.text),
-        |doc: &Document, overlap: &Overlap| {
-            DeadLetter::for_document(
-                doc,
-                Stage::Decontaminate,
-                "benchmark_overlap",
-                overlap.detail(),
-            )
-        },
-    )
+impl<R> Default for HomeEpoch<R> {
+    fn default() -> Self {
+        HomeEpoch {
+            records: Vec::new(),
+            hits: HashMap::new(),
+            fragments: HashMap::new(),
+        }
+    }
+}
+
+/// Benchmark decontamination: drops records whose text overlaps an item of a benchmark test set
+/// (`benchmark_overlap` dead letters, naming the set, the item and the overlapping words).
+/// `index` is this worker's share ([`NgramIndex::build`] with the scope's index and peers).
+pub trait Decontaminate<'s, R> {
+    /// Documents are checked on their text; QA pairs `(origin, pair)` on question and answer,
+    /// with the fragment rules too (a copied question with a word blanked or replaced).
+    ///
+    /// ```
+    /// use webscale_rl_operators::benchmarks::{BenchmarkItem, BenchmarkSet};
+    /// use webscale_rl_operators::decontaminate::{Benchmarks, Decontaminate, DecontaminateConfig, NgramIndex};
+    /// use webscale_rl_operators::testing::{document, run_stage};
+    ///
+    /// let item = "Natalia sold clips to forty eight of her friends in April and then half as many in May";
+    /// let set = BenchmarkSet {
+    ///     name: "gsm8k".into(),
+    ///     path: "gsm8k.jsonl".into(),
+    ///     fields: vec!["question".into()],
+    ///     items: vec![BenchmarkItem { id: "train/0".into(), segments: vec![item.into()] }],
+    /// };
+    /// let benchmarks = Benchmarks::from_sets(&[set], &DecontaminateConfig::default());
+    /// let input = vec![
+    ///     document("copied", &format!("Homework help: {item}. How many clips?")),
+    ///     document("clean", "A recipe for bread with flour, water, salt and yeast, baked for an hour."),
+    /// ];
+    /// let (kept, dropped) = run_stage(input, move |docs| {
+    ///     docs.decontaminate(NgramIndex::build(&benchmarks, 0, 1))
+    /// });
+    /// assert_eq!(kept[0].id, "clean");
+    /// assert_eq!(dropped[0].reason, "benchmark_overlap");
+    /// ```
+    fn decontaminate(self, index: NgramIndex) -> Verdicts<'s, R>;
+}
+
+impl<'s> Decontaminate<'s, Document> for StreamVec<'s, Epoch, Document> {
+    fn decontaminate(self, index: NgramIndex) -> Verdicts<'s, Document> {
+        decontaminate_with(
+            self,
+            index,
+            false,
+            |doc: &Document, out: &mut String| out.push_str(&doc.text),
+            |doc: &Document, overlap: &Overlap| {
+                DeadLetter::for_document(
+                    doc,
+                    Stage::Decontaminate,
+                    "benchmark_overlap",
+                    overlap.detail(),
+                )
+            },
+        )
+    }
+}
+
+impl<'s> Decontaminate<'s, (Origin, QaPair)> for StreamVec<'s, Epoch, (Origin, QaPair)> {
+    fn decontaminate(self, index: NgramIndex) -> Verdicts<'s, (Origin, QaPair)> {
+        decontaminate_with(
+            self,
+            index,
+            // Pairs get the fragment rules: a copied question with a word blanked or replaced.
+            true,
+            |(_, pair): &(Origin, QaPair), out: &mut String| {
+                out.push_str(&pair.question);
+                out.push('\n');
+                out.push_str(&pair.answer);
+            },
+            |(origin, pair): &(Origin, QaPair), overlap: &Overlap| {
+                DeadLetter::for_qa(
+                    origin,
+                    pair,
+                    Stage::Decontaminate,
+                    "benchmark_overlap",
+                    overlap.detail(),
+                )
+            },
+        )
+    }
 }
 
 /// Drops records whose text overlaps a benchmark item, for any record type: `text` appends the
@@ -820,15 +882,14 @@ pub fn decontaminate_documents<'s, T: Timestamp + TotalOrder>(
 /// share rules: a generated question that copies an item with a word blanked or replaced.
 // The verdict results live only between the operator and the split.
 #[allow(clippy::result_large_err)]
-pub fn decontaminate<'s, T, R, F, D>(
-    records: StreamVec<'s, T, R>,
+pub fn decontaminate_with<'s, R, F, D>(
+    records: StreamVec<'s, Epoch, R>,
     index: NgramIndex,
     fragments: bool,
     text: F,
     dead_letter: D,
-) -> (StreamVec<'s, T, R>, StreamVec<'s, T, DeadLetter>)
+) -> Verdicts<'s, R>
 where
-    T: Timestamp + TotalOrder,
     R: Clone + 'static,
     F: Fn(&R, &mut String) + 'static,
     D: Fn(&R, &Overlap) -> DeadLetter + 'static,
@@ -841,10 +902,7 @@ where
         "decontaminate: the index was built for another worker"
     );
     if index.total_keys == 0 {
-        return records
-            .map(Ok::<R, DeadLetter>)
-            .container::<Vec<Result<R, DeadLetter>>>()
-            .ok_err(|v| v);
+        return Verdicts::all_passed(records);
     }
 
     let lengths = index.lengths.clone();
@@ -935,29 +993,15 @@ where
         "DecontaminateVerdict",
         move |default_cap, _info| {
             drop(default_cap);
-            let mut pending: BTreeMap<T, HomeEpoch<T, R>> = BTreeMap::new();
+            let mut stash: EpochStash<HomeEpoch<R>> = EpochStash::default();
             let mut buf = String::new();
             move |(records_in, records_frontier), (hits_in, hits_frontier), output| {
                 records_in.for_each_stamp(|cap, data| {
-                    let time = cap.least().expect("a stamp has a time").clone();
-                    let entry = pending.entry(time).or_insert_with(|| HomeEpoch {
-                        cap: cap.retain_least(0).expect("output 0"),
-                        records: Vec::new(),
-                        hits: HashMap::new(),
-                        fragments: HashMap::new(),
-                    });
-                    for batch in data {
-                        entry.records.append(batch);
-                    }
+                    let (_, entry) = stash.entry(&cap);
+                    data.for_each(|batch| entry.records.append(batch));
                 });
                 hits_in.for_each_stamp(|cap, data| {
-                    let time = cap.least().expect("a stamp has a time").clone();
-                    let entry = pending.entry(time).or_insert_with(|| HomeEpoch {
-                        cap: cap.retain_least(0).expect("output 0"),
-                        records: Vec::new(),
-                        hits: HashMap::new(),
-                        fragments: HashMap::new(),
-                    });
+                    let (_, entry) = stash.entry(&cap);
                     for batch in data {
                         for hit in batch.drain(..) {
                             if hit.len & FRAGMENT != 0 {
@@ -977,17 +1021,14 @@ where
                         }
                     }
                 });
-                while let Some(entry) = pending.first_entry() {
-                    let time = entry.key();
-                    if records_frontier.less_equal(time) || hits_frontier.less_equal(time) {
-                        break;
-                    }
+                let open =
+                    |t: &Epoch| records_frontier.less_equal(t) || hits_frontier.less_equal(t);
+                while let Some((cap, epoch)) = stash.pop_complete(open) {
                     let HomeEpoch {
-                        cap,
                         records,
                         mut hits,
                         mut fragments,
-                    } = entry.remove();
+                    } = epoch;
                     let mut session = output.session(&cap);
                     for (local, record) in records {
                         let copied = fragments.remove(&local).and_then(|mut f| {
@@ -1015,9 +1056,7 @@ where
             }
         },
     );
-    verdicts
-        .container::<Vec<Result<R, DeadLetter>>>()
-        .ok_err(|v| v)
+    Verdicts::split(verdicts.container::<Vec<Result<R, DeadLetter>>>())
 }
 
 #[cfg(test)]

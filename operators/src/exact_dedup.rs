@@ -11,23 +11,19 @@
 //! or, without a `state_dir`, in an in-memory database (tests, short runs). The oldest entries
 //! are evicted beyond `max_documents`.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::core::OkErr;
-use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
-use timely::order::TotalOrder;
-use timely::progress::Timestamp;
 
+use crate::epoch::EpochStash;
 use crate::lsh_index::{IndexParams, MAX_KEYS_PER_PARTITION, Partition, Query, partition_of};
 use crate::normalize::{NormalizeConfig, content_hash};
-use crate::record::{DeadLetter, Document, Stage};
+use crate::verdicts::{Epoch, Verdicts, judge};
+use webscale_rl_records::{DeadLetter, Document, Stage};
 
 /// Settings of the exact dedup stage.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -98,112 +94,120 @@ fn origin_hash(doc: &Document) -> u64 {
     )
 }
 
-/// Keeps the first copy of each normalized text; later copies become `duplicate_of` dead letters.
-/// Each worker opens the index partitions it owns when the dataflow is built, and panics if they
-/// cannot be opened: call [`ExactDedupConfig::check`] first to report a bad setting once.
-pub fn exact_dedup<'s, T>(
-    docs: StreamVec<'s, T, Document>,
-    cfg: ExactDedupConfig,
-) -> (StreamVec<'s, T, Document>, StreamVec<'s, T, DeadLetter>)
-where
-    T: Timestamp + TotalOrder + Into<u64>,
-{
-    let scope = docs.scope();
-    let (worker, peers) = (scope.index() as u32, scope.peers() as u32);
-    let params = cfg.index_params();
-    let partitions = params.partitions;
-    let norm = cfg.normalize.clone();
-    let hashed = docs.map(move |doc| (content_hash(&doc.text, &norm), doc));
-    let verdicts = hashed.unary_frontier(
-        Exchange::new(move |(hash, _): &(u64, Document)| {
-            (partition_of(*hash, partitions) % peers) as u64
-        }),
-        "ExactDedup",
-        move |default_cap, _info| {
-            drop(default_cap);
-            // `slot[p]`: where partition p sits in `parts`, if this worker owns it.
-            let mut slot = vec![usize::MAX; partitions as usize];
-            let mut parts = Vec::new();
-            for p in (0..partitions).filter(|p| p % peers == worker) {
-                slot[p as usize] = parts.len();
-                parts.push(
-                    Partition::open(p, &params)
-                        .unwrap_or_else(|e| panic!("exact_dedup worker {worker}: {e}")),
-                );
-            }
-            // Per open epoch: its capability and its (text hash, document) pairs.
-            type Pending<T> = BTreeMap<T, (Capability<T>, Vec<(u64, Document)>)>;
-            let mut pending: Pending<T> = BTreeMap::new();
-            let mut queued: Vec<Vec<usize>> = vec![Vec::new(); parts.len()];
-            move |(input, frontier), output| {
-                input.for_each_stamp(|cap, data| {
-                    let time = cap.least().expect("a stamp has a time").clone();
-                    let entry = pending
-                        .entry(time)
-                        .or_insert_with(|| (cap.retain_least(0).expect("output 0"), Vec::new()));
-                    for batch in data {
-                        entry.1.append(batch);
-                    }
-                });
-                while let Some(entry) = pending.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break;
-                    }
-                    let (cap, mut docs) = entry.remove();
-                    let epoch: u64 = cap.time().clone().into();
-                    docs.sort_by(|a, b| {
-                        (a.0, &a.1.id, &a.1.origin).cmp(&(b.0, &b.1.id, &b.1.origin))
+/// The exact dedup stage.
+pub trait ExactDedup<'s> {
+    /// Keeps the first copy of each normalized text; later copies become `duplicate_of` dead
+    /// letters naming the id they copy. Each worker opens the index partitions it owns when the
+    /// dataflow is built, and panics if they cannot be opened: call [`ExactDedupConfig::check`]
+    /// first to report a bad setting once.
+    ///
+    /// ```
+    /// use webscale_rl_operators::exact_dedup::{ExactDedup, ExactDedupConfig};
+    /// use webscale_rl_operators::testing::{document, run_stage};
+    ///
+    /// let input = vec![document("b", "Same  TEXT."), document("a", "same text")];
+    /// let (kept, copies) = run_stage(input, |docs| docs.exact_dedup(ExactDedupConfig::default()));
+    /// // Within an epoch the order is fixed (text hash, then id): "a" wins though read second.
+    /// assert_eq!(kept[0].id, "a");
+    /// assert_eq!((copies[0].reason.as_str(), copies[0].detail.as_str()), ("duplicate_of", "a"));
+    /// ```
+    fn exact_dedup(self, cfg: ExactDedupConfig) -> Verdicts<'s, Document>;
+}
+
+impl<'s> ExactDedup<'s> for StreamVec<'s, Epoch, Document> {
+    fn exact_dedup(self, cfg: ExactDedupConfig) -> Verdicts<'s, Document> {
+        let scope = self.scope();
+        let (worker, peers) = (scope.index() as u32, scope.peers() as u32);
+        let params = cfg.index_params();
+        let partitions = params.partitions;
+        let norm = cfg.normalize.clone();
+        let hashed = self.map(move |doc| (content_hash(&doc.text, &norm), doc));
+        let route =
+            move |(hash, _): &(u64, Document)| (partition_of(*hash, partitions) % peers) as u64;
+        judge(
+            hashed,
+            Exchange::new(route),
+            "ExactDedup",
+            move |default_cap, _info| {
+                drop(default_cap);
+                // `slot[p]`: where partition p sits in `parts`, if this worker owns it.
+                let mut slot = vec![usize::MAX; partitions as usize];
+                let mut parts = Vec::new();
+                for p in (0..partitions).filter(|p| p % peers == worker) {
+                    slot[p as usize] = parts.len();
+                    parts.push(
+                        Partition::open(p, &params)
+                            .unwrap_or_else(|e| panic!("exact_dedup worker {worker}: {e}")),
+                    );
+                }
+                // Per open epoch: its (text hash, document) pairs.
+                let mut stash: EpochStash<Vec<(u64, Document)>> = EpochStash::default();
+                let mut queued: Vec<Vec<usize>> = vec![Vec::new(); parts.len()];
+                move |(input, frontier), output| {
+                    input.for_each_stamp(|cap, data| {
+                        let (_, docs) = stash.entry(&cap);
+                        data.for_each(|batch| docs.append(batch));
                     });
-                    let origins: Vec<u64> = docs.iter().map(|(_, d)| origin_hash(d)).collect();
-                    for (di, (hash, _)) in docs.iter().enumerate() {
-                        queued[slot[partition_of(*hash, partitions) as usize]].push(di);
-                    }
-                    // Document index -> the id it duplicates.
-                    let mut duplicate_of: Vec<Option<String>> = vec![None; docs.len()];
-                    for (part, queue) in parts.iter_mut().zip(queued.iter_mut()) {
-                        if queue.is_empty() {
-                            continue;
-                        }
-                        let queries: Vec<Query<'_>> = queue
-                            .iter()
-                            .map(|&di| Query {
-                                key: docs[di].0,
-                                origin: origins[di],
-                                id: &docs[di].1.id,
-                                sketch: &[],
-                            })
-                            .collect();
-                        part.apply_epoch(epoch, &queries, |qi, earlier| {
-                            // The same document sent again (a replayed dead letter, a re-sent
-                            // record) is itself, not a copy: same id, same text.
-                            if earlier.id != docs[queue[qi]].1.id {
-                                duplicate_of[queue[qi]] = Some(earlier.id.to_string());
-                            }
-                        })
-                        .unwrap_or_else(|e| panic!("exact_dedup worker {worker}: {e}"));
-                        part.sync_if_due()
-                            .unwrap_or_else(|e| panic!("exact_dedup worker {worker}: {e}"));
-                        queue.clear();
-                    }
-                    let mut session = output.session(&cap);
-                    for ((_, doc), dup) in docs.into_iter().zip(duplicate_of) {
-                        session.give(match dup {
-                            Some(first) => Err(DeadLetter::for_document(
-                                &doc,
-                                Stage::ExactDedup,
-                                "duplicate_of",
-                                first,
-                            )),
-                            None => Ok(doc),
+                    while let Some((cap, mut docs)) = stash.pop_complete(|t| frontier.less_equal(t))
+                    {
+                        let epoch = *cap.time();
+                        docs.sort_by(|a, b| {
+                            (a.0, &a.1.id, &a.1.origin).cmp(&(b.0, &b.1.id, &b.1.origin))
                         });
+                        let origins: Vec<u64> = docs.iter().map(|(_, d)| origin_hash(d)).collect();
+                        for (di, (hash, _)) in docs.iter().enumerate() {
+                            queued[slot[partition_of(*hash, partitions) as usize]].push(di);
+                        }
+                        // Document index -> the id it duplicates.
+                        let mut duplicate_of: Vec<Option<String>> = vec![None; docs.len()];
+                        for (part, queue) in parts.iter_mut().zip(queued.iter_mut()) {
+                            if queue.is_empty() {
+                                continue;
+                            }
+                            let queries: Vec<Query<'_>> = queue
+                                .iter()
+                                .map(|&di| Query {
+                                    key: docs[di].0,
+                                    origin: origins[di],
+                                    id: &docs[di].1.id,
+                                    sketch: &[],
+                                })
+                                .collect();
+                            part.apply_epoch(epoch, &queries, |qi, earlier| {
+                                // The same document sent again (a replayed dead letter, a re-sent
+                                // record) is itself, not a copy: same id, same text.
+                                if earlier.id != docs[queue[qi]].1.id {
+                                    duplicate_of[queue[qi]] = Some(earlier.id.to_string());
+                                }
+                            })
+                            .unwrap_or_else(|e| panic!("exact_dedup worker {worker}: {e}"));
+                            part.sync_if_due()
+                                .unwrap_or_else(|e| panic!("exact_dedup worker {worker}: {e}"));
+                            queue.clear();
+                        }
+                        let mut session = output.session(&cap);
+                        for ((_, doc), dup) in docs.into_iter().zip(duplicate_of) {
+                            session.give(match dup {
+                                Some(first) => Err(DeadLetter::for_document(
+                                    &doc,
+                                    Stage::ExactDedup,
+                                    "duplicate_of",
+                                    first,
+                                )),
+                                None => Ok(doc),
+                            });
+                        }
+                    }
+                    if frontier.is_empty() {
+                        for part in &mut parts {
+                            part.sync()
+                                .unwrap_or_else(|e| panic!("exact_dedup worker {worker}: {e}"));
+                        }
                     }
                 }
-            }
-        },
-    );
-    verdicts
-        .container::<Vec<Result<Document, DeadLetter>>>()
-        .ok_err(|v| v)
+            },
+        )
+    }
 }
 
 #[cfg(test)]
@@ -214,7 +218,7 @@ mod tests {
     use timely::dataflow::operators::{Inspect, Probe};
 
     use super::*;
-    use crate::record::Origin;
+    use webscale_rl_records::Origin;
 
     fn doc(id: &str, text: &str, offset: i64) -> Document {
         Document {
@@ -246,15 +250,19 @@ mod tests {
             let mut input = InputHandleVec::<u64, Document>::new();
             let (k, d) = (k.clone(), d.clone());
             let probe = worker.dataflow(|scope| {
-                let (ok, err) = exact_dedup(input.to_stream(scope), cfg.clone());
-                ok.inspect(move |doc| k.lock().unwrap().push(doc.id.clone()));
-                err.inspect(move |dl| {
-                    d.lock()
-                        .unwrap()
-                        .push((dl.doc_id.clone().unwrap(), dl.detail.clone()))
-                })
-                .probe()
-                .0
+                let verdicts = input.to_stream(scope).exact_dedup(cfg.clone());
+                verdicts
+                    .passed
+                    .inspect(move |doc| k.lock().unwrap().push(doc.id.clone()));
+                verdicts
+                    .rejected
+                    .inspect(move |dl| {
+                        d.lock()
+                            .unwrap()
+                            .push((dl.doc_id.clone().unwrap(), dl.detail.clone()))
+                    })
+                    .probe()
+                    .0
             });
             if worker.index() == 0 {
                 for (t, docs) in epochs.iter().enumerate() {

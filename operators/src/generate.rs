@@ -11,15 +11,15 @@ use timely::dataflow::operators::vec::Map;
 
 use crate::llm_call::{LlmService, clip, prompt};
 use crate::llm_stage::{Verdict, llm_stage};
-use crate::record::{ClassifiedDocument, DeadLetter, Document, Models, QaCandidate, Stage};
 use crate::route::{FewShotLibrary, format_examples};
+use crate::verdicts::{Epoch, Verdicts};
+use webscale_rl_records::{ClassifiedDocument, DeadLetter, Document, Models, QaCandidate, Stage};
 
 const PROMPT: &str = include_str!("../../prompts/generate.md");
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GenerateConfig {
-    pub enabled: bool,
     /// Model name; empty = `[llm] model`.
     pub model: String,
     pub temperature: f64,
@@ -38,7 +38,6 @@ pub struct GenerateConfig {
 impl Default for GenerateConfig {
     fn default() -> Self {
         GenerateConfig {
-            enabled: true,
             model: String::new(),
             temperature: 0.7,
             max_tokens: 512,
@@ -59,11 +58,57 @@ struct Task {
     classifier_model: String,
 }
 
-pub fn generate<'s>(
-    docs: StreamVec<'s, u64, ClassifiedDocument>,
+/// The generate stage (an LLM stage: its calls run asynchronously, see [`crate::llm_stage`]).
+pub trait Generate<'s> {
+    /// Writes, per persona of a classified document, one self-contained question with a short
+    /// checkable answer, routed to the domain's few-shot examples.
+    ///
+    /// An error: the stage's prompt file could not be read or lacks a placeholder.
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use webscale_rl_operators::generate::{Generate, GenerateConfig};
+    /// use webscale_rl_operators::testing::{FakeLlm, answer, document, run_stage};
+    /// use webscale_rl_records::ClassifiedDocument;
+    ///
+    /// let llm = FakeLlm::new(|_request| {
+    ///     answer(json!({"question": "What do plants make from light by photosynthesis?", "answer": "Sugar", "reason": ""}))
+    /// });
+    /// let input = vec![ClassifiedDocument {
+    ///     doc: document("d", "Plants make sugar from light by photosynthesis."),
+    ///     domain: "Natural Science".into(),
+    ///     personas: vec!["a botany student".into(), "a gardener".into()],
+    ///     classifier_model: "fake".into(),
+    /// }];
+    /// let (candidates, _) = run_stage(input, move |docs| {
+    ///     docs.generate(GenerateConfig::default(), llm).unwrap()
+    /// });
+    /// // One call, and one candidate, per persona.
+    /// assert_eq!(candidates.len(), 2);
+    /// assert_eq!(candidates[0].answer, "Sugar");
+    /// ```
+    fn generate(
+        self,
+        cfg: GenerateConfig,
+        llm: Arc<dyn LlmService>,
+    ) -> Result<Verdicts<'s, QaCandidate>, String>;
+}
+
+impl<'s> Generate<'s> for StreamVec<'s, Epoch, ClassifiedDocument> {
+    fn generate(
+        self,
+        cfg: GenerateConfig,
+        llm: Arc<dyn LlmService>,
+    ) -> Result<Verdicts<'s, QaCandidate>, String> {
+        generate(self, cfg, llm)
+    }
+}
+
+fn generate<'s>(
+    docs: StreamVec<'s, Epoch, ClassifiedDocument>,
     cfg: GenerateConfig,
     service: Arc<dyn LlmService>,
-) -> Result<crate::Split<'s, QaCandidate>, String> {
+) -> Result<Verdicts<'s, QaCandidate>, String> {
     let template = cfg.call().template(PROMPT)?;
     let library = match &cfg.fewshot_dir {
         Some(dir) => FewShotLibrary::load_dir(dir)?,
@@ -171,3 +216,64 @@ pub fn generate<'s>(
 }
 
 crate::impl_stage_call!(GenerateConfig);
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::{FakeLlm, answer, document, run_stage};
+
+    fn classified(personas: &[&str]) -> ClassifiedDocument {
+        ClassifiedDocument {
+            doc: document("d", "Plants make sugar from light by photosynthesis."),
+            domain: "Math".into(),
+            personas: personas.iter().map(|p| p.to_string()).collect(),
+            classifier_model: "classifier".into(),
+        }
+    }
+
+    #[test]
+    fn each_persona_gets_its_call_with_the_domains_examples() {
+        let llm = FakeLlm::new(|r| {
+            // A number is a fine answer even as a JSON number.
+            if r.prompt.contains("a teacher") {
+                answer(json!({"question": "How many?", "answer": 7, "reason": ""}))
+            } else {
+                answer(json!({"question": "What?", "reason": ""}))
+            }
+        });
+        let (candidates, dead) = run_stage(vec![classified(&["a teacher", "a pupil"])], {
+            let llm = llm.clone();
+            move |docs| docs.generate(GenerateConfig::default(), llm).unwrap()
+        });
+        assert_eq!(candidates.len(), 1);
+        assert_eq!(
+            (
+                candidates[0].persona.as_str(),
+                candidates[0].answer.as_str()
+            ),
+            ("a teacher", "7")
+        );
+        assert_eq!(
+            candidates[0].models.classifier.as_deref(),
+            Some("classifier")
+        );
+        assert_eq!(candidates[0].models.generator.as_deref(), Some("fake"));
+        // The pupil's answer had no "answer": a pair-level dead letter.
+        assert_eq!(
+            (dead[0].stage, dead[0].reason.as_str()),
+            (Stage::Generate, "malformed_answer")
+        );
+        let asked = llm.asked();
+        assert_eq!(asked.len(), 2);
+        // Routed to the domain's few-shot examples (the bundled Math library).
+        let math = FewShotLibrary::bundled();
+        let example = math.sample("Math", "d", "a teacher", 0, 1);
+        assert!(
+            asked
+                .iter()
+                .any(|r| r.prompt.contains(&example[0].question))
+        );
+    }
+}

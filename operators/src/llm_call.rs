@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::record::Stage;
+use webscale_rl_records::Stage;
 
 /// One chat call whose answer is a JSON object.
 #[derive(Clone, Debug, PartialEq)]
@@ -92,10 +92,9 @@ pub trait LlmService: Send + Sync + 'static {
 }
 
 /// Per-stage model settings, copied out of each stage's config section (whose fields
-/// `enabled`, `model`, `temperature`, `max_tokens`, `prompt_file` have these meanings).
+/// `model`, `temperature`, `max_tokens`, `prompt_file` have these meanings).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StageModel {
-    pub enabled: bool,
     /// Model name; empty = `[llm] model`.
     pub model: String,
     pub temperature: f64,
@@ -107,7 +106,6 @@ pub struct StageModel {
 impl StageModel {
     pub fn with(temperature: f64, max_tokens: u32) -> Self {
         StageModel {
-            enabled: true,
             model: String::new(),
             temperature,
             max_tokens,
@@ -141,7 +139,7 @@ impl StageModel {
     }
 }
 
-/// Gives a stage config with the fields `enabled`, `model`, `temperature`, `max_tokens` and
+/// Gives a stage config with the fields `model`, `temperature`, `max_tokens` and
 /// `prompt_file` its `call()`: the [`StageModel`] those fields describe.
 #[macro_export]
 macro_rules! impl_stage_call {
@@ -150,7 +148,6 @@ macro_rules! impl_stage_call {
             /// The call settings of this stage.
             pub fn call(&self) -> $crate::llm_call::StageModel {
                 $crate::llm_call::StageModel {
-                    enabled: self.enabled,
                     model: self.model.clone(),
                     temperature: self.temperature,
                     max_tokens: self.max_tokens,

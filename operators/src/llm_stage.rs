@@ -13,17 +13,16 @@
 //! * `context_too_long`, the first time: the call is retried once with the document cut to half
 //!   ([`LlmRequest::cut_document`]); a second refusal reaches the handler (a dead letter).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::core::OkErr;
-use timely::dataflow::operators::generic::operator::Operator;
 
+use crate::epoch::EpochStash;
 use crate::llm_call::{LlmReply, LlmRequest, LlmService};
-use crate::record::DeadLetter;
+use crate::verdicts::{Epoch, Verdicts, judge};
+use webscale_rl_records::DeadLetter;
 
 /// What a stage makes of a reply.
 pub enum Verdict<I, O> {
@@ -36,12 +35,12 @@ pub enum Verdict<I, O> {
 /// Maps each item through one LLM call (plus retries the stage asks for).
 /// `request` builds the first call; `reply` turns (item, reply, attempt) into a verdict.
 pub fn llm_stage<'s, I, O, Q, R>(
-    items: StreamVec<'s, u64, I>,
+    items: StreamVec<'s, Epoch, I>,
     name: &str,
     service: Arc<dyn LlmService>,
     mut request: Q,
     mut reply: R,
-) -> (StreamVec<'s, u64, O>, StreamVec<'s, u64, DeadLetter>)
+) -> Verdicts<'s, O>
 where
     I: 'static,
     O: 'static,
@@ -49,94 +48,89 @@ where
     R: FnMut(I, LlmReply, u32) -> Verdict<I, O> + 'static,
 {
     let scope = items.scope();
-    let results = items.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<Result<O, DeadLetter>>>, _, _, _>(
-        Pipeline,
-        name,
-        move |default_cap, info| {
-            drop(default_cap);
-            let activator = Arc::new(scope.worker().sync_activator_for(info.address.to_vec()));
-            let replies: Arc<Mutex<Vec<(u64, LlmReply)>>> = Arc::default();
-            // Calls in flight: ticket -> (epoch, item, attempt, request kept for one cut retry).
-            let mut waiting: HashMap<u64, (u64, I, u32, Option<LlmRequest>)> = HashMap::new();
-            // Calls that failed transiently: held (with their epochs) until the engine stops.
-            let mut held: Vec<(u64, I)> = Vec::new();
-            let mut epochs: BTreeMap<u64, (Capability<u64>, usize)> = BTreeMap::new();
-            let mut next_ticket = 0u64;
-            let submit = {
+    judge(items, Pipeline, name, move |default_cap, info| {
+        drop(default_cap);
+        let activator = Arc::new(scope.worker().sync_activator_for(info.address.to_vec()));
+        let replies: Arc<Mutex<Vec<(u64, LlmReply)>>> = Arc::default();
+        // Calls in flight: ticket -> (epoch, item, attempt, request kept for one cut retry).
+        let mut waiting: HashMap<u64, (u64, I, u32, Option<LlmRequest>)> = HashMap::new();
+        // Calls that failed transiently: held (with their epochs) until the engine stops.
+        let mut held: Vec<(u64, I)> = Vec::new();
+        // Per open epoch: its calls in flight.
+        let mut epochs: EpochStash<usize> = EpochStash::default();
+        let mut next_ticket = 0u64;
+        let submit = {
+            let replies = replies.clone();
+            let activator = activator.clone();
+            let service = service.clone();
+            move |ticket: u64, req: LlmRequest| {
                 let replies = replies.clone();
                 let activator = activator.clone();
-                let service = service.clone();
-                move |ticket: u64, req: LlmRequest| {
-                    let replies = replies.clone();
-                    let activator = activator.clone();
-                    service.submit(
-                        req,
-                        Box::new(move |r| {
-                            replies.lock().expect("replies").push((ticket, r));
-                            let _ = activator.activate();
-                        }),
-                    );
-                }
-            };
-            move |(input, frontier), output| {
-                input.for_each_stamp(|cap, data| {
-                    let epoch = *cap.least().expect("a stamp has a time");
-                    for batch in data {
-                        for item in batch.drain(..) {
-                            match request(&item) {
-                                Ok(req) => {
-                                    let entry = epochs
-                                        .entry(epoch)
-                                        .or_insert_with(|| (cap.retain_least(0).expect("output 0"), 0));
-                                    entry.1 += 1;
-                                    let ticket = next_ticket;
-                                    next_ticket += 1;
-                                    let keep = req.document.is_some().then(|| req.clone());
-                                    waiting.insert(ticket, (epoch, item, 0, keep));
-                                    submit(ticket, req);
-                                }
-                                Err(dead) => {
-                                    output.session(&cap).give(Err(dead));
-                                }
+                service.submit(
+                    req,
+                    Box::new(move |r| {
+                        replies.lock().expect("replies").push((ticket, r));
+                        let _ = activator.activate();
+                    }),
+                );
+            }
+        };
+        move |(input, frontier), output| {
+            input.for_each_stamp(|cap, data| {
+                let epoch = *cap.least().expect("a stamp has a time");
+                for batch in data {
+                    for item in batch.drain(..) {
+                        match request(&item) {
+                            Ok(req) => {
+                                *epochs.entry(&cap).1 += 1;
+                                let ticket = next_ticket;
+                                next_ticket += 1;
+                                let keep = req.document.is_some().then(|| req.clone());
+                                waiting.insert(ticket, (epoch, item, 0, keep));
+                                submit(ticket, req);
+                            }
+                            Err(dead) => {
+                                output.session(&cap).give(Err(dead));
                             }
                         }
                     }
-                });
-                let arrived = std::mem::take(&mut *replies.lock().expect("replies"));
-                for (ticket, answer) in arrived {
-                    let (epoch, item, attempt, keep) = waiting.remove(&ticket).expect("a reply answers a call");
-                    match &answer {
-                        Err(f) if f.transient => {
-                            held.push((epoch, item));
+                }
+            });
+            let arrived = std::mem::take(&mut *replies.lock().expect("replies"));
+            for (ticket, answer) in arrived {
+                let (epoch, item, attempt, keep) =
+                    waiting.remove(&ticket).expect("a reply answers a call");
+                match &answer {
+                    Err(f) if f.transient => {
+                        held.push((epoch, item));
+                        continue;
+                    }
+                    Err(f) if f.kind == "context_too_long" => {
+                        if let Some(cut) = keep.as_ref().and_then(LlmRequest::cut_document) {
+                            waiting.insert(ticket, (epoch, item, attempt, None));
+                            submit(ticket, cut);
                             continue;
                         }
-                        Err(f) if f.kind == "context_too_long" => {
-                            if let Some(cut) = keep.as_ref().and_then(LlmRequest::cut_document) {
-                                waiting.insert(ticket, (epoch, item, attempt, None));
-                                submit(ticket, cut);
-                                continue;
-                            }
-                        }
-                        _ => {}
                     }
-                    match reply(item, answer, attempt) {
-                        Verdict::Done(results) => {
-                            let entry = epochs.get_mut(&epoch).expect("epoch of a call in flight");
-                            output.session(&entry.0).give_iterator(results.into_iter());
-                            entry.1 -= 1;
-                        }
-                        Verdict::Retry(item, req) => {
-                            let keep = req.document.is_some().then(|| req.clone());
-                            waiting.insert(ticket, (epoch, item, attempt + 1, keep));
-                            submit(ticket, req);
-                        }
+                    _ => {}
+                }
+                match reply(item, answer, attempt) {
+                    Verdict::Done(results) => {
+                        let (cap, in_flight) =
+                            epochs.get_mut(epoch).expect("epoch of a call in flight");
+                        output.session(cap).give_iterator(results.into_iter());
+                        *in_flight -= 1;
+                    }
+                    Verdict::Retry(item, req) => {
+                        let keep = req.document.is_some().then(|| req.clone());
+                        waiting.insert(ticket, (epoch, item, attempt + 1, keep));
+                        submit(ticket, req);
                     }
                 }
-                epochs.retain(|epoch, (_, in_flight)| *in_flight > 0 || frontier.less_equal(epoch));
             }
-        },
-    );
-    results.ok_err(|r| r)
+            epochs.retain(|epoch, in_flight| *in_flight > 0 || frontier.less_equal(&epoch));
+        }
+    })
 }
 
 #[cfg(test)]
@@ -148,32 +142,10 @@ mod tests {
     use timely::dataflow::{InputHandleVec, ProbeHandle};
 
     use super::*;
-    use crate::llm_call::{LlmAnswer, LlmFailure, Prompt, StageModel, prompt};
-    use crate::record::Stage;
+    use crate::llm_call::{Prompt, StageModel, prompt};
+    use webscale_rl_records::Stage;
 
-    type Answer = dyn Fn(&LlmRequest) -> LlmReply + Send + Sync;
-
-    /// Answers at once, from the caller's thread, and keeps what it was asked.
-    struct Fake {
-        answer: Box<Answer>,
-        asked: Arc<Mutex<Vec<LlmRequest>>>,
-    }
-
-    impl LlmService for Fake {
-        fn submit(&self, request: LlmRequest, done: Box<dyn FnOnce(LlmReply) + Send>) {
-            let reply = (self.answer)(&request);
-            self.asked.lock().unwrap().push(request);
-            done(reply);
-        }
-    }
-
-    fn failure(kind: &str, transient: bool) -> LlmReply {
-        Err(LlmFailure {
-            kind: kind.into(),
-            message: kind.into(),
-            transient,
-        })
-    }
+    use crate::testing::{FakeLlm, answer, failure};
 
     /// Runs `docs` through an `llm_stage` answering with `answer`; returns the outputs, the
     /// failure kinds the handler saw, the requests sent and whether epoch 0 completed.
@@ -181,11 +153,8 @@ mod tests {
         docs: &[&str],
         answer: impl Fn(&LlmRequest) -> LlmReply + Send + Sync + 'static,
     ) -> (Vec<String>, Vec<String>, Vec<LlmRequest>, bool) {
-        let asked = Arc::new(Mutex::new(Vec::new()));
-        let service: Arc<dyn LlmService> = Arc::new(Fake {
-            answer: Box::new(answer),
-            asked: asked.clone(),
-        });
+        let fake = FakeLlm::new(answer);
+        let service: Arc<dyn LlmService> = fake.clone();
         let docs: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
         let outputs = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -197,7 +166,7 @@ mod tests {
             let dataflow = worker.next_dataflow_index();
             worker.dataflow(|scope| {
                 let items = input.to_stream(scope);
-                let (ok, _dead) = llm_stage(
+                let verdicts = llm_stage(
                     items,
                     "Test",
                     service.clone(),
@@ -212,7 +181,9 @@ mod tests {
                         Verdict::Done(vec![Ok(format!("{doc}: {}", reply.is_ok()))])
                     },
                 );
-                ok.inspect(move |x| out3.lock().unwrap().push(x.clone()))
+                verdicts
+                    .passed
+                    .inspect(move |x| out3.lock().unwrap().push(x.clone()))
                     .probe_with(&probe);
             });
             for d in docs.clone() {
@@ -227,17 +198,14 @@ mod tests {
             worker.drop_dataflow(dataflow);
             done
         });
-        let asked = asked.lock().unwrap().clone();
+        let asked = fake.asked();
         let outputs = outputs.lock().unwrap().clone();
         let seen = seen.lock().unwrap().clone();
         (outputs, seen, asked, done)
     }
 
     fn ok() -> LlmReply {
-        Ok(LlmAnswer {
-            value: serde_json::json!({}),
-            model: "m".into(),
-        })
+        answer(serde_json::json!({}))
     }
 
     #[test]

@@ -17,21 +17,20 @@
 //! those of a sequential pass in that order, whatever the worker count. A replay of the same
 //! message (same origin and id) finds its own keys and is not a copy of itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
-use timely::order::TotalOrder;
-use timely::progress::Timestamp;
 
+use crate::epoch::EpochStash;
 use crate::lsh_index::{IndexParams, Partition, Query, partition_of};
 use crate::minhash::{MinHasher, NearDedupConfig, sketch, sketch_jaccard};
-use crate::record::{DeadLetter, Document, Stage};
+use crate::verdicts::{Epoch, Verdicts};
+use webscale_rl_records::{DeadLetter, Document, Stage};
 
 /// A document's band keys owned by one worker, with what the index stores about the document.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -84,33 +83,50 @@ fn origin_hash(doc: &Document) -> u64 {
 }
 
 /// Epoch state at a document's home.
-struct HomeEpoch<T: Timestamp> {
-    cap: Capability<T>,
+#[derive(Default)]
+struct HomeEpoch {
     docs: Vec<(u64, Document)>,
     hits: HashMap<u64, Hit>,
 }
 
-/// Drops documents that are near-duplicates of earlier ones (`near_duplicate` dead letters).
-///
-/// The index lives in `cfg.state_dir` (or in memory when unset); each worker opens the partitions
-/// it owns when the dataflow is built, and panics if they cannot be opened: call
-/// [`crate::lsh_index::check_state_dir`] first to report a bad setting once. Timestamps are
-/// epochs in milliseconds (for `ttl_hours`); the stage holds an epoch until it is complete.
-// The verdict `Result`s only live inside the stage, split at once by `ok_err`.
-#[allow(clippy::result_large_err)]
-pub fn near_dedup<'s, T>(
-    docs: StreamVec<'s, T, Document>,
-    cfg: NearDedupConfig,
-) -> (StreamVec<'s, T, Document>, StreamVec<'s, T, DeadLetter>)
-where
-    T: Timestamp + TotalOrder + Into<u64>,
-{
-    if !cfg.enabled {
-        return docs
-            .map(Ok::<Document, DeadLetter>)
-            .container::<Vec<Result<Document, DeadLetter>>>()
-            .ok_err(|v| v);
+/// The near-duplicate stage (MinHash signatures, LSH bands, a verified Jaccard estimate).
+pub trait NearDedup<'s> {
+    /// Drops documents that are near-duplicates of earlier ones (`near_duplicate` dead letters
+    /// naming the earlier id and the estimated Jaccard similarity).
+    ///
+    /// The index lives in `cfg.state_dir` (or in memory when unset); each worker opens the
+    /// partitions it owns when the dataflow is built, and panics if they cannot be opened: call
+    /// [`crate::lsh_index::check_state_dir`] first to report a bad setting once. The stage holds
+    /// an epoch until it is complete.
+    ///
+    /// ```
+    /// use webscale_rl_operators::minhash::NearDedupConfig;
+    /// use webscale_rl_operators::near_dedup::NearDedup;
+    /// use webscale_rl_operators::testing::{document, run_stage};
+    ///
+    /// let text = "Rivers carry water from the hills down to the sea through valleys and plains, \
+    ///             feeding farms, towns and forests along the way for many hundreds of miles.";
+    /// let copy = format!("{text} Updated daily.");
+    /// let input = vec![document("first", text), document("second", &copy)];
+    /// let (kept, dropped) = run_stage(input, |docs| docs.near_dedup(NearDedupConfig::default()));
+    /// assert_eq!(kept.len(), 1);
+    /// assert_eq!(dropped[0].reason, "near_duplicate");
+    /// ```
+    fn near_dedup(self, cfg: NearDedupConfig) -> Verdicts<'s, Document>;
+}
+
+impl<'s> NearDedup<'s> for StreamVec<'s, Epoch, Document> {
+    fn near_dedup(self, cfg: NearDedupConfig) -> Verdicts<'s, Document> {
+        near_dedup(self, cfg)
     }
+}
+
+// The verdict `Result`s only live inside the stage, split at once.
+#[allow(clippy::result_large_err)]
+fn near_dedup<'s>(
+    docs: StreamVec<'s, Epoch, Document>,
+    cfg: NearDedupConfig,
+) -> Verdicts<'s, Document> {
     if let Err(e) = cfg.validate() {
         panic!("{e}");
     }
@@ -174,23 +190,14 @@ where
                 );
             }
             let mut queued: Vec<Vec<(u32, u8, u64)>> = vec![Vec::new(); parts.len()];
-            let mut pending: BTreeMap<T, (Capability<T>, Vec<DocBands>)> = BTreeMap::new();
+            let mut stash: EpochStash<Vec<DocBands>> = EpochStash::default();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
-                    let time = cap.least().expect("a stamp has a time").clone();
-                    let entry = pending
-                        .entry(time)
-                        .or_insert_with(|| (cap.retain_least(0).expect("output 0"), Vec::new()));
-                    for batch in data {
-                        entry.1.append(batch);
-                    }
+                    let (_, docs) = stash.entry(&cap);
+                    data.for_each(|batch| docs.append(batch));
                 });
-                while let Some(entry) = pending.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break;
-                    }
-                    let (cap, mut docs) = entry.remove();
-                    let epoch: u64 = cap.time().clone().into();
+                while let Some((cap, mut docs)) = stash.pop_complete(|t| frontier.less_equal(t)) {
+                    let epoch = *cap.time();
                     docs.sort_by(|a, b| {
                         (a.offset, a.origin, &a.id).cmp(&(b.offset, b.origin, &b.id))
                     });
@@ -258,26 +265,14 @@ where
         "NearDedupVerdict",
         |default_cap, _info| {
             drop(default_cap);
-            let mut pending: BTreeMap<T, HomeEpoch<T>> = BTreeMap::new();
+            let mut stash: EpochStash<HomeEpoch> = EpochStash::default();
             move |(docs_in, docs_frontier), (hits_in, hits_frontier), output| {
                 docs_in.for_each_stamp(|cap, data| {
-                    let time = cap.least().expect("a stamp has a time").clone();
-                    let entry = pending.entry(time).or_insert_with(|| HomeEpoch {
-                        cap: cap.retain_least(0).expect("output 0"),
-                        docs: Vec::new(),
-                        hits: HashMap::new(),
-                    });
-                    for batch in data {
-                        entry.docs.append(batch);
-                    }
+                    let (_, entry) = stash.entry(&cap);
+                    data.for_each(|batch| entry.docs.append(batch));
                 });
                 hits_in.for_each_stamp(|cap, data| {
-                    let time = cap.least().expect("a stamp has a time").clone();
-                    let entry = pending.entry(time).or_insert_with(|| HomeEpoch {
-                        cap: cap.retain_least(0).expect("output 0"),
-                        docs: Vec::new(),
-                        hits: HashMap::new(),
-                    });
+                    let (_, entry) = stash.entry(&cap);
                     for batch in data {
                         for hit in batch.drain(..) {
                             match entry.hits.get(&hit.local) {
@@ -289,16 +284,8 @@ where
                         }
                     }
                 });
-                while let Some(entry) = pending.first_entry() {
-                    let time = entry.key();
-                    if docs_frontier.less_equal(time) || hits_frontier.less_equal(time) {
-                        break;
-                    }
-                    let HomeEpoch {
-                        cap,
-                        docs,
-                        mut hits,
-                    } = entry.remove();
+                let open = |t: &Epoch| docs_frontier.less_equal(t) || hits_frontier.less_equal(t);
+                while let Some((cap, HomeEpoch { docs, mut hits })) = stash.pop_complete(open) {
                     let mut session = output.session(&cap);
                     for (local, doc) in docs {
                         let verdict = match hits.remove(&local) {
@@ -316,7 +303,5 @@ where
             }
         },
     );
-    verdicts
-        .container::<Vec<Result<Document, DeadLetter>>>()
-        .ok_err(|v| v)
+    Verdicts::split(verdicts.container::<Vec<Result<Document, DeadLetter>>>())
 }

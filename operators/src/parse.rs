@@ -4,9 +4,9 @@
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::core::OkErr;
-use timely::progress::Timestamp;
 
-use crate::record::{DeadLetter, Document, RawMessage, Stage, stable_id};
+use crate::verdicts::{Epoch, Verdicts};
+use webscale_rl_records::{DeadLetter, Document, RawMessage, Stage, stable_id};
 
 /// Limits applied while parsing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -122,17 +122,85 @@ pub fn parse_message(msg: &RawMessage, cfg: &ParseConfig) -> Result<Document, De
 }
 
 /// The parse stage: documents, and dead letters for what could not be parsed.
-pub fn parse<'s, T: Timestamp>(
-    messages: StreamVec<'s, T, RawMessage>,
-    cfg: ParseConfig,
-) -> (StreamVec<'s, T, Document>, StreamVec<'s, T, DeadLetter>) {
-    messages.ok_err(move |msg| parse_message(&msg, &cfg))
+pub trait Parse<'s> {
+    /// Parses each message into a [`Document`] ([`parse_message`]).
+    ///
+    /// ```
+    /// use webscale_rl_operators::parse::{Parse, ParseConfig};
+    /// use webscale_rl_operators::testing::run_stage;
+    /// use webscale_rl_records::{Origin, RawMessage};
+    ///
+    /// let message = |payload: &str| RawMessage {
+    ///     key: None,
+    ///     payload: Some(payload.as_bytes().to_vec()),
+    ///     origin: Origin { topic: "web".into(), partition: 0, offset: 0 },
+    ///     truncated: false,
+    /// };
+    /// let input = vec![message(r#"{"id": "a", "text": "Some text."}"#), message("{not json")];
+    /// let (docs, rejected) = run_stage(input, |messages| messages.parse(ParseConfig::default()));
+    /// assert_eq!(docs[0].id, "a");
+    /// assert_eq!(rejected[0].reason, "malformed_json");
+    /// ```
+    fn parse(self, cfg: ParseConfig) -> Verdicts<'s, Document>;
+}
+
+impl<'s> Parse<'s> for StreamVec<'s, Epoch, RawMessage> {
+    fn parse(self, cfg: ParseConfig) -> Verdicts<'s, Document> {
+        let (passed, rejected) = self.ok_err(move |msg| parse_message(&msg, &cfg));
+        Verdicts { passed, rejected }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Origin;
+    use webscale_rl_records::Origin;
+
+    #[test]
+    fn dead_letters_keep_the_message_for_a_replay() {
+        use webscale_rl_records::{
+            DEAD_LETTER_MAX_REPLAY_BYTES, DEAD_LETTER_PAYLOAD_BYTES, DeadLetter, Stage,
+        };
+        let origin = Origin {
+            topic: "t".into(),
+            partition: 0,
+            offset: 7,
+        };
+        let raw = |payload: Vec<u8>| RawMessage {
+            key: Some(b"key-id".to_vec()),
+            payload: Some(payload),
+            origin: origin.clone(),
+            truncated: false,
+        };
+        // A document (id from the Kafka key, meta kept) parses back to itself from its dead letter.
+        let doc = parse_message(
+            &raw(br#"{"text": "a long text", "url": "u", "meta": {"k": [1, 2]}}"#.to_vec()),
+            &ParseConfig::default(),
+        )
+        .unwrap();
+        let dl = DeadLetter::for_document(&doc, Stage::QualityFilter, "min_words", "");
+        let again = parse_message(
+            &raw(dl.payload.clone().unwrap().into_bytes()),
+            &ParseConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(again, doc);
+        assert_eq!(again.id, "key-id");
+        // A message that never parsed: kept as it came, if it is text and not too large.
+        let dl = DeadLetter::for_message(
+            &raw(b"{broken".to_vec()),
+            Stage::Parse,
+            "malformed_json",
+            "",
+        );
+        assert_eq!(dl.payload.as_deref(), Some("{broken"));
+        let dl = DeadLetter::for_message(&raw(vec![0xff, 0xfe]), Stage::Parse, "invalid_utf8", "");
+        assert_eq!(dl.payload, None);
+        let huge = vec![b'x'; DEAD_LETTER_MAX_REPLAY_BYTES + 1];
+        let dl = DeadLetter::for_message(&raw(huge), Stage::Parse, "too_large", "");
+        assert_eq!(dl.payload, None);
+        assert_eq!(dl.payload_head.len(), DEAD_LETTER_PAYLOAD_BYTES);
+    }
 
     fn msg(key: Option<&str>, payload: Option<&[u8]>) -> RawMessage {
         RawMessage {

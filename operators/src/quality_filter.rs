@@ -32,14 +32,15 @@
 //! minimum or strictly above its maximum, so a minimum of 0 or a maximum fraction of 1.0 turns a
 //! rule off (`inf` for the unbounded ratios and lengths in TOML).
 
-use crate::record::{DeadLetter, Document, Stage};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::core::OkErr;
-use timely::progress::Timestamp;
+use webscale_rl_records::{DeadLetter, Document, Stage};
+
+use crate::verdicts::{Epoch, Verdicts};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// Thresholds of the quality filter. Every field has a default (the Gopher values, C4 rules
@@ -685,32 +686,50 @@ fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
     false
 }
 
-/// Splits `docs` into those that pass [`check`] and dead letters naming the rule that fired.
-// The large `Err` is a dead letter on its way into its stream; boxing it would only add an
-// allocation per rejection.
-#[allow(clippy::result_large_err)]
-pub fn quality_filter<'s, T: Timestamp>(
-    docs: StreamVec<'s, T, Document>,
-    cfg: QualityFilterConfig,
-) -> (StreamVec<'s, T, Document>, StreamVec<'s, T, DeadLetter>) {
-    docs.ok_err(move |doc| match check(&doc.text, &cfg) {
-        Ok(()) => Ok(doc),
-        Err(r) => Err(DeadLetter::for_document(
-            &doc,
-            Stage::QualityFilter,
-            r.rule,
-            r.detail,
-        )),
-    })
+/// The heuristic quality filter.
+pub trait QualityFilter<'s> {
+    /// Passes the documents that pass [`check`]; the others become dead letters naming the rule
+    /// that fired (`min_words`, `max_symbol_ratio`, ...).
+    ///
+    /// ```
+    /// use webscale_rl_operators::quality_filter::{QualityFilter, QualityFilterConfig};
+    /// use webscale_rl_operators::testing::{document, run_stage};
+    ///
+    /// let prose = "The river rises in the hills to the north of the town, and it runs for many \
+    ///     miles through farms and forests before it reaches the sea. In the spring the water is \
+    ///     high and fast, and the fishermen wait for the summer, when it is slow and clear again. \
+    ///     The old bridge in the middle of the town was built of stone more than two hundred \
+    ///     years ago, and it is still used by the people who walk to the market on Sundays.";
+    /// let input = vec![document("prose", &prose), document("stub", "Click here.")];
+    /// let (passed, rejected) = run_stage(input, |docs| {
+    ///     docs.quality_filter(QualityFilterConfig::default())
+    /// });
+    /// assert_eq!(passed[0].id, "prose");
+    /// assert_eq!((rejected[0].doc_id.as_deref(), rejected[0].reason.as_str()), (Some("stub"), "min_words"));
+    /// ```
+    fn quality_filter(self, cfg: QualityFilterConfig) -> Verdicts<'s, Document>;
+}
+
+impl<'s> QualityFilter<'s> for StreamVec<'s, Epoch, Document> {
+    fn quality_filter(self, cfg: QualityFilterConfig) -> Verdicts<'s, Document> {
+        let (passed, rejected) = self.ok_err(move |doc| match check(&doc.text, &cfg) {
+            Ok(()) => Ok(doc),
+            Err(r) => Err(DeadLetter::for_document(
+                &doc,
+                Stage::QualityFilter,
+                r.rule,
+                r.detail,
+            )),
+        });
+        Verdicts { passed, rejected }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use crate::record::Origin;
-    use std::sync::{Arc, Mutex};
-    use timely::dataflow::operators::{Inspect, ToStream};
+    use webscale_rl_records::Origin;
 
     #[derive(Deserialize)]
     struct SampleDoc {
@@ -1275,19 +1294,11 @@ mod tests {
             mk("fineweb-textfixer/1", 0),
             mk("dclm/majority_data/178", 1),
         ];
-        let passed = Arc::new(Mutex::new(Vec::new()));
-        let dead = Arc::new(Mutex::new(Vec::new()));
-        let (p, d) = (passed.clone(), dead.clone());
-        timely::example(move |scope| {
-            let (ok, err) = quality_filter(input.to_stream(scope), QualityFilterConfig::default());
-            ok.inspect(move |doc: &Document| p.lock().unwrap().push(doc.id.clone()));
-            err.inspect(move |dl: &DeadLetter| d.lock().unwrap().push(dl.clone()));
+        let (passed, dead) = crate::testing::run_stage(input, |docs| {
+            docs.quality_filter(QualityFilterConfig::default())
         });
-        assert_eq!(
-            *passed.lock().unwrap(),
-            vec!["fineweb-textfixer/1".to_string()]
-        );
-        let dead = dead.lock().unwrap();
+        let passed: Vec<String> = passed.into_iter().map(|d| d.id).collect();
+        assert_eq!(passed, vec!["fineweb-textfixer/1".to_string()]);
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].doc_id.as_deref(), Some("dclm/majority_data/178"));
         assert_eq!(dead[0].stage, Stage::QualityFilter);

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use timely::dataflow::StreamVec;
-use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::core::{Concat, OkErr};
+use timely::dataflow::operators::vec::Map;
 
 use crate::llm_call::{LlmService, clip, prompt};
 use crate::llm_filter::json_bool;
 use crate::llm_stage::{Verdict, llm_stage};
 use crate::normalize::{NormalizeConfig, normalize};
-use crate::record::{
+use crate::verdicts::{Epoch, Verdicts};
+use webscale_rl_records::{
     DeadLetter, Origin, PIPELINE_VERSION, QaCandidate, QaPair, Stage, now_millis, qa_id,
 };
 
@@ -201,11 +203,59 @@ fn offered_option(question: &str, answer: &str) -> bool {
             || q.starts_with(&format!("{c})")))
 }
 
-pub fn verify<'s>(
-    candidates: StreamVec<'s, u64, QaCandidate>,
+/// The verify stage (an LLM stage: its calls run asynchronously, see [`crate::llm_stage`]).
+pub trait Verify<'s> {
+    /// Checks each candidate pair: the deterministic checks first ([`check_pair`]), then (when
+    /// `enabled`) the LLM verifier; passed pairs leave as `(origin, QaPair)`.
+    ///
+    /// An error: the stage's prompt file could not be read or lacks a placeholder.
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use webscale_rl_operators::testing::{FakeLlm, answer, document, run_stage};
+    /// use webscale_rl_operators::verify::{Verify, VerifyConfig};
+    /// use webscale_rl_records::QaCandidate;
+    ///
+    /// let llm = FakeLlm::new(|request| {
+    ///     let correct = request.prompt.contains("Sugar");
+    ///     answer(json!({"has_context": true, "answer_correct": correct, "leaks_answer": false, "reason": ""}))
+    /// });
+    /// let candidate = |answer: &str| QaCandidate {
+    ///     doc: document("d", "Plants make sugar from light by photosynthesis."),
+    ///     domain: "Natural Science".into(),
+    ///     persona: "a gardener".into(),
+    ///     question: "What do plants make from light by photosynthesis?".into(),
+    ///     answer: answer.into(),
+    ///     models: Default::default(),
+    /// };
+    /// let (pairs, rejected) = run_stage(vec![candidate("Sugar"), candidate("Salt")], move |c| {
+    ///     c.verify(VerifyConfig::default(), llm).unwrap()
+    /// });
+    /// assert_eq!(pairs[0].1.answer, "Sugar");
+    /// assert_eq!(rejected[0].reason, "answer_incorrect");
+    /// ```
+    fn verify(
+        self,
+        cfg: VerifyConfig,
+        llm: Arc<dyn LlmService>,
+    ) -> Result<Verdicts<'s, (Origin, QaPair)>, String>;
+}
+
+impl<'s> Verify<'s> for StreamVec<'s, Epoch, QaCandidate> {
+    fn verify(
+        self,
+        cfg: VerifyConfig,
+        llm: Arc<dyn LlmService>,
+    ) -> Result<Verdicts<'s, (Origin, QaPair)>, String> {
+        verify(self, cfg, llm)
+    }
+}
+
+fn verify<'s>(
+    candidates: StreamVec<'s, Epoch, QaCandidate>,
     cfg: VerifyConfig,
     service: Arc<dyn LlmService>,
-) -> Result<crate::Split<'s, (Origin, QaPair)>, String> {
+) -> Result<Verdicts<'s, (Origin, QaPair)>, String> {
     let template = cfg.call().template(PROMPT)?;
     let checks = cfg.clone();
     let (checked, failed) = candidates.ok_err(move |c: QaCandidate| {
@@ -235,7 +285,7 @@ pub fn verify<'s>(
     let include_text = cfg.include_source_text;
     let llm_on = cfg.enabled;
     let max_chars = cfg.max_document_chars;
-    let (passed, rejected) = if llm_on {
+    let llm_verdicts = if llm_on {
         llm_stage(
             checked,
             "Verify",
@@ -297,12 +347,12 @@ pub fn verify<'s>(
             },
         )
     } else {
-        checked.ok_err(move |c| Ok::<_, DeadLetter>(into_pair(c, None, include_text)))
+        Verdicts::all_passed(checked.map(move |c| into_pair(c, None, include_text)))
     };
-    Ok((
-        passed,
-        timely::dataflow::operators::core::Concat::concat(failed, rejected),
-    ))
+    Ok(Verdicts {
+        passed: llm_verdicts.passed,
+        rejected: failed.concat(llm_verdicts.rejected),
+    })
 }
 
 /// The verified pair, with the origin of its document (for accounting).
@@ -398,6 +448,70 @@ mod tests {
                 "a very long answer that goes on and on well past any short phrase"
             ),
             Some("answer_too_long")
+        );
+    }
+}
+
+#[cfg(test)]
+mod stage_tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::{FakeLlm, answer, document, run_stage};
+
+    fn candidate(question: &str, answer: &str) -> QaCandidate {
+        QaCandidate {
+            doc: document("d", "Plants make sugar from light by photosynthesis."),
+            domain: "Natural Science".into(),
+            persona: "a gardener".into(),
+            question: question.into(),
+            answer: answer.into(),
+            models: Default::default(),
+        }
+    }
+
+    #[test]
+    fn deterministic_checks_come_first_and_spare_the_call() {
+        let llm = FakeLlm::new(|_| {
+            answer(
+                json!({"has_context": true, "answer_correct": true, "leaks_answer": true, "reason": "says it"}),
+            )
+        });
+        let long = "a very long answer that goes on and on well past any short checkable form";
+        let input = vec![
+            candidate("What do plants make?", long),
+            candidate("What do plants make?", "Sugar"),
+        ];
+        let (pairs, dead) = run_stage(input, {
+            let llm = llm.clone();
+            move |c| c.verify(VerifyConfig::default(), llm).unwrap()
+        });
+        assert!(pairs.is_empty());
+        let mut reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+        reasons.sort();
+        assert_eq!(reasons, ["answer_too_long", "leaks_answer"]);
+        assert_eq!(
+            llm.asked().len(),
+            1,
+            "the long answer never reached the verifier"
+        );
+    }
+
+    #[test]
+    fn without_the_llm_check_pairs_pass_the_deterministic_checks_alone() {
+        let llm = FakeLlm::new(|_| panic!("no call when the LLM check is off"));
+        let cfg = VerifyConfig {
+            enabled: false,
+            ..Default::default()
+        };
+        let (pairs, dead) = run_stage(vec![candidate("What do plants make?", "Sugar")], move |c| {
+            c.verify(cfg, llm).unwrap()
+        });
+        assert!(dead.is_empty());
+        assert_eq!(pairs[0].1.models.verifier, None);
+        assert_eq!(
+            pairs[0].1.id,
+            qa_id("d", "a gardener", "What do plants make?")
         );
     }
 }

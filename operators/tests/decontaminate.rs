@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use timely::dataflow::operators::{Input, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
+use webscale_rl_operators::Verdicts;
 use webscale_rl_operators::benchmarks::{BenchmarkSet, load_path};
 use webscale_rl_operators::decontaminate::{
-    Benchmarks, DecontaminateConfig, NgramIndex, decontaminate_documents, find_overlap,
-    normalize_for_overlap,
+    Benchmarks, Decontaminate, DecontaminateConfig, NgramIndex, find_overlap, normalize_for_overlap,
 };
-use webscale_rl_operators::{DeadLetter, Document, Origin, Stage};
+use webscale_rl_records::{DeadLetter, Document, Origin, Stage};
 
 /// (id, detail of the `benchmark_overlap` dead letter if dropped).
 type Verdict = (String, Option<String>);
@@ -104,7 +104,10 @@ fn run(workers: usize, docs: &[Document]) -> Vec<Verdict> {
         let ngrams = NgramIndex::build(&bench, index, peers);
         worker.dataflow(|scope| {
             let docs = scope.input_from(&mut input).container::<Vec<Document>>();
-            let (ok, dead) = decontaminate_documents(docs, ngrams);
+            let Verdicts {
+                passed: ok,
+                rejected: dead,
+            } = docs.decontaminate(ngrams);
             ok.inspect(move |d: &Document| passed.lock().unwrap().push((d.id.clone(), None)))
                 .probe_with(&probe);
             dead.inspect(move |d: &DeadLetter| {
@@ -390,7 +393,10 @@ fn run_pairs(texts: &[String], fragments: bool) -> Vec<Verdict> {
         let ngrams = NgramIndex::build(&bench, 0, 1);
         worker.dataflow(|scope| {
             let records = scope.input_from(&mut input).container::<Vec<String>>();
-            let (ok, dead) = webscale_rl_operators::decontaminate::decontaminate(
+            let Verdicts {
+                passed: ok,
+                rejected: dead,
+            } = webscale_rl_operators::decontaminate::decontaminate_with(
                 records,
                 ngrams,
                 fragments,

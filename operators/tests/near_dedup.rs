@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use timely::dataflow::operators::{Input, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
+use webscale_rl_operators::Verdicts;
 use webscale_rl_operators::minhash::{NearDedupConfig, exact_jaccard};
-use webscale_rl_operators::near_dedup::near_dedup;
-use webscale_rl_operators::{DeadLetter, Document, Origin, Stage};
+use webscale_rl_operators::near_dedup::NearDedup;
+use webscale_rl_records::{DeadLetter, Document, Origin, Stage};
 
 /// (id, offset, detail of the `near_duplicate` dead letter if dropped).
 type Verdict = (String, i64, Option<String>);
@@ -70,7 +71,10 @@ fn run(workers: usize, cfg: NearDedupConfig, epochs: Vec<(u64, Vec<Document>)>) 
         let cfg = cfg.clone();
         worker.dataflow(|scope| {
             let docs = scope.input_from(&mut input).container::<Vec<Document>>();
-            let (ok, dead) = near_dedup(docs, cfg);
+            let Verdicts {
+                passed: ok,
+                rejected: dead,
+            } = docs.near_dedup(cfg);
             ok.inspect(move |d: &Document| {
                 passed
                     .lock()

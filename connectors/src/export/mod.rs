@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use webscale_rl_operators::record::QaPair;
+use webscale_rl_records::QaPair;
 
 use crate::file::{JsonlInput, JsonlOutput};
 use crate::kafka::{KafkaConfig, tools};
@@ -480,7 +480,7 @@ mod tests {
 
     #[test]
     fn id_keys_use_hex_ids_and_hash_others() {
-        let id = webscale_rl_operators::record::qa_id("d", "p", "q");
+        let id = webscale_rl_records::qa_id("d", "p", "q");
         assert_eq!(
             id_key(id.as_bytes()),
             u128::from_str_radix(&id, 16).unwrap()

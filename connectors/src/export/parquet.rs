@@ -27,7 +27,7 @@ use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use webscale_rl_operators::record::{PIPELINE_VERSION, QaPair};
+use webscale_rl_records::{PIPELINE_VERSION, QaPair};
 
 use super::shards::ShardFile;
 

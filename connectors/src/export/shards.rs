@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use webscale_rl_operators::record::QaPair;
+use webscale_rl_records::QaPair;
 
 /// When a shard is full: whichever limit is reached first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

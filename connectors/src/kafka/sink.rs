@@ -19,7 +19,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::{Scope, StreamVec};
 use timely::scheduling::SyncActivator;
-use webscale_rl_operators::record::Emitted;
+use webscale_rl_records::Keyed;
 
 use super::config::KafkaConfig;
 
@@ -125,8 +125,8 @@ impl KafkaSink {
 
 /// Writes `records` to the sink's topic; the returned stream's frontier passes an epoch once all
 /// of its records are acknowledged.
-pub fn kafka_sink<'s>(
-    records: StreamVec<'s, u64, Emitted>,
+pub fn kafka_sink<'s, R: Keyed + 'static>(
+    records: StreamVec<'s, u64, R>,
     sink: Arc<KafkaSink>,
 ) -> StreamVec<'s, u64, ()> {
     let scope: Scope<'s, u64> = records.scope();
@@ -140,18 +140,23 @@ pub fn kafka_sink<'s>(
             let retry = scope.activator_for(info.address.clone());
             // Epochs with records not yet acknowledged (or not yet handed over): their capabilities.
             let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
-            // Records the producer's queue refused (QueueFull): retried on the next activation.
-            let mut backlog: VecDeque<(u64, Emitted)> = VecDeque::new();
+            // Records, encoded (key, JSON), that wait for the producer's queue (QueueFull):
+            // retried on the next activation.
+            let mut backlog: VecDeque<(u64, String, Vec<u8>)> = VecDeque::new();
             move |(input, frontier), _output| {
                 input.for_each_stamp(|cap, data| {
                     let epoch = *cap.least().expect("a stamp has a time");
                     held.entry(epoch)
                         .or_insert_with(|| cap.retain_least(0).expect("output 0"));
                     for batch in data {
-                        backlog.extend(batch.drain(..).map(|r| (epoch, r)));
+                        backlog.extend(batch.drain(..).map(|r| {
+                            let payload =
+                                serde_json::to_vec(&r).expect("records serialize to JSON");
+                            (epoch, r.key().to_string(), payload)
+                        }));
                     }
                 });
-                while let Some((epoch, record)) = backlog.pop_front() {
+                while let Some((epoch, key, payload)) = backlog.pop_front() {
                     sink.context
                         .state
                         .lock()
@@ -162,8 +167,8 @@ pub fn kafka_sink<'s>(
                         .or_insert(1);
                     let sent = sink.producer.send(
                         BaseRecord::with_opaque_to(&sink.topic, epoch as usize)
-                            .key(record.key.as_bytes())
-                            .payload(&record.payload),
+                            .key(key.as_bytes())
+                            .payload(&payload),
                     );
                     if let Err((e, _)) = sent {
                         let mut state = sink.context.state.lock().expect("delivery state");
@@ -178,7 +183,7 @@ pub fn kafka_sink<'s>(
                             e,
                             KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
                         ) {
-                            backlog.push_front((epoch, record));
+                            backlog.push_front((epoch, key, payload));
                             retry.activate_after(Duration::from_millis(2));
                             break;
                         }
@@ -198,7 +203,7 @@ pub fn kafka_sink<'s>(
                     let unfinished = |epoch: &u64| {
                         frontier.less_equal(epoch)
                             || state.pending.contains_key(epoch)
-                            || backlog.iter().any(|(e, _)| e == epoch)
+                            || backlog.iter().any(|(e, _, _)| e == epoch)
                     };
                     held.retain(|epoch, _| unfinished(epoch));
                 }

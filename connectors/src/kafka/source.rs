@@ -20,7 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, StreamVec};
-use webscale_rl_operators::record::{Origin, RawMessage, now_millis};
+use webscale_rl_records::{Origin, RawMessage, now_millis};
 
 use super::config::KafkaConfig;
 

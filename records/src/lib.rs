@@ -3,6 +3,10 @@
 //!
 //! Every record that leaves the engine has a stable `id` (a content hash), so a replay after a
 //! crash rewrites the same keys instead of adding new ones.
+//!
+//! This crate is the one every layer shares — sources and sinks (`webscale-rl-connectors`), the
+//! stages (`webscale-rl-operators`), the graph (`webscale-rl-dataflow`) — the way Materialize keeps
+//! its rows in `mz_repr`: so a sink does not pull in MinHash, and a stage does not pull in Kafka.
 
 use serde::{Deserialize, Serialize};
 
@@ -393,19 +397,29 @@ pub fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
-/// What a sink writes: a key (the record id) and the JSON payload.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Emitted {
-    pub key: String,
-    pub payload: Vec<u8>,
+/// A record a sink writes: serializable, keyed by its stable id. Sinks encode it themselves (JSON
+/// on Kafka and in files, columns in parquet shards), so records travel between workers as
+/// records, not as bytes.
+pub trait Keyed: Serialize {
+    /// The record's stable id: the Kafka message key, the same over replays.
+    fn key(&self) -> &str;
 }
 
-impl Emitted {
-    pub fn json<T: Serialize>(key: &str, record: &T) -> Self {
-        Emitted {
-            key: key.to_string(),
-            payload: serde_json::to_vec(record).expect("records serialize to JSON"),
-        }
+impl Keyed for QaPair {
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Keyed for AcceptedDocument {
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Keyed for DeadLetter {
+    fn key(&self) -> &str {
+        &self.id
     }
 }
 
@@ -418,50 +432,6 @@ mod tests {
         assert_eq!(qa_id("d", "p", "q"), qa_id("d", "p", "q"));
         assert_ne!(stable_id(&["ab", "c"]), stable_id(&["a", "bc"]));
         assert_eq!(qa_id("d", "p", "q").len(), 32);
-    }
-
-    #[test]
-    fn dead_letters_keep_the_message_for_a_replay() {
-        use crate::parse::{ParseConfig, parse_message};
-        let origin = Origin {
-            topic: "t".into(),
-            partition: 0,
-            offset: 7,
-        };
-        let raw = |payload: Vec<u8>| RawMessage {
-            key: Some(b"key-id".to_vec()),
-            payload: Some(payload),
-            origin: origin.clone(),
-            truncated: false,
-        };
-        // A document (id from the Kafka key, meta kept) parses back to itself from its dead letter.
-        let doc = parse_message(
-            &raw(br#"{"text": "a long text", "url": "u", "meta": {"k": [1, 2]}}"#.to_vec()),
-            &ParseConfig::default(),
-        )
-        .unwrap();
-        let dl = DeadLetter::for_document(&doc, Stage::QualityFilter, "min_words", "");
-        let again = parse_message(
-            &raw(dl.payload.clone().unwrap().into_bytes()),
-            &ParseConfig::default(),
-        )
-        .unwrap();
-        assert_eq!(again, doc);
-        assert_eq!(again.id, "key-id");
-        // A message that never parsed: kept as it came, if it is text and not too large.
-        let dl = DeadLetter::for_message(
-            &raw(b"{broken".to_vec()),
-            Stage::Parse,
-            "malformed_json",
-            "",
-        );
-        assert_eq!(dl.payload.as_deref(), Some("{broken"));
-        let dl = DeadLetter::for_message(&raw(vec![0xff, 0xfe]), Stage::Parse, "invalid_utf8", "");
-        assert_eq!(dl.payload, None);
-        let huge = vec![b'x'; DEAD_LETTER_MAX_REPLAY_BYTES + 1];
-        let dl = DeadLetter::for_message(&raw(huge), Stage::Parse, "too_large", "");
-        assert_eq!(dl.payload, None);
-        assert_eq!(dl.payload_head.len(), DEAD_LETTER_PAYLOAD_BYTES);
     }
 
     #[test]
