@@ -65,11 +65,28 @@ pub struct ClusterArgs {
     pub help: Option<bool>,
 }
 
+/// The flags `run` and `demo` share: the pipeline's config, its LLM, its benchmarks, its
+/// observability server and where its workers run.
 #[derive(Args, Debug)]
-pub struct RunArgs {
+pub struct PipelineArgs {
     /// Pipeline config file (TOML); see pipeline.toml.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Benchmark test set (file or folder) to decontaminate against; repeatable.
+    #[arg(long)]
+    pub benchmarks: Vec<PathBuf>,
+    /// Serve /metrics, the dashboard (/), /healthz and /readyz on HOST:PORT; `off` disables.
+    /// Default: 127.0.0.1:9898 in Kafka mode and the demo, off in file mode.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+    #[command(flatten)]
+    pub llm: crate::llm_args::LlmArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
     /// Kafka bootstrap servers (host:port,...). Overrides [kafka] brokers.
     #[arg(long, env = "WEBSCALE_BROKERS")]
     pub brokers: Option<String>,
@@ -97,17 +114,8 @@ pub struct RunArgs {
     /// File mode: write QA pairs as export shards (jsonl | hf | verl) into the --output directory.
     #[arg(long, requires = "input")]
     pub format: Option<webscale_rl_connectors::export::ExportFormat>,
-    /// Benchmark test set (file or folder) to decontaminate against; repeatable.
-    #[arg(long)]
-    pub benchmarks: Vec<PathBuf>,
-    /// Serve /metrics, the dashboard (/), /healthz and /readyz on HOST:PORT; `off` disables.
-    /// Default: 127.0.0.1:9898 in Kafka mode, off in file mode.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub metrics_addr: Option<String>,
     #[command(flatten)]
-    pub llm: crate::llm_args::LlmArgs,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
+    pub pipeline: PipelineArgs,
 }
 
 #[derive(Args, Debug)]
@@ -115,9 +123,6 @@ pub struct DemoArgs {
     /// JSONL corpus to load instead of the bundled one.
     #[arg(long)]
     pub corpus: Option<PathBuf>,
-    /// Pipeline config file (TOML).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
     /// Partitions of the demo's input topic.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
@@ -127,17 +132,8 @@ pub struct DemoArgs {
     /// Documents to load (default: all; 3 with the local CPU model, which is slow).
     #[arg(long)]
     pub max_docs: Option<usize>,
-    /// Benchmark test set (file or folder) to decontaminate against; repeatable.
-    #[arg(long)]
-    pub benchmarks: Vec<PathBuf>,
-    /// Serve /metrics, the dashboard (/), /healthz and /readyz on HOST:PORT (default
-    /// 127.0.0.1:9898); `off` disables.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub metrics_addr: Option<String>,
     #[command(flatten)]
-    pub llm: crate::llm_args::LlmArgs,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
+    pub pipeline: PipelineArgs,
 }
 
 #[derive(Args, Debug)]

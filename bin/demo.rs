@@ -2,25 +2,23 @@
 //! (librdkafka's mock cluster: the real Kafka protocol over TCP) receives the bundled corpus, the
 //! pipeline runs until it has caught up, and a summary says what passed and why the rest was dropped.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::mocking::MockCluster;
 use webscale_rl_connectors::file::JsonlInput;
 use webscale_rl_connectors::kafka::{KafkaConfig, tools};
-use webscale_rl_dataflow::Funnel;
-use webscale_rl_dataflow::graph::Resources;
-use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
 
 use crate::cli::{Cli, DemoArgs};
-use crate::summary::Summary;
+use crate::setup::{Mode, Setup};
 
 /// 100 documents from the shared web sample; sources and licences in data/demo/README.md.
 const BUNDLED_CORPUS: &[u8] = include_bytes!("../data/demo/corpus.jsonl");
 
 pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
-    let mut cfg = crate::load_config(args.config.as_deref())?;
-    let local = args.llm.llm_url.is_empty() && !args.llm.no_llm && cfg.llm.is_none();
+    let mut cfg = crate::setup::load_config(args.pipeline.config.as_deref())?;
+    let llm_args = &args.pipeline.llm;
+    let local = llm_args.llm_url.is_empty() && !llm_args.no_llm && cfg.llm.is_none();
     if local {
         // The local CPU model is slow and weak: short prompts, one persona, a few documents.
         cfg.llm_filter.max_document_chars = 1_200;
@@ -38,15 +36,12 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
             *max_tokens = 160;
         }
     }
-    let _scratch = crate::prepare_state(&mut cfg, crate::StateHome::Scratch, cli.quiet)?;
-    let llm = args
-        .llm
-        .setup(&mut cfg, true, crate::llm_args::CacheHome::User)?;
+    let mut run = Setup::start(cli, &args.pipeline, cfg, Mode::Demo)?;
     let cluster = MockCluster::new(1).context("starting the in-process Kafka cluster")?;
     let brokers = cluster.bootstrap_servers();
-    let k = &mut cfg.kafka;
+    let k = &mut run.cfg.kafka;
     k.brokers = brokers.clone();
-    if llm.is_none() {
+    if run.llm.is_none() {
         // Without the LLM the output is the surviving documents, not QA pairs: name it so.
         k.output_topic = "webscale.documents.accepted".to_string();
     }
@@ -96,59 +91,24 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
             lines.len()
         );
     }
-    let n = tools::produce_lines(&cfg.kafka, &cfg.kafka.input_topic, lines)?;
+    let kafka = run.cfg.kafka.clone();
+    let n = tools::produce_lines(&kafka, &kafka.input_topic, lines)?;
     say(format!(
         "loaded {n} documents from {source} into topic '{}' ({} partitions)",
-        cfg.kafka.input_topic, args.partitions
+        kafka.input_topic, args.partitions
     ));
 
-    let funnel = Funnel::default();
-    // Kept until the demo exits: with --keep-running the dashboard stays up with the cluster.
-    let _metrics = crate::monitoring::start(
-        cli,
-        args.metrics_addr.as_deref(),
-        true,
-        &funnel,
-        llm.as_ref(),
-    )?;
-    let stop = crate::shutdown::install()?;
-    let llm_watch = match &llm {
-        Some(l) => Some(l.check(&cfg, false, &stop, cli.quiet)?),
-        None => None,
-    };
-    let control = RunControl {
-        stop,
-        until_caught_up: true,
-        llm: llm_watch,
-    };
-    let started = Instant::now();
-    let kafka = cfg.kafka.clone();
-    let resources = Resources {
-        llm: llm.as_ref().map(|l| l.service()),
-        benchmarks: crate::load_benchmarks(&mut cfg, &args.benchmarks, cli.quiet)?,
-    };
-    let timely_config = args.cluster.options().timely_config()?;
-    run_kafka(
-        cfg,
-        timely_config,
-        control.clone(),
-        funnel.clone(),
-        resources,
-    )?;
-    let usage = llm.as_ref().map(|l| l.backend.client.usage());
-    crate::report(
-        cli,
-        Summary::new("demo", started.elapsed(), funnel.snapshot(), usage),
-    );
+    run.run_kafka()?;
+    run.report(cli);
 
     if !cli.quiet {
         show_samples(&kafka)?;
         eprintln!(
             "outputs: topic '{}' ({} records), dead letters: topic '{}' ({} records)",
             kafka.output_topic,
-            funnel.snapshot().emitted,
+            run.funnel.snapshot().emitted,
             kafka.dead_letter_topic,
-            funnel.snapshot().dead_lettered
+            run.funnel.snapshot().dead_lettered
         );
     }
     if args.keep_running {
@@ -156,7 +116,7 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
             "cluster stays up at {brokers}; try `webscale-rl tail --brokers {brokers} --topic {}`. Ctrl-C to exit.",
             kafka.output_topic
         ));
-        while !control.stop.load(std::sync::atomic::Ordering::Relaxed) {
+        while !run.control.stop.load(std::sync::atomic::Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(200));
         }
     }

@@ -8,25 +8,20 @@ mod local_llm;
 mod monitoring;
 mod replay;
 mod score;
+mod setup;
 mod shutdown;
 mod summary;
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use webscale_rl_connectors::kafka::{KafkaConfig, tools};
-use webscale_rl_dataflow::file_mode::{FileRun, run_files};
-use webscale_rl_dataflow::graph::Resources;
-use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
-use webscale_rl_dataflow::{Funnel, PipelineConfig};
-use webscale_rl_operators::benchmarks::BenchmarkSpec;
-use webscale_rl_operators::decontaminate::Benchmarks;
+use webscale_rl_dataflow::file_mode::FileRun;
 
 use cli::{Cli, Command, RunArgs};
-use summary::Summary;
+use setup::{Mode, Setup};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(help_for_bare_h(std::env::args_os().collect()));
@@ -116,16 +111,8 @@ fn lines(mut input: webscale_rl_connectors::file::JsonlInput) -> impl Iterator<I
     })
 }
 
-/// Loads the config file (or defaults) and applies the command-line overrides.
-pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<PipelineConfig> {
-    match path {
-        Some(p) => PipelineConfig::load(p),
-        None => Ok(PipelineConfig::default()),
-    }
-}
-
 fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
-    let mut cfg = load_config(args.config.as_deref())?;
+    let mut cfg = setup::load_config(args.pipeline.config.as_deref())?;
     let k = &mut cfg.kafka;
     for (field, value) in [
         (&mut k.brokers, &args.brokers),
@@ -137,10 +124,6 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         if let Some(v) = value {
             *field = v.clone();
         }
-    }
-    let timely_config = args.cluster.options().timely_config()?;
-    if args.cluster.processes > 1 {
-        webscale_rl_dataflow::cluster::exit_on_peer_loss(args.cluster.options().addresses()?);
     }
     let file_mode = args.input.is_some() && args.output.is_some();
     if cli.json_summary && args.output.as_deref() == Some("-") {
@@ -155,157 +138,19 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
              try `webscale-rl demo` for a run with no setup"
         );
     }
-    let _scratch = prepare_state(
-        &mut cfg,
-        if file_mode {
-            StateHome::Scratch
-        } else {
-            StateHome::Group
-        },
-        cli.quiet,
-    )?;
-    let cache_home = if file_mode {
-        llm_args::CacheHome::User
-    } else {
-        llm_args::CacheHome::Group(cfg.kafka.group.clone())
-    };
-    let llm = args.llm.setup(&mut cfg, false, cache_home)?;
-    let resources = Resources {
-        llm: llm.as_ref().map(|l| l.service()),
-        benchmarks: load_benchmarks(&mut cfg, &args.benchmarks, cli.quiet)?,
-    };
-    let stop = shutdown::install()?;
-    let funnel = Funnel::default();
-    let _metrics = monitoring::start(
-        cli,
-        args.metrics_addr.as_deref(),
-        !file_mode,
-        &funnel,
-        llm.as_ref(),
-    )?;
-    // Before anything is consumed: Kafka mode waits (not ready) for the LLM, file mode gives up.
-    let llm_watch = match &llm {
-        Some(l) => Some(l.check(&cfg, !file_mode, &stop, cli.quiet)?),
-        None => None,
-    };
-    let control = RunControl {
-        stop,
-        until_caught_up: args.until_caught_up,
-        llm: llm_watch,
-    };
-    let started = Instant::now();
-    let mode = if let (Some(input), Some(output)) = (&args.input, &args.output) {
-        let run = FileRun {
+    let mode = if file_mode { Mode::File } else { Mode::Kafka };
+    let mut run = Setup::start(cli, &args.pipeline, cfg, mode)?;
+    run.control.until_caught_up = args.until_caught_up;
+    match (&args.input, &args.output) {
+        (Some(input), Some(output)) => run.run_files(FileRun {
             input: input.clone(),
             output: output.clone(),
             rejects: args.rejects.clone(),
             format: args.format,
             progress: !cli.quiet,
-        };
-        run_files(cfg, timely_config, run, control, funnel.clone(), resources)?;
-        "file"
-    } else {
-        run_kafka(cfg, timely_config, control, funnel.clone(), resources)
-            .context("Kafka run failed")?;
-        "kafka"
-    };
-    let usage = llm.as_ref().map(|l| l.backend.client.usage());
-    report(
-        cli,
-        Summary::new(mode, started.elapsed(), funnel.snapshot(), usage)
-            .of_process(args.cluster.process, args.cluster.processes),
-    );
+        })?,
+        _ => run.run_kafka()?,
+    }
+    run.report(cli);
     Ok(())
-}
-
-/// Where the dedup stages keep their indexes unless `state_dir` says otherwise.
-pub enum StateHome {
-    /// Kafka mode: the consumer group's state directory, so a restart remembers what it saw.
-    Group,
-    /// File mode and the demo: a temporary directory for the run, removed at its end (on disk,
-    /// so memory stays bounded however large the input).
-    Scratch,
-}
-
-/// Start-up checks of the stateful stages: gives the dedup indexes their default directory (on
-/// disk: a few bytes of memory per document instead of kilobytes), then checks each directory
-/// (one clear error instead of a panic per worker) and prints the near-dedup parameters. Keep the
-/// returned directory alive for the run.
-pub fn prepare_state(
-    cfg: &mut PipelineConfig,
-    home: StateHome,
-    quiet: bool,
-) -> anyhow::Result<Option<tempfile::TempDir>> {
-    let needs = (cfg.near_dedup.enabled && cfg.near_dedup.state_dir.is_none())
-        || (cfg.exact_dedup.enabled && cfg.exact_dedup.state_dir.is_none());
-    let mut scratch = None;
-    let default_dir = match (needs, home) {
-        (false, _) => None,
-        (true, StateHome::Group) => Some(
-            webscale_rl_connectors::dirs::group_state_dir(&cfg.kafka.group).context(
-                "neither XDG_STATE_HOME nor HOME is set: set [near_dedup] and [exact_dedup] state_dir",
-            )?,
-        ),
-        (true, StateHome::Scratch) => {
-            let dir = tempfile::Builder::new()
-                .prefix("webscale-rl-state-")
-                .tempdir()
-                .context("creating a temporary directory for the dedup indexes")?;
-            let path = dir.path().to_path_buf();
-            scratch = Some(dir);
-            Some(path)
-        }
-    };
-    if let Some(dir) = default_dir {
-        cfg.near_dedup.state_dir.get_or_insert_with(|| dir.clone());
-        cfg.exact_dedup.state_dir.get_or_insert(dir);
-    }
-    if cfg.near_dedup.enabled {
-        webscale_rl_operators::lsh_index::check_state_dir(&cfg.near_dedup)
-            .map_err(|e| anyhow::anyhow!("near_dedup: {e}"))?;
-        if !quiet {
-            eprintln!("{}", cfg.near_dedup.summary());
-        }
-    }
-    if cfg.exact_dedup.enabled {
-        cfg.exact_dedup
-            .check()
-            .map_err(|e| anyhow::anyhow!("exact_dedup: {e}"))?;
-    }
-    Ok(scratch)
-}
-
-/// Adds `--benchmarks` paths to the config and loads every configured test set, once per process.
-pub fn load_benchmarks(
-    cfg: &mut PipelineConfig,
-    extra: &[std::path::PathBuf],
-    quiet: bool,
-) -> anyhow::Result<Option<Arc<Benchmarks>>> {
-    let d = &mut cfg.decontaminate;
-    d.benchmarks.extend(extra.iter().map(BenchmarkSpec::path));
-    if !d.enabled || d.benchmarks.is_empty() {
-        return Ok(None);
-    }
-    let started = Instant::now();
-    let benchmarks = Benchmarks::load(d).map_err(|e| anyhow::anyhow!("loading benchmarks: {e}"))?;
-    if !quiet {
-        let s = benchmarks.stats();
-        eprintln!(
-            "decontamination: {} benchmark sets, {} items, {}-gram index loaded in {:.1} s",
-            s.benchmarks,
-            s.items,
-            d.ngram,
-            started.elapsed().as_secs_f64()
-        );
-    }
-    Ok(Some(Arc::new(benchmarks)))
-}
-
-pub fn report(cli: &Cli, summary: Summary) {
-    if cli.json_summary {
-        summary.print_json();
-    }
-    if !cli.quiet {
-        summary.print_table();
-    }
 }

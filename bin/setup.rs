@@ -1,0 +1,257 @@
+//! The one set-up path of `run` (Kafka and file mode) and `demo`, in the order that keeps rule 2
+//! (mistakes fail before anything is consumed): the dedup indexes' directories, the LLM (its
+//! configuration, then the start-up check), the benchmark sets, the observability server, the
+//! signal handler, the cluster; then the run; then the summary.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use webscale_rl_dataflow::file_mode::{FileRun, run_files};
+use webscale_rl_dataflow::graph::Resources;
+use webscale_rl_dataflow::http::MetricsServer;
+use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
+use webscale_rl_dataflow::{Funnel, PipelineConfig};
+use webscale_rl_operators::benchmarks::BenchmarkSpec;
+use webscale_rl_operators::decontaminate::Benchmarks;
+
+use crate::cli::{Cli, ClusterArgs, PipelineArgs};
+use crate::llm_args::{CacheHome, LlmSetup};
+use crate::summary::Summary;
+
+/// What kind of run is being set up: where its state lives, whether it waits for the LLM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `run --brokers`: state under the consumer group, waits (not ready) for the LLM, serves
+    /// metrics by default.
+    Kafka,
+    /// `run --input --output`: scratch state, gives up on an absent LLM, no metrics by default.
+    File,
+    /// `demo`: an in-process Kafka cluster; the local model when no LLM is named.
+    Demo,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Kafka => "kafka",
+            Mode::File => "file",
+            Mode::Demo => "demo",
+        }
+    }
+}
+
+/// A run, set up and checked, ready to start.
+pub struct Setup {
+    pub cfg: PipelineConfig,
+    pub llm: Option<LlmSetup>,
+    pub resources: Resources,
+    pub funnel: Funnel,
+    pub control: RunControl,
+    mode: Mode,
+    cluster: ClusterArgs,
+    started: Instant,
+    /// Kept for the run: the dedup indexes' scratch directory, the observability server.
+    _scratch: Option<tempfile::TempDir>,
+    _metrics: Option<MetricsServer>,
+}
+
+impl Setup {
+    /// Sets up a run of `cfg` (the config file with the command's overrides applied).
+    pub fn start(
+        cli: &Cli,
+        args: &PipelineArgs,
+        mut cfg: PipelineConfig,
+        mode: Mode,
+    ) -> anyhow::Result<Setup> {
+        // Checked first: a bad worker count or host file is a mistake like any other.
+        args.cluster.options().timely_config()?;
+        if args.cluster.processes > 1 {
+            webscale_rl_dataflow::cluster::exit_on_peer_loss(args.cluster.options().addresses()?);
+        }
+        let (state_home, cache_home) = match mode {
+            Mode::Kafka => (StateHome::Group, CacheHome::Group(cfg.kafka.group.clone())),
+            Mode::File | Mode::Demo => (StateHome::Scratch, CacheHome::User),
+        };
+        let scratch = prepare_state(&mut cfg, state_home, cli.quiet)?;
+        let llm = args.llm.setup(&mut cfg, mode == Mode::Demo, cache_home)?;
+        let resources = Resources {
+            llm: llm.as_ref().map(|l| l.service()),
+            benchmarks: load_benchmarks(&mut cfg, &args.benchmarks, cli.quiet)?,
+        };
+        let funnel = Funnel::default();
+        let metrics = crate::monitoring::start(
+            cli,
+            args.metrics_addr.as_deref(),
+            mode != Mode::File,
+            &funnel,
+            llm.as_ref(),
+        )?;
+        let stop = crate::shutdown::install()?;
+        // Before anything is consumed: Kafka mode waits (not ready) for the LLM, the others
+        // give up after `startup_timeout_secs`.
+        let llm_watch = match &llm {
+            Some(l) => Some(l.check(&cfg, mode == Mode::Kafka, &stop, cli.quiet)?),
+            None => None,
+        };
+        Ok(Setup {
+            cfg,
+            llm,
+            resources,
+            funnel,
+            control: RunControl {
+                stop,
+                until_caught_up: mode == Mode::Demo,
+                llm: llm_watch,
+            },
+            mode,
+            cluster: args.cluster.clone(),
+            started: Instant::now(),
+            _scratch: scratch,
+            _metrics: metrics,
+        })
+    }
+
+    /// Runs the pipeline on Kafka (the run's and the demo's).
+    pub fn run_kafka(&mut self) -> anyhow::Result<()> {
+        self.started = Instant::now();
+        run_kafka(
+            self.cfg.clone(),
+            self.cluster.options().timely_config()?,
+            self.control.clone(),
+            self.funnel.clone(),
+            self.resources.clone(),
+        )
+        .context("Kafka run failed")
+    }
+
+    /// Runs the pipeline over files.
+    pub fn run_files(&mut self, files: FileRun) -> anyhow::Result<()> {
+        self.started = Instant::now();
+        run_files(
+            self.cfg.clone(),
+            self.cluster.options().timely_config()?,
+            files,
+            self.control.clone(),
+            self.funnel.clone(),
+            self.resources.clone(),
+        )
+    }
+
+    /// The run's summary, as the flags ask (this process's share of a cluster).
+    pub fn report(&self, cli: &Cli) {
+        let usage = self.llm.as_ref().map(|l| l.backend.client.usage());
+        let summary = Summary::new(
+            self.mode.name(),
+            self.started.elapsed(),
+            self.funnel.snapshot(),
+            usage,
+        );
+        let summary = match self.mode {
+            Mode::Demo => summary,
+            _ => summary.of_process(self.cluster.process, self.cluster.processes),
+        };
+        print_summary(cli, summary);
+    }
+}
+
+/// Loads the config file, or the defaults without one.
+pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<PipelineConfig> {
+    match path {
+        Some(p) => PipelineConfig::load(p),
+        None => Ok(PipelineConfig::default()),
+    }
+}
+
+/// Where the dedup stages keep their indexes unless `state_dir` says otherwise.
+enum StateHome {
+    /// Kafka mode: the consumer group's state directory, so a restart remembers what it saw.
+    Group,
+    /// File mode and the demo: a temporary directory for the run, removed at its end (on disk,
+    /// so memory stays bounded however large the input).
+    Scratch,
+}
+
+/// Start-up checks of the stateful stages: gives the dedup indexes their default directory (on
+/// disk: a few bytes of memory per document instead of kilobytes), then checks each directory
+/// (one clear error instead of a panic per worker) and prints the near-dedup parameters. Keep the
+/// returned directory alive for the run.
+fn prepare_state(
+    cfg: &mut PipelineConfig,
+    home: StateHome,
+    quiet: bool,
+) -> anyhow::Result<Option<tempfile::TempDir>> {
+    let needs = (cfg.near_dedup.enabled && cfg.near_dedup.state_dir.is_none())
+        || (cfg.exact_dedup.enabled && cfg.exact_dedup.state_dir.is_none());
+    let mut scratch = None;
+    let default_dir = match (needs, home) {
+        (false, _) => None,
+        (true, StateHome::Group) => Some(
+            webscale_rl_connectors::dirs::group_state_dir(&cfg.kafka.group).context(
+                "neither XDG_STATE_HOME nor HOME is set: set [near_dedup] and [exact_dedup] state_dir",
+            )?,
+        ),
+        (true, StateHome::Scratch) => {
+            let dir = tempfile::Builder::new()
+                .prefix("webscale-rl-state-")
+                .tempdir()
+                .context("creating a temporary directory for the dedup indexes")?;
+            let path = dir.path().to_path_buf();
+            scratch = Some(dir);
+            Some(path)
+        }
+    };
+    if let Some(dir) = default_dir {
+        cfg.near_dedup.state_dir.get_or_insert_with(|| dir.clone());
+        cfg.exact_dedup.state_dir.get_or_insert(dir);
+    }
+    if cfg.near_dedup.enabled {
+        webscale_rl_operators::lsh_index::check_state_dir(&cfg.near_dedup)
+            .map_err(|e| anyhow::anyhow!("near_dedup: {e}"))?;
+        if !quiet {
+            eprintln!("{}", cfg.near_dedup.summary());
+        }
+    }
+    if cfg.exact_dedup.enabled {
+        cfg.exact_dedup
+            .check()
+            .map_err(|e| anyhow::anyhow!("exact_dedup: {e}"))?;
+    }
+    Ok(scratch)
+}
+
+/// Adds `--benchmarks` paths to the config and loads every configured test set, once per process.
+fn load_benchmarks(
+    cfg: &mut PipelineConfig,
+    extra: &[std::path::PathBuf],
+    quiet: bool,
+) -> anyhow::Result<Option<Arc<Benchmarks>>> {
+    let d = &mut cfg.decontaminate;
+    d.benchmarks.extend(extra.iter().map(BenchmarkSpec::path));
+    if !d.enabled || d.benchmarks.is_empty() {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    let benchmarks = Benchmarks::load(d).map_err(|e| anyhow::anyhow!("loading benchmarks: {e}"))?;
+    if !quiet {
+        let s = benchmarks.stats();
+        eprintln!(
+            "decontamination: {} benchmark sets, {} items, {}-gram index loaded in {:.1} s",
+            s.benchmarks,
+            s.items,
+            d.ngram,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(Some(Arc::new(benchmarks)))
+}
+
+/// Prints the summary as the flags ask: a JSON object on stdout, a table on stderr.
+fn print_summary(cli: &Cli, summary: Summary) {
+    if cli.json_summary {
+        summary.print_json();
+    }
+    if !cli.quiet {
+        summary.print_table();
+    }
+}
