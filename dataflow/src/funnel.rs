@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::metrics::Live;
+use crate::live::Live;
 
 /// Counts per (stage, outcome). Outcome is `passed` or a rejection reason.
 #[derive(Clone, Default)]

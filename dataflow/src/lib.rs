@@ -2,8 +2,8 @@
 //!
 //! [`graph`] wires the stages; [`runtime`] runs the graph on timely workers between Kafka (or
 //! files) and commits input offsets only behind the durable frontier; [`funnel`] counts what each
-//! stage passed and rejected; [`metrics`] and [`http`] expose it all to Prometheus, a live
-//! dashboard and orchestrators' health checks.
+//! stage passed and rejected and [`live`] what the run is doing; [`metrics`], [`state`] and [`http`]
+//! expose it all to Prometheus, a live dashboard and orchestrators' health checks.
 
 pub mod cluster;
 pub mod config;
@@ -11,9 +11,11 @@ pub mod file_mode;
 pub mod funnel;
 pub mod graph;
 pub mod http;
+pub mod live;
 pub mod llm_service;
 pub mod metrics;
 pub mod runtime;
+pub mod state;
 
 pub use config::PipelineConfig;
 pub use funnel::{Funnel, FunnelSnapshot};

@@ -4,7 +4,8 @@
 use webscale_rl_connectors::llm::{ChatRequest, Fault, LlmClient, ResponseSchema};
 use webscale_rl_operators::llm_call::{LlmAnswer, LlmFailure, LlmReply, LlmRequest, LlmService};
 
-use crate::metrics::{LlmHandle, LlmLatency};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// The HTTP client as the stages see it.
 pub struct HttpLlm {
@@ -113,5 +114,48 @@ impl Drop for LlmBackend {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(std::time::Duration::from_secs(2));
         }
+    }
+}
+
+/// Latency of LLM calls per (stage, model), in seconds: queueing, retries and backoff included,
+/// cache hits excluded. Observed by the LLM service, read by [`EngineMetrics`].
+#[derive(Clone, Debug)]
+pub struct LlmLatency(pub(crate) Family<StageModel, Histogram, fn() -> Histogram>);
+
+/// `stage` and `model` labels.
+type StageModel = [(&'static str, String); 2];
+
+fn latency_histogram() -> Histogram {
+    // From a cached-prefix answer on a local GPU to a long generation behind a busy queue.
+    Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0])
+}
+
+impl Default for LlmLatency {
+    fn default() -> Self {
+        LlmLatency(Family::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        ))
+    }
+}
+
+impl LlmLatency {
+    pub fn observe(&self, stage: &str, model: &str, secs: f64) {
+        self.0
+            .get_or_create(&[("stage", stage.to_string()), ("model", model.to_string())])
+            .observe(secs);
+    }
+}
+
+/// The LLM as the metrics see it.
+#[derive(Clone)]
+pub struct LlmHandle {
+    pub client: LlmClient,
+    pub latency: LlmLatency,
+}
+
+impl LlmHandle {
+    /// The LLM side is up: the start-up check passed and no outage is on.
+    pub fn up(&self) -> bool {
+        self.client.health().is_up()
     }
 }

@@ -25,7 +25,7 @@ use webscale_rl_connectors::llm::LlmHealth;
 use crate::config::PipelineConfig;
 use crate::funnel::{DEAD_LETTERED, EMITTED, Funnel};
 use crate::graph::{self, Output, Resources};
-use crate::metrics::Live;
+use crate::live::Live;
 
 /// How often a worker reports its partitions' positions, in-flight records and the frontier.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
