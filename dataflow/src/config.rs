@@ -81,6 +81,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_switches_name_their_stages() {
+        let mut cfg = PipelineConfig::parse(
+            "[llm_filter]\nenabled = false\n[decontaminate]\ncheck_documents = false\n",
+        )
+        .unwrap();
+        assert!(!cfg.enabled(Stage::LlmFilter));
+        assert!(!cfg.enabled(Stage::Decontaminate));
+        assert!(cfg.enabled(Stage::Verify) && cfg.enabled(Stage::Classify));
+        cfg.decontaminate.check_documents = true;
+        assert!(cfg.enabled(Stage::Decontaminate));
+        cfg.decontaminate.enabled = false;
+        assert!(!cfg.enabled(Stage::Decontaminate));
+        // A switch that does nothing is not offered: classification is the method itself.
+        let err = PipelineConfig::parse("[classify]\nenabled = false\n").unwrap_err();
+        assert!(format!("{err:#}").contains("enabled"), "{err:#}");
+    }
+
+    #[test]
     fn the_shipped_example_parses_and_equals_the_defaults() {
         let example = include_str!("../../pipeline.toml");
         let cfg = PipelineConfig::parse(example).expect("pipeline.toml parses");

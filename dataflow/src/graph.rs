@@ -235,3 +235,103 @@ fn qa_stages<'s>(
     let live = stages.funnel.live().clone();
     Ok(pairs.inspect(move |pair: &QaPair| live.record_pair(pair)))
 }
+
+#[cfg(test)]
+mod tests {
+    use timely::dataflow::operators::capture::{Event, Extract};
+    use timely::dataflow::operators::{Capture, ToStream};
+
+    use super::*;
+
+    fn message(offset: i64, text: &str) -> RawMessage {
+        RawMessage {
+            key: None,
+            payload: Some(
+                serde_json::json!({ "id": format!("d{offset}"), "text": text })
+                    .to_string()
+                    .into_bytes(),
+            ),
+            origin: Origin {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+            },
+            truncated: false,
+        }
+    }
+
+    /// Runs the graph without an LLM over three copies of a text too short for the quality filter
+    /// (the second exact, the third with a word more); returns how many documents were emitted, the dead letters'
+    /// (stage, reason) and the funnel's stages.
+    fn run(cfg: PipelineConfig) -> (usize, Vec<(String, String)>, Vec<String>) {
+        let funnel = Funnel::default();
+        let f = funnel.clone();
+        let (out, dead) = timely::example(move |scope| {
+            let text = "The river rises in the hills north of the town and runs for many miles \
+                        through farms and forests before it reaches the sea";
+            let again = format!("{text} again");
+            let input = vec![message(0, text), message(1, text), message(2, &again)];
+            let input = input.to_stream(scope);
+            let outs = build(input, &cfg, &f, &Resources::default()).unwrap();
+            let Output::Documents(docs) = outs.output else {
+                panic!("no LLM: documents")
+            };
+            (
+                docs.map(|d| d.id).capture(),
+                outs.dead_letters
+                    .map(|d| (d.stage.to_string(), d.reason))
+                    .capture(),
+            )
+        });
+        let emitted: usize = out
+            .try_iter()
+            .map(|e| match e {
+                Event::Messages(_, batch) => batch.len(),
+                Event::Progress(_) => 0,
+            })
+            .sum();
+        let dead: Vec<(String, String)> = dead.extract().into_iter().flat_map(|(_, d)| d).collect();
+        let stages = funnel.snapshot().stages.into_keys().collect();
+        (emitted, dead, stages)
+    }
+
+    #[test]
+    fn every_enabled_switch_takes_its_stage_out_of_the_graph() {
+        let reasons = |dead: &[(String, String)]| {
+            let mut r: Vec<String> = dead.iter().map(|(_, reason)| reason.clone()).collect();
+            r.sort();
+            r
+        };
+        let (emitted, dead, stages) = run(PipelineConfig::default());
+        assert_eq!(
+            (emitted, reasons(&dead)),
+            (0, vec!["min_words".to_string(); 3])
+        );
+        assert!(stages.contains(&"quality_filter".to_string()));
+
+        let mut cfg = PipelineConfig::default();
+        cfg.quality_filter.enabled = false;
+        let (emitted, dead, _) = run(cfg.clone());
+        assert_eq!(
+            (emitted, reasons(&dead)),
+            (1, vec!["duplicate_of".into(), "near_duplicate".into()])
+        );
+
+        cfg.exact_dedup.enabled = false;
+        let (emitted, dead, _) = run(cfg.clone());
+        assert_eq!(
+            (emitted, reasons(&dead)),
+            (1, vec!["near_duplicate".to_string(); 2])
+        );
+
+        cfg.near_dedup.enabled = false;
+        let (emitted, dead, stages) = run(cfg);
+        assert_eq!((emitted, dead.len()), (3, 0));
+        for off in ["quality_filter", "exact_dedup", "near_dedup"] {
+            assert!(
+                !stages.contains(&off.to_string()),
+                "{off} still counted: {stages:?}"
+            );
+        }
+    }
+}
