@@ -20,7 +20,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::vec::Map;
 
 use crate::epoch::EpochStash;
-use crate::lsh_index::{IndexParams, MAX_KEYS_PER_PARTITION, Partition, Query, partition_of};
+use crate::lsh_index::{IndexParams, MAX_KEYS_PER_PARTITION, Query, open_owned, partition_of};
 use crate::normalize::{NormalizeConfig, content_hash};
 use crate::verdicts::{Epoch, Verdicts, judge};
 use webscale_rl_records::{DeadLetter, Document, Stage};
@@ -131,15 +131,7 @@ impl<'s> ExactDedup<'s> for StreamVec<'s, Epoch, Document> {
             move |default_cap, _info| {
                 drop(default_cap);
                 // `slot[p]`: where partition p sits in `parts`, if this worker owns it.
-                let mut slot = vec![usize::MAX; partitions as usize];
-                let mut parts = Vec::new();
-                for p in (0..partitions).filter(|p| p % peers == worker) {
-                    slot[p as usize] = parts.len();
-                    parts.push(
-                        Partition::open(p, &params)
-                            .unwrap_or_else(|e| panic!("exact_dedup worker {worker}: {e}")),
-                    );
-                }
+                let (slot, mut parts) = open_owned(&params, worker, peers);
                 // Per open epoch: its (text hash, document) pairs.
                 let mut stash: EpochStash<Vec<(u64, Document)>> = EpochStash::default();
                 let mut queued: Vec<Vec<usize>> = vec![Vec::new(); parts.len()];
@@ -218,6 +210,7 @@ mod tests {
     use timely::dataflow::operators::{Inspect, Probe};
 
     use super::*;
+    use crate::lsh_index::Partition;
     use webscale_rl_records::Origin;
 
     fn doc(id: &str, text: &str, offset: i64) -> Document {

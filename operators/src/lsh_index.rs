@@ -74,6 +74,23 @@ pub fn partition_path_in(state_dir: &Path, name: &str, partition: u32, partition
         .join(format!("part-{partition:04}-of-{partitions:04}.redb"))
 }
 
+/// The partitions worker `worker` of `peers` owns (`p % peers == worker`), opened, and `slot`
+/// with `slot[p]` = where partition `p` sits among them (`usize::MAX` if another worker owns it).
+/// Panics naming the stage when a partition cannot be opened: the stages check their state
+/// directory before the workers start ([`check_layout`]), so this is a fault of the machine.
+pub fn open_owned(params: &IndexParams, worker: u32, peers: u32) -> (Vec<usize>, Vec<Partition>) {
+    let mut slot = vec![usize::MAX; params.partitions as usize];
+    let mut parts = Vec::new();
+    for p in (0..params.partitions).filter(|p| p % peers == worker) {
+        slot[p as usize] = parts.len();
+        parts.push(
+            Partition::open(p, params)
+                .unwrap_or_else(|e| panic!("{} worker {worker}: {e}", params.name)),
+        );
+    }
+    (slot, parts)
+}
+
 /// Checks a configuration against its `state_dir` before workers start, so a bad setting is one
 /// clear error instead of a panic in every worker: the directory must be creatable and must not
 /// hold partitions written with another partition count.

@@ -27,7 +27,7 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
 
 use crate::epoch::EpochStash;
-use crate::lsh_index::{IndexParams, Partition, Query, partition_of};
+use crate::lsh_index::{IndexParams, Query, open_owned, partition_of};
 use crate::minhash::{MinHasher, NearDedupConfig, sketch, sketch_jaccard};
 use crate::verdicts::{Epoch, Verdicts};
 use webscale_rl_records::{DeadLetter, Document, Stage};
@@ -180,15 +180,7 @@ fn near_dedup<'s>(
             drop(default_cap);
             let params = IndexParams::new(&cfg);
             // `slot[p]`: where partition p sits in `parts`, if this worker owns it.
-            let mut slot = vec![usize::MAX; partitions as usize];
-            let mut parts = Vec::new();
-            for p in (0..partitions).filter(|p| p % peers == worker) {
-                slot[p as usize] = parts.len();
-                parts.push(
-                    Partition::open(p, &params)
-                        .unwrap_or_else(|e| panic!("near_dedup worker {worker}: {e}")),
-                );
-            }
+            let (slot, mut parts) = open_owned(&params, worker, peers);
             let mut queued: Vec<Vec<(u32, u8, u64)>> = vec![Vec::new(); parts.len()];
             let mut stash: EpochStash<Vec<DocBands>> = EpochStash::default();
             move |(input, frontier), output| {
