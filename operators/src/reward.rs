@@ -1,24 +1,63 @@
 //! The binary reward for RL on verifiable QA: 1 when a model's final answer matches the ground
-//! truth, else 0.
+//! truth, else 0. Each score names the rule that decided it (`method`).
 //!
 //! 1. Extract the final answer from the response ([`extract_final_answer`]): the last
 //!    `\boxed{..}` (nested braces kept), else the last GSM8K `#### ..`, else the text after the
 //!    last "final answer", "the answer is" or "answer:" (to the end of its sentence), else the last
 //!    non-empty line. A ground truth is put through the same extraction when it carries a `####`
 //!    or `\boxed` (a whole GSM8K solution can be given as the truth).
-//! 2. Compare with each alias of the truth (`a|b|c`, or a JSON array; TriviaQA has many):
-//!    - numbers ([`parse_number`]) compare by value: `1,000` = `1000` = `1e3` = `1000.0` =
-//!      `$1,000` = `1000 km`; `\frac{1}{2}` = `1/2` = `0.5`; `1.5 \times 10^3` = `1500`. A
-//!      response that is not a number as a whole is compared through the number in it (the first
-//!      after an answer marker, else the last), as GSM8K graders do.
-//!    - `%` is a unit like `km`: `50%` = `50` = `50 percent`, but `0.5` ≠ `50%`. Truths of "what
-//!      percent" questions are written without the sign (GSM8K, MATH), and accepting a value 100
-//!      times off would reward a wrong answer.
-//!    - other answers compare after [`normalize_answer`]: case, LaTeX wrappers, and, for answers
-//!      without digits, punctuation and the articles a/an/the (SQuAD's rule); answers with digits
-//!      (`(1,2)`, `x^2+1`) keep their symbols and drop only whitespace.
+//! 2. Compare with each alias of the truth (`a|b|c`, or a JSON array; TriviaQA has many), in this
+//!    order:
+//!    - `numeric`: numbers ([`parse_number`]) compare by value: `1,000` = `1000` = `1e3` =
+//!      `1000.0` = `$1,000` = `1000 km`; `\frac{1}{2}` = `1/2` = `0.5`; `1.5 \times 10^3` =
+//!      `1500`; `10^6` = `1,000,000`; mixed numbers `2\frac{1}{2}` = `2 1/2` = `2.5` (a fraction
+//!      after a whole number is how MATH and recipes write 2½; `2\sqrt{2}` stays a product); `3rd`
+//!      = `3`. Within a relative 1e-9: `0.33` ≠ `1/3`, `1000001` ≠ `1000000`. A response that is
+//!      not a number as a whole is compared through the quantity in it (the first after an answer
+//!      marker, else the last), as GSM8K graders do.
+//!    - `words`: numbers in words (`seven`, `twenty-one`, `one hundred and five`, `three
+//!      million`, `a dozen`, ordinals `third` = `3rd`), on either side.
+//!    - `percent`: a number with a percent sign (`50%`, `50 percent`, `50\%`) equals the same
+//!      number without it (truths of "what percent" questions are written without the sign: GSM8K,
+//!      MATH) and the fraction it stands for (`0.5`, `1/2`). The sign makes the scale explicit, so
+//!      both readings are safe; two plain numbers never compare across a factor of 100 (`0.125`
+//!      ≠ `12.5`, one of them would be a wrong answer), nor do two percentages (`0.5%` ≠ `50%`).
+//!    - `unit`: when both sides carry a unit of length, mass, time, temperature, volume, speed,
+//!      area or money, they compare converted (`5 km` = `5000 m`, `212°F` = `100°C`, `250 cents` =
+//!      `$2.50`, `7 days` = `one week`), and units of different dimensions or currencies never
+//!      match (`12 kg` ≠ `12 km`, `€5` ≠ `$5`: no exchange rates). Conversions are `uom`'s, within a
+//!      relative 1e-6 (its imperial factors have seven digits). A unit on one side only is
+//!      ignored, as before (`12 km` = `12`).
+//!    - `exact`: other answers compare after [`normalize_answer`]: case, LaTeX wrappers, and, for
+//!      answers without digits, punctuation and the articles a/an/the (SQuAD's rule); answers with
+//!      digits (`(1,2)`, `2\pm\sqrt{3}`) keep their symbols and drop only whitespace.
+//!    - `symbolic`: answers that read as math (LaTeX or plain: `\frac`, `\sqrt`, `\pi`, powers,
+//!      implicit products like `2x` and `2\sqrt{2}`, single-letter variables) are evaluated with
+//!      `evalexpr` at the same six pseudo-random points (fixed seed: a pair always scores the
+//!      same) and match when they agree within a relative 1e-6 wherever both are defined:
+//!      `x^2+2x+1` = `(x+1)^2`, `2\sqrt{2}` = `\sqrt{8}`. Random points decide polynomial and
+//!      radical identities without a CAS: two different such functions agree on almost no point.
+//!      Equations compare their right sides when the left sides are the same (`y = 2x+5` =
+//!      `y=5+2x`); a numeric truth compares with an expression's value (`\sqrt{2}` =
+//!      `1.4142135623730951`, but ≠ `1.414`: a rounded value is not the exact answer). Words of
+//!      more than three letters, commas (tuples, intervals), `\pm` and relations are not math.
+//!    - `name`: the truth may be the distinguishing part of a longer name in the response: the
+//!      truth's words end it, after capitalized given names or titles (`George Washington`,
+//!      `Queen Victoria`, `Mount Everest` for `Washington`, `Victoria`, `Everest`), or are followed
+//!      by a geographic kind (`the Volga River` for `Volga`) or by a comma and a region (`Paris,
+//!      France` for `Paris`). Never the reverse: a truth `George Washington` is not matched by
+//!      `Washington`, which may mean another Washington; the truth's writer chose how much of the
+//!      name identifies the answer, and a response must say at least that. Nor is another given
+//!      name accepted (`Denzel Washington` ≠ `George Washington`), nor words after a name
+//!      (`Paris Hilton` ≠ `Paris`).
+//!    - `sentence`: without an answer marker, the last sentence of the last line states the answer
+//!      as its final phrase after a verb or preposition: `It was the Eiffel Tower.`, `... the
+//!      capital is Canberra.`, `written by Mark Twain.` (with the name rule's extensions). A
+//!      negation before it (`not`, `never`, `n't`) rules it out: `Ottawa, not Toronto` is not
+//!      `Toronto`.
 //! 3. Optionally, a judge (an LLM behind the caller's client) decides answers that differ only in
-//!    wording; it is never asked when both sides are numbers, whose comparison is exact.
+//!    wording (`H2O` vs `water`, `7 days` in words the rules do not know); it is never asked when
+//!    both sides are numbers or both are math, whose comparison is exact.
 
 mod expr;
 mod quantity;
@@ -1036,8 +1075,136 @@ mod tests {
     fn text_answers_drop_articles_and_punctuation() {
         assert_eq!(normalize_answer("The  Onion."), "onion");
         assert_eq!(normalize_answer("(1, 2)"), "(1,2)");
-        assert_eq!(score("It is the Eiffel Tower!", "eiffel tower").score, 0);
         assert_eq!(score("Answer: the Eiffel Tower!", "eiffel tower").score, 1);
+    }
+
+    fn verdict(response: &str, truth: &str) -> (u8, Method) {
+        let s = score(response, truth);
+        (s.score, s.method)
+    }
+
+    #[test]
+    fn percentages_equal_the_number_and_the_fraction() {
+        use Method::{Numeric, Percent};
+        assert_eq!(verdict("The answer is 50%.", "0.5"), (1, Percent));
+        assert_eq!(verdict("\\boxed{0.5}", "50\\%"), (1, Percent));
+        assert_eq!(verdict("Answer: 12.5%", "1/8"), (1, Percent));
+        assert_eq!(verdict("The answer is 50%.", "50"), (1, Numeric));
+        assert_eq!(verdict("Answer: 25 percent", "25%"), (1, Numeric));
+        // Two plain numbers never compare across a factor of 100; two percentages neither.
+        assert_eq!(verdict("Answer: 0.125", "12.5"), (0, Numeric));
+        assert_eq!(verdict("\\boxed{0.5\\%}", "50%"), (0, Numeric));
+        assert_eq!(verdict("Answer: 20%", "25%"), (0, Numeric));
+        assert_eq!(verdict("Answer: 5%", "0.5"), (0, Percent));
+    }
+
+    #[test]
+    fn number_formats_powers_and_mixed_numbers() {
+        for (response, truth) in [
+            ("\\boxed{10^6}", "1,000,000"),
+            ("Final answer: 1000000", "10^{6}"),
+            ("\\boxed{2^{-1}}", "0.5"),
+            ("Answer: 3 \\times 10^8", "300,000,000"),
+            ("\\boxed{2\\frac{1}{2}}", "5/2"),
+            ("Answer: 1 3/4 cups", "1.75"),
+            ("\\boxed{\\frac{7}{4}}", "1 3/4"),
+            ("Answer: 2.5 million", "2,500,000"),
+        ] {
+            assert_eq!(verdict(response, truth).0, 1, "{response} = {truth}");
+        }
+        for (response, truth) in [
+            ("\\boxed{-3}", "3"),
+            ("\\boxed{0.33}", "1/3"),
+            ("\\boxed{1898}", "1889"),
+            ("\\boxed{10^5}", "1,000,000"),
+            ("\\boxed{2\\frac{1}{3}}", "2.5"),
+            ("Answer: 25 million", "2,500,000"),
+            ("Answer: 1000001", "1,000,000"),
+        ] {
+            assert_eq!(verdict(response, truth).0, 0, "{response} != {truth}");
+        }
+        assert_eq!(parse_number("3 / 4"), Some(0.75));
+        assert_eq!(parse_number("3rd"), Some(3.0));
+    }
+
+    #[test]
+    fn number_words_both_ways() {
+        use Method::Words;
+        assert_eq!(verdict("The answer is seven.", "7"), (1, Words));
+        assert_eq!(verdict("Answer: 7", "seven"), (1, Words));
+        assert_eq!(verdict("He finished in third place.", "3rd"), (1, Words));
+        assert_eq!(verdict("The final count is forty-two.", "42"), (1, Words));
+        assert_eq!(verdict("There are three million people.", "3,000,000"), (1, Words));
+        assert_eq!(verdict("The answer is seventy.", "7"), (0, Words));
+        assert_eq!(verdict("Answer: fifth", "15th"), (0, Words));
+        assert_eq!(verdict("The count is twenty-four.", "42"), (0, Words));
+    }
+
+    #[test]
+    fn units_convert_within_a_dimension_only() {
+        use Method::{Numeric, Unit};
+        assert_eq!(verdict("The answer is 5 km.", "5000 m"), (1, Unit));
+        assert_eq!(verdict("The box weighs 2 kg.", "2000 g"), (1, Unit));
+        assert_eq!(verdict("Water boils at 212°F.", "100^\\circ C"), (1, Unit));
+        assert_eq!(verdict("The car travels at 60 mph.", "60 miles per hour"), (1, Unit));
+        assert_eq!(verdict("Answer: 250 cents", "$2.50"), (1, Unit));
+        assert_eq!(verdict("Answer: 7 days", "one week"), (1, Unit));
+        assert_eq!(verdict("Answer: 12 km", "12"), (1, Numeric));
+        assert_eq!(verdict("Answer: 500 m", "5 km"), (0, Unit));
+        assert_eq!(verdict("Answer: 12 kg", "12 km"), (0, Unit));
+        assert_eq!(verdict("It costs €5.", "$5"), (0, Unit));
+        assert_eq!(verdict("Answer: 100°F", "100°C"), (0, Unit));
+    }
+
+    #[test]
+    fn expressions_compare_by_value() {
+        use Method::Symbolic;
+        assert_eq!(verdict("\\boxed{x^2+2x+1}", "(x+1)^2"), (1, Symbolic));
+        assert_eq!(verdict("\\boxed{2\\sqrt{2}}", "\\sqrt{8}"), (1, Symbolic));
+        assert_eq!(verdict("\\boxed{y = 2x + 5}", "y=5+2x"), (1, Symbolic));
+        assert_eq!(verdict("$f(x) = \\boxed{2x+3}$", "3+2x"), (1, Symbolic));
+        assert_eq!(verdict("\\boxed{\\sqrt{2}}", "1.4142135623730951"), (1, Symbolic));
+        assert_eq!(verdict("\\boxed{x^2+2x-1}", "(x+1)^2"), (0, Symbolic));
+        assert_eq!(verdict("\\boxed{4\\sqrt{2}}", "\\sqrt{8}"), (0, Symbolic));
+        assert_eq!(verdict("\\boxed{y = 2x - 5}", "y=2x+5"), (0, Symbolic));
+        assert_eq!(verdict("\\boxed{\\sqrt{2}}", "1.414"), (0, Symbolic));
+        // Math decided: no judge is asked.
+        let yes = |_: &str, _: &str| Some(true);
+        let s = score_aliases("\\boxed{x^3}", &["x^2".into()], Some(&yes));
+        assert_eq!((s.score, s.method), (0, Symbolic));
+    }
+
+    #[test]
+    fn names_match_when_the_truth_is_the_distinguishing_part() {
+        use Method::Name;
+        assert_eq!(verdict("It was George Washington.", "Washington"), (1, Name));
+        assert_eq!(verdict("Answer: Dr. Martin Luther King Jr.", "Martin Luther King Jr."), (1, Name));
+        assert_eq!(verdict("Answer: Paris, France", "Paris"), (1, Name));
+        assert_eq!(verdict("The longest river is the Volga River.", "Volga"), (1, Name));
+        assert_eq!(verdict("Answer: Mount Everest", "Everest"), (1, Name));
+        // Never the reverse, and never another person of the same surname.
+        assert_eq!(verdict("Answer: Washington", "George Washington").0, 0);
+        assert_eq!(verdict("It was Denzel Washington.", "George Washington").0, 0);
+        assert_eq!(verdict("Answer: Ian Fleming", "Alexander Fleming").0, 0);
+        assert_eq!(verdict("Answer: Paris Hilton", "Paris").0, 0);
+        assert_eq!(verdict("Answer: the Eiffel tower in Paris", "Eiffel Tower").0, 0);
+        assert_eq!(verdict("Answer: Queen Elizabeth I", "Elizabeth II").0, 0);
+    }
+
+    #[test]
+    fn a_last_sentence_states_its_answer_after_a_verb() {
+        use Method::Sentence;
+        assert_eq!(verdict("It was the Eiffel Tower.", "Eiffel Tower"), (1, Sentence));
+        assert_eq!(verdict("It is the Eiffel Tower!", "eiffel tower"), (1, Sentence));
+        assert_eq!(
+            verdict("Long reasoning.\nMany guess Sydney, but the capital is Canberra.", "Canberra"),
+            (1, Sentence)
+        );
+        assert_eq!(verdict("Tom Sawyer was written by Mark Twain.", "Mark Twain"), (1, Sentence));
+        assert_eq!(verdict("It was the Statue of Liberty.", "Eiffel Tower").0, 0);
+        assert_eq!(verdict("The capital of Canada is Ottawa, not Toronto.", "Toronto").0, 0);
+        assert_eq!(verdict("It is definitely not Paris.", "Paris").0, 0);
+        assert_eq!(verdict("Paris is lovely. The capital is Lyon.", "Paris").0, 0);
     }
 
     #[test]
