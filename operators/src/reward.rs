@@ -428,6 +428,10 @@ const NEGATIONS: &[&str] = &["not", "never", "no", "t", "nor", "neither"];
 /// The name rule and the last-sentence rule (see the module doc): whether `span` states the
 /// truth as its final phrase, possibly inside a longer name; None when it does not.
 fn name_match(span: &str, truth: &str) -> Option<Method> {
+    // A name has letters: `[2,5]` is not one, whatever its digits.
+    if !truth.chars().any(char::is_alphabetic) {
+        return None;
+    }
     let truth: Vec<String> = words_of(truth)
         .into_iter()
         .map(|w| w.lower)
@@ -697,6 +701,8 @@ pub fn parse_number(s: &str) -> Option<f64> {
 
 /// An answer that is a number as a whole, with its unit or currency.
 fn parse_quantity(s: &str) -> Option<Quantity> {
+    // `strip_latex` drops `$` as a math delimiter; a lone `$` (or `\$`) is a dollar sign.
+    let dollars = s.contains("\\$") || s.matches('$').count() % 2 == 1;
     let mut t = strip_latex(s);
     t = t.trim().trim_end_matches('.').trim().to_string();
     // "x = 5", "n=5": a variable named before the value.
@@ -741,6 +747,9 @@ fn parse_quantity(s: &str) -> Option<Quantity> {
                 break;
             }
         }
+    }
+    if dollars && unit.is_none() {
+        unit = Some(Unit::Money("USD", 1.0));
     }
     let body = t.trim();
     let (v, words) = match parse_plain(body).or_else(|| scaled(body)) {
@@ -921,7 +930,9 @@ fn embedded_quantity(text: &str, source: Source) -> Option<Quantity> {
     if source == Source::Boxed {
         return None;
     }
-    let tail = text.rsplit('=').next().unwrap_or(text);
+    // An escaped dollar is prose, not math.
+    let text = text.replace("\\$", "$");
+    let tail = text.rsplit('=').next().unwrap_or(&text);
     let math = |c: char| "\\^{}[]()+*<>|".contains(c);
     let prose = tail.split_whitespace().any(|w| {
         w.trim_matches(|c: char| !c.is_alphanumeric())
@@ -1153,6 +1164,8 @@ mod tests {
         assert_eq!(verdict("Answer: 500 m", "5 km"), (0, Unit));
         assert_eq!(verdict("Answer: 12 kg", "12 km"), (0, Unit));
         assert_eq!(verdict("It costs €5.", "$5"), (0, Unit));
+        assert_eq!(verdict("It costs \\$5.", "5 dollars"), (1, Unit));
+        assert_eq!(verdict("So $x = 5$ apples.", "5"), (1, Numeric));
         assert_eq!(verdict("Answer: 100°F", "100°C"), (0, Unit));
     }
 
@@ -1189,6 +1202,7 @@ mod tests {
         assert_eq!(verdict("Answer: Paris Hilton", "Paris").0, 0);
         assert_eq!(verdict("Answer: the Eiffel tower in Paris", "Eiffel Tower").0, 0);
         assert_eq!(verdict("Answer: Queen Elizabeth I", "Elizabeth II").0, 0);
+        assert_eq!(verdict("The set is (2, 5).", "[2,5]").0, 0);
     }
 
     #[test]

@@ -32,14 +32,20 @@ pub(super) fn close(a: f64, b: f64) -> bool {
 
 impl Expr {
     /// Parses an answer as math, or None when it is not one: a word of more than three letters
-    /// (`Paris`), commas, intervals, `\pm`, relations, or anything the translator does not know.
-    /// A string of letters alone (`abc`) is not math either: it is more likely a word.
+    /// (`Paris`) or a word standing alone (`it is 5`), commas, intervals, `\pm`, relations, or
+    /// anything the translator does not know. Letters alone (`abc`) are more likely a word too.
     pub(super) fn parse(s: &str) -> Option<Expr> {
         let s = s.trim();
         if s.is_empty()
             || !s
                 .chars()
                 .any(|c| c.is_ascii_digit() || "+-*/^\\(){}".contains(c))
+        {
+            return None;
+        }
+        // "it is H2O": a word standing alone makes it a sentence, not a product of variables.
+        if s.split_whitespace()
+            .any(|w| w.len() >= 2 && w.chars().all(|c| c.is_ascii_alphabetic()))
         {
             return None;
         }
@@ -383,7 +389,7 @@ mod tests {
 
     #[test]
     fn words_and_unknown_notation_are_not_math() {
-        for s in ["Paris", "abc", "(1,2)", "[2,5]", "2\\pm\\sqrt3", "x \\in A", "\\infty"] {
+        for s in ["Paris", "abc", "it is 5", "(1,2)", "[2,5]", "2\\pm\\sqrt3", "x \\in A", "\\infty"] {
             assert!(Expr::parse(s).is_none(), "{s}");
         }
         let c = Expr::parse("2\\sqrt{2}").unwrap().constant().unwrap();

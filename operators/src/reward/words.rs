@@ -116,9 +116,9 @@ fn word(w: &str) -> Option<(Word, bool)> {
     None
 }
 
-/// Whether `w` (lowercase) is a word of a number, `a` and `and` aside.
+/// Whether `w` (lowercase) is a word of a number (`forty-two` too), `a` and `and` aside.
 pub(super) fn is_number_word(w: &str) -> bool {
-    word(w).is_some()
+    w.split('-').all(|part| word(part).is_some())
 }
 
 /// Whether `w` is a scale word that may follow digits: `2.5 million`.
@@ -227,5 +227,6 @@ mod tests {
             assert_eq!(parse_number_words(s), None, "{s}");
         }
         assert_ne!(parse_number_words("seventy"), Some(7.0));
+        assert!(is_number_word("forty-two") && !is_number_word("forty-ish"));
     }
 }
