@@ -419,8 +419,22 @@ const LEAD_INS: &[&str] = &[
 
 /// Words that may follow a place's name without changing it ("the Volga River" for "Volga").
 const FEATURES: &[&str] = &[
-    "river", "desert", "ocean", "sea", "lake", "mountains", "mountain", "island", "islands", "bay",
-    "falls", "canal", "strait", "gulf", "peninsula", "valley",
+    "river",
+    "desert",
+    "ocean",
+    "sea",
+    "lake",
+    "mountains",
+    "mountain",
+    "island",
+    "islands",
+    "bay",
+    "falls",
+    "canal",
+    "strait",
+    "gulf",
+    "peninsula",
+    "valley",
 ];
 
 const NEGATIONS: &[&str] = &["not", "never", "no", "t", "nor", "neither"];
@@ -717,7 +731,9 @@ fn parse_quantity(s: &str) -> Option<Quantity> {
     let mut neg = false;
     let mut unit = None;
     if let Some(rest) = t.strip_prefix('-')
-        && CURRENCY_SYMBOLS.iter().any(|(sym, _)| rest.starts_with(sym))
+        && CURRENCY_SYMBOLS
+            .iter()
+            .any(|(sym, _)| rest.starts_with(sym))
     {
         neg = true;
         t = rest;
@@ -794,7 +810,10 @@ fn parse_plain(t: &str) -> Option<f64> {
     }
     // A mixed number: a whole number, then a fraction of whole numbers. (`2\sqrt{2}` is a
     // product, but a fraction after an integer is how MATH and recipes write 2½.)
-    if let Some(i) = t.find("\\frac").or_else(|| t.find(' ').filter(|_| t.contains('/'))) {
+    if let Some(i) = t
+        .find("\\frac")
+        .or_else(|| t.find(' ').filter(|_| t.contains('/')))
+    {
         let (whole, frac) = (t[..i].trim(), t[i..].trim());
         let is_int = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         let frac_ints = frac
@@ -1145,7 +1164,10 @@ mod tests {
         assert_eq!(verdict("Answer: 7", "seven"), (1, Words));
         assert_eq!(verdict("He finished in third place.", "3rd"), (1, Words));
         assert_eq!(verdict("The final count is forty-two.", "42"), (1, Words));
-        assert_eq!(verdict("There are three million people.", "3,000,000"), (1, Words));
+        assert_eq!(
+            verdict("There are three million people.", "3,000,000"),
+            (1, Words)
+        );
         assert_eq!(verdict("The answer is seventy.", "7"), (0, Words));
         assert_eq!(verdict("Answer: fifth", "15th"), (0, Words));
         assert_eq!(verdict("The count is twenty-four.", "42"), (0, Words));
@@ -1157,7 +1179,10 @@ mod tests {
         assert_eq!(verdict("The answer is 5 km.", "5000 m"), (1, Unit));
         assert_eq!(verdict("The box weighs 2 kg.", "2000 g"), (1, Unit));
         assert_eq!(verdict("Water boils at 212°F.", "100^\\circ C"), (1, Unit));
-        assert_eq!(verdict("The car travels at 60 mph.", "60 miles per hour"), (1, Unit));
+        assert_eq!(
+            verdict("The car travels at 60 mph.", "60 miles per hour"),
+            (1, Unit)
+        );
         assert_eq!(verdict("Answer: 250 cents", "$2.50"), (1, Unit));
         assert_eq!(verdict("Answer: 7 days", "one week"), (1, Unit));
         assert_eq!(verdict("Answer: 12 km", "12"), (1, Numeric));
@@ -1176,7 +1201,10 @@ mod tests {
         assert_eq!(verdict("\\boxed{2\\sqrt{2}}", "\\sqrt{8}"), (1, Symbolic));
         assert_eq!(verdict("\\boxed{y = 2x + 5}", "y=5+2x"), (1, Symbolic));
         assert_eq!(verdict("$f(x) = \\boxed{2x+3}$", "3+2x"), (1, Symbolic));
-        assert_eq!(verdict("\\boxed{\\sqrt{2}}", "1.4142135623730951"), (1, Symbolic));
+        assert_eq!(
+            verdict("\\boxed{\\sqrt{2}}", "1.4142135623730951"),
+            (1, Symbolic)
+        );
         assert_eq!(verdict("\\boxed{x^2+2x-1}", "(x+1)^2"), (0, Symbolic));
         assert_eq!(verdict("\\boxed{4\\sqrt{2}}", "\\sqrt{8}"), (0, Symbolic));
         assert_eq!(verdict("\\boxed{y = 2x - 5}", "y=2x+5"), (0, Symbolic));
@@ -1190,17 +1218,35 @@ mod tests {
     #[test]
     fn names_match_when_the_truth_is_the_distinguishing_part() {
         use Method::Name;
-        assert_eq!(verdict("It was George Washington.", "Washington"), (1, Name));
-        assert_eq!(verdict("Answer: Dr. Martin Luther King Jr.", "Martin Luther King Jr."), (1, Name));
+        assert_eq!(
+            verdict("It was George Washington.", "Washington"),
+            (1, Name)
+        );
+        assert_eq!(
+            verdict(
+                "Answer: Dr. Martin Luther King Jr.",
+                "Martin Luther King Jr."
+            ),
+            (1, Name)
+        );
         assert_eq!(verdict("Answer: Paris, France", "Paris"), (1, Name));
-        assert_eq!(verdict("The longest river is the Volga River.", "Volga"), (1, Name));
+        assert_eq!(
+            verdict("The longest river is the Volga River.", "Volga"),
+            (1, Name)
+        );
         assert_eq!(verdict("Answer: Mount Everest", "Everest"), (1, Name));
         // Never the reverse, and never another person of the same surname.
         assert_eq!(verdict("Answer: Washington", "George Washington").0, 0);
-        assert_eq!(verdict("It was Denzel Washington.", "George Washington").0, 0);
+        assert_eq!(
+            verdict("It was Denzel Washington.", "George Washington").0,
+            0
+        );
         assert_eq!(verdict("Answer: Ian Fleming", "Alexander Fleming").0, 0);
         assert_eq!(verdict("Answer: Paris Hilton", "Paris").0, 0);
-        assert_eq!(verdict("Answer: the Eiffel tower in Paris", "Eiffel Tower").0, 0);
+        assert_eq!(
+            verdict("Answer: the Eiffel tower in Paris", "Eiffel Tower").0,
+            0
+        );
         assert_eq!(verdict("Answer: Queen Elizabeth I", "Elizabeth II").0, 0);
         assert_eq!(verdict("The set is (2, 5).", "[2,5]").0, 0);
     }
@@ -1208,17 +1254,38 @@ mod tests {
     #[test]
     fn a_last_sentence_states_its_answer_after_a_verb() {
         use Method::Sentence;
-        assert_eq!(verdict("It was the Eiffel Tower.", "Eiffel Tower"), (1, Sentence));
-        assert_eq!(verdict("It is the Eiffel Tower!", "eiffel tower"), (1, Sentence));
         assert_eq!(
-            verdict("Long reasoning.\nMany guess Sydney, but the capital is Canberra.", "Canberra"),
+            verdict("It was the Eiffel Tower.", "Eiffel Tower"),
             (1, Sentence)
         );
-        assert_eq!(verdict("Tom Sawyer was written by Mark Twain.", "Mark Twain"), (1, Sentence));
-        assert_eq!(verdict("It was the Statue of Liberty.", "Eiffel Tower").0, 0);
-        assert_eq!(verdict("The capital of Canada is Ottawa, not Toronto.", "Toronto").0, 0);
+        assert_eq!(
+            verdict("It is the Eiffel Tower!", "eiffel tower"),
+            (1, Sentence)
+        );
+        assert_eq!(
+            verdict(
+                "Long reasoning.\nMany guess Sydney, but the capital is Canberra.",
+                "Canberra"
+            ),
+            (1, Sentence)
+        );
+        assert_eq!(
+            verdict("Tom Sawyer was written by Mark Twain.", "Mark Twain"),
+            (1, Sentence)
+        );
+        assert_eq!(
+            verdict("It was the Statue of Liberty.", "Eiffel Tower").0,
+            0
+        );
+        assert_eq!(
+            verdict("The capital of Canada is Ottawa, not Toronto.", "Toronto").0,
+            0
+        );
         assert_eq!(verdict("It is definitely not Paris.", "Paris").0, 0);
-        assert_eq!(verdict("Paris is lovely. The capital is Lyon.", "Paris").0, 0);
+        assert_eq!(
+            verdict("Paris is lovely. The capital is Lyon.", "Paris").0,
+            0
+        );
     }
 
     #[test]

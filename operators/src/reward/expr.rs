@@ -293,10 +293,9 @@ impl Translator {
                 let (_, f) = FUNCTIONS.iter().find(|(n, _)| *n == name)?;
                 let rest = rest.trim_start();
                 // `\sin(x)`, `\sin{x}`, or `\sin x` (one operand).
-                let (arg, rest) = if rest.starts_with('(') {
-                    group(&rest[1..], '(', ')')?
-                } else {
-                    argument(rest)?
+                let (arg, rest) = match rest.strip_prefix('(') {
+                    Some(inner) => group(inner, '(', ')')?,
+                    None => argument(rest)?,
                 };
                 self.operand(&format!("{f}("));
                 self.operand_end = false;
@@ -389,7 +388,16 @@ mod tests {
 
     #[test]
     fn words_and_unknown_notation_are_not_math() {
-        for s in ["Paris", "abc", "it is 5", "(1,2)", "[2,5]", "2\\pm\\sqrt3", "x \\in A", "\\infty"] {
+        for s in [
+            "Paris",
+            "abc",
+            "it is 5",
+            "(1,2)",
+            "[2,5]",
+            "2\\pm\\sqrt3",
+            "x \\in A",
+            "\\infty",
+        ] {
             assert!(Expr::parse(s).is_none(), "{s}");
         }
         let c = Expr::parse("2\\sqrt{2}").unwrap().constant().unwrap();

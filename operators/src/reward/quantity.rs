@@ -35,41 +35,135 @@ use Unit::*;
 
 /// Spellings after `strip_latex` (lowercase, `°` and `^\circ` removed: `212°F` reads `212f`).
 const SPELLINGS: &[(&[&str], Unit)] = &[
-    (&["km", "kilometer", "kilometers", "kilometre", "kilometres"], Measure(Length, "km", 1.0)),
-    (&["m", "meter", "meters", "metre", "metres"], Measure(Length, "m", 1.0)),
-    (&["cm", "centimeter", "centimeters", "centimetre", "centimetres"], Measure(Length, "cm", 1.0)),
-    (&["mm", "millimeter", "millimeters", "millimetre", "millimetres"], Measure(Length, "mm", 1.0)),
+    (
+        &["km", "kilometer", "kilometers", "kilometre", "kilometres"],
+        Measure(Length, "km", 1.0),
+    ),
+    (
+        &["m", "meter", "meters", "metre", "metres"],
+        Measure(Length, "m", 1.0),
+    ),
+    (
+        &[
+            "cm",
+            "centimeter",
+            "centimeters",
+            "centimetre",
+            "centimetres",
+        ],
+        Measure(Length, "cm", 1.0),
+    ),
+    (
+        &[
+            "mm",
+            "millimeter",
+            "millimeters",
+            "millimetre",
+            "millimetres",
+        ],
+        Measure(Length, "mm", 1.0),
+    ),
     (&["mi", "mile", "miles"], Measure(Length, "mi", 1.0)),
     (&["ft", "foot", "feet"], Measure(Length, "ft", 1.0)),
     // Not "in": "5 in" is more often the start of a phrase than inches.
     (&["inch", "inches"], Measure(Length, "in", 1.0)),
     (&["yd", "yard", "yards"], Measure(Length, "yd", 1.0)),
-    (&["kg", "kilogram", "kilograms", "kilo", "kilos"], Measure(Mass, "kg", 1.0)),
+    (
+        &["kg", "kilogram", "kilograms", "kilo", "kilos"],
+        Measure(Mass, "kg", 1.0),
+    ),
     (&["g", "gram", "grams"], Measure(Mass, "g", 1.0)),
     (&["mg", "milligram", "milligrams"], Measure(Mass, "mg", 1.0)),
     // A pound is a mass here: GSM8K weighs more in pounds than it pays in them (`£` is money).
     (&["lb", "lbs", "pound", "pounds"], Measure(Mass, "lb", 1.0)),
     (&["oz", "ounce", "ounces"], Measure(Mass, "oz", 1.0)),
-    (&["s", "sec", "secs", "second", "seconds"], Measure(Time, "s", 1.0)),
-    (&["min", "mins", "minute", "minutes"], Measure(Time, "min", 1.0)),
-    (&["h", "hr", "hrs", "hour", "hours"], Measure(Time, "h", 1.0)),
+    (
+        &["s", "sec", "secs", "second", "seconds"],
+        Measure(Time, "s", 1.0),
+    ),
+    (
+        &["min", "mins", "minute", "minutes"],
+        Measure(Time, "min", 1.0),
+    ),
+    (
+        &["h", "hr", "hrs", "hour", "hours"],
+        Measure(Time, "h", 1.0),
+    ),
     (&["day", "days"], Measure(Time, "d", 1.0)),
     (&["week", "weeks"], Measure(Time, "d", 7.0)),
     // uom's year is 365 days; a month is a twelfth of it, so `12 months` = `1 year`.
     (&["month", "months"], Measure(Time, "a", 1.0 / 12.0)),
     (&["year", "years"], Measure(Time, "a", 1.0)),
-    (&["c", "celsius", "degree celsius", "degrees celsius", "degrees c"], Measure(Temperature, "°C", 1.0)),
-    (&["f", "fahrenheit", "degree fahrenheit", "degrees fahrenheit", "degrees f"], Measure(Temperature, "°F", 1.0)),
+    (
+        &[
+            "c",
+            "celsius",
+            "degree celsius",
+            "degrees celsius",
+            "degrees c",
+        ],
+        Measure(Temperature, "°C", 1.0),
+    ),
+    (
+        &[
+            "f",
+            "fahrenheit",
+            "degree fahrenheit",
+            "degrees fahrenheit",
+            "degrees f",
+        ],
+        Measure(Temperature, "°F", 1.0),
+    ),
     (&["kelvin", "kelvins"], Measure(Temperature, "K", 1.0)),
-    (&["l", "liter", "liters", "litre", "litres"], Measure(Volume, "L", 1.0)),
-    (&["ml", "milliliter", "milliliters", "millilitre", "millilitres"], Measure(Volume, "mL", 1.0)),
+    (
+        &["l", "liter", "liters", "litre", "litres"],
+        Measure(Volume, "L", 1.0),
+    ),
+    (
+        &[
+            "ml",
+            "milliliter",
+            "milliliters",
+            "millilitre",
+            "millilitres",
+        ],
+        Measure(Volume, "mL", 1.0),
+    ),
     (&["gal", "gallon", "gallons"], Measure(Volume, "gal", 1.0)),
     (&["cup", "cups"], Measure(Volume, "cup", 1.0)),
-    (&["mph", "mi/h", "mile per hour", "miles per hour"], Measure(Velocity, "mi/h", 1.0)),
-    (&["km/h", "kph", "kmh", "kilometers per hour", "kilometres per hour"], Measure(Velocity, "km/h", 1.0)),
-    (&["m/s", "meters per second", "metres per second"], Measure(Velocity, "m/s", 1.0)),
-    (&["sq ft", "square foot", "square feet", "ft^2"], Measure(Area, "ft²", 1.0)),
-    (&["sq m", "square meter", "square meters", "square metre", "square metres", "m^2"], Measure(Area, "m²", 1.0)),
+    (
+        &["mph", "mi/h", "mile per hour", "miles per hour"],
+        Measure(Velocity, "mi/h", 1.0),
+    ),
+    (
+        &[
+            "km/h",
+            "kph",
+            "kmh",
+            "kilometers per hour",
+            "kilometres per hour",
+        ],
+        Measure(Velocity, "km/h", 1.0),
+    ),
+    (
+        &["m/s", "meters per second", "metres per second"],
+        Measure(Velocity, "m/s", 1.0),
+    ),
+    (
+        &["sq ft", "square foot", "square feet", "ft^2"],
+        Measure(Area, "ft²", 1.0),
+    ),
+    (
+        &[
+            "sq m",
+            "square meter",
+            "square meters",
+            "square metre",
+            "square metres",
+            "m^2",
+        ],
+        Measure(Area, "m²", 1.0),
+    ),
     (&["dollar", "dollars", "usd", "bucks"], Money("USD", 1.0)),
     (&["cent", "cents", "¢"], Money("USD", 0.01)),
     (&["euro", "euros", "eur"], Money("EUR", 1.0)),
@@ -80,8 +174,13 @@ const SPELLINGS: &[(&[&str], Unit)] = &[
 ];
 
 /// Currency symbols written before the number.
-pub(super) const CURRENCY_SYMBOLS: &[(&str, &str)] =
-    &[("$", "USD"), ("usd", "USD"), ("€", "EUR"), ("£", "GBP"), ("¥", "JPY")];
+pub(super) const CURRENCY_SYMBOLS: &[(&str, &str)] = &[
+    ("$", "USD"),
+    ("usd", "USD"),
+    ("€", "EUR"),
+    ("£", "GBP"),
+    ("¥", "JPY"),
+];
 
 /// All spellings, longest first, so `per cent` wins over `cent` and `km/h` over `h`.
 pub(super) fn spellings() -> &'static [(&'static str, Unit)] {
@@ -124,9 +223,7 @@ pub(super) fn compare_units(a: (f64, Unit), b: (f64, Unit)) -> Option<bool> {
             let y = base_value(db, ub, b.0 * fb)?;
             Some(super::expr::close(x, y))
         }
-        (Money(ca, fa), Money(cb, fb)) => {
-            Some(ca == cb && super::expr::close(a.0 * fa, b.0 * fb))
-        }
+        (Money(ca, fa), Money(cb, fb)) => Some(ca == cb && super::expr::close(a.0 * fa, b.0 * fb)),
         (Measure(..), Money(..)) | (Money(..), Measure(..)) => Some(false),
         _ => None,
     }

@@ -134,7 +134,11 @@ pub(super) fn scale(w: &str) -> Option<f64> {
 /// every word belongs to the number and they come in a valid order (`twenty one` but not
 /// `one twenty`).
 pub fn parse_number_words(s: &str) -> Option<f64> {
-    let lower = s.trim().trim_end_matches('.').to_lowercase().replace('-', " ");
+    let lower = s
+        .trim()
+        .trim_end_matches('.')
+        .to_lowercase()
+        .replace('-', " ");
     let words: Vec<&str> = lower.split_whitespace().collect();
     // "a dozen", "a hundred", "a million": the article stands for one.
     let words = match words.split_first() {
@@ -221,8 +225,17 @@ mod tests {
     #[test]
     fn other_words_are_not_numbers() {
         for s in [
-            "", "a", "seventy seven seven", "one two", "twelve twenty", "third fourth", "and",
-            "one and", "Paris", "seven days", "first one",
+            "",
+            "a",
+            "seventy seven seven",
+            "one two",
+            "twelve twenty",
+            "third fourth",
+            "and",
+            "one and",
+            "Paris",
+            "seven days",
+            "first one",
         ] {
             assert_eq!(parse_number_words(s), None, "{s}");
         }
