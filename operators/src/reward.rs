@@ -1,27 +1,74 @@
 //! The binary reward for RL on verifiable QA: 1 when a model's final answer matches the ground
-//! truth, else 0.
+//! truth, else 0. Each score names the rule that decided it (`method`).
 //!
 //! 1. Extract the final answer from the response ([`extract_final_answer`]): the last
 //!    `\boxed{..}` (nested braces kept), else the last GSM8K `#### ..`, else the text after the
 //!    last "final answer", "the answer is" or "answer:" (to the end of its sentence), else the last
 //!    non-empty line. A ground truth is put through the same extraction when it carries a `####`
 //!    or `\boxed` (a whole GSM8K solution can be given as the truth).
-//! 2. Compare with each alias of the truth (`a|b|c`, or a JSON array; TriviaQA has many):
-//!    - numbers ([`parse_number`]) compare by value: `1,000` = `1000` = `1e3` = `1000.0` =
-//!      `$1,000` = `1000 km`; `\frac{1}{2}` = `1/2` = `0.5`; `1.5 \times 10^3` = `1500`. A
-//!      response that is not a number as a whole is compared through the number in it (the first
-//!      after an answer marker, else the last), as GSM8K graders do.
-//!    - `%` is a unit like `km`: `50%` = `50` = `50 percent`, but `0.5` ≠ `50%`. Truths of "what
-//!      percent" questions are written without the sign (GSM8K, MATH), and accepting a value 100
-//!      times off would reward a wrong answer.
-//!    - other answers compare after [`normalize_answer`]: case, LaTeX wrappers, and, for answers
-//!      without digits, punctuation and the articles a/an/the (SQuAD's rule); answers with digits
-//!      (`(1,2)`, `x^2+1`) keep their symbols and drop only whitespace.
+//! 2. Compare with each alias of the truth (`a|b|c`, or a JSON array; TriviaQA has many), in this
+//!    order:
+//!    - `numeric`: numbers ([`parse_number`]) compare by value: `1,000` = `1000` = `1e3` =
+//!      `1000.0` = `$1,000` = `1000 km`; `\frac{1}{2}` = `1/2` = `0.5`; `1.5 \times 10^3` =
+//!      `1500`; `10^6` = `1,000,000`; mixed numbers `2\frac{1}{2}` = `2 1/2` = `2.5` (a fraction
+//!      after a whole number is how MATH and recipes write 2½; `2\sqrt{2}` stays a product); `3rd`
+//!      = `3`. Within a relative 1e-9: `0.33` ≠ `1/3`, `1000001` ≠ `1000000`. A response that is
+//!      not a number as a whole is compared through the quantity in it (the first after an answer
+//!      marker, else the last), as GSM8K graders do.
+//!    - `words`: numbers in words (`seven`, `twenty-one`, `one hundred and five`, `three
+//!      million`, `a dozen`, ordinals `third` = `3rd`), on either side.
+//!    - `percent`: a number with a percent sign (`50%`, `50 percent`, `50\%`) equals the same
+//!      number without it (truths of "what percent" questions are written without the sign: GSM8K,
+//!      MATH) and the fraction it stands for (`0.5`, `1/2`). The sign makes the scale explicit, so
+//!      both readings are safe; two plain numbers never compare across a factor of 100 (`0.125`
+//!      ≠ `12.5`, one of them would be a wrong answer), nor do two percentages (`0.5%` ≠ `50%`).
+//!    - `unit`: when both sides carry a unit of length, mass, time, temperature, volume, speed,
+//!      area or money, they compare converted (`5 km` = `5000 m`, `212°F` = `100°C`, `250 cents` =
+//!      `$2.50`, `7 days` = `one week`), and units of different dimensions or currencies never
+//!      match (`12 kg` ≠ `12 km`, `€5` ≠ `$5`: no exchange rates). Conversions are `uom`'s, within a
+//!      relative 1e-6 (its imperial factors have seven digits). A unit on one side only is
+//!      ignored, as before (`12 km` = `12`).
+//!    - `exact`: other answers compare after [`normalize_answer`]: case, LaTeX wrappers, and, for
+//!      answers without digits, punctuation and the articles a/an/the (SQuAD's rule); answers with
+//!      digits (`(1,2)`, `2\pm\sqrt{3}`) keep their symbols and drop only whitespace.
+//!    - `symbolic`: answers that read as math (LaTeX or plain: `\frac`, `\sqrt`, `\pi`, powers,
+//!      implicit products like `2x` and `2\sqrt{2}`, single-letter variables) are evaluated with
+//!      `evalexpr` at the same six pseudo-random points (fixed seed: a pair always scores the
+//!      same) and match when they agree within a relative 1e-6 wherever both are defined:
+//!      `x^2+2x+1` = `(x+1)^2`, `2\sqrt{2}` = `\sqrt{8}`. Random points decide polynomial and
+//!      radical identities without a CAS: two different such functions agree on almost no point.
+//!      Equations compare their right sides when the left sides are the same (`y = 2x+5` =
+//!      `y=5+2x`); a numeric truth compares with an expression's value (`\sqrt{2}` =
+//!      `1.4142135623730951`, but ≠ `1.414`: a rounded value is not the exact answer). Words of
+//!      more than three letters, commas (tuples, intervals), `\pm` and relations are not math.
+//!    - `name`: the truth may be the distinguishing part of a longer name in the response: the
+//!      truth's words end it, after capitalized given names or titles (`George Washington`,
+//!      `Queen Victoria`, `Mount Everest` for `Washington`, `Victoria`, `Everest`), or are followed
+//!      by a geographic kind (`the Volga River` for `Volga`) or by a comma and a region (`Paris,
+//!      France` for `Paris`). Never the reverse: a truth `George Washington` is not matched by
+//!      `Washington`, which may mean another Washington; the truth's writer chose how much of the
+//!      name identifies the answer, and a response must say at least that. Nor is another given
+//!      name accepted (`Denzel Washington` ≠ `George Washington`), nor words after a name
+//!      (`Paris Hilton` ≠ `Paris`).
+//!    - `sentence`: without an answer marker, the last sentence of the last line states the answer
+//!      as its final phrase after a verb or preposition: `It was the Eiffel Tower.`, `... the
+//!      capital is Canberra.`, `written by Mark Twain.` (with the name rule's extensions). A
+//!      negation before it (`not`, `never`, `n't`) rules it out: `Ottawa, not Toronto` is not
+//!      `Toronto`.
 //! 3. Optionally, a judge (an LLM behind the caller's client) decides answers that differ only in
-//!    wording; it is never asked when both sides are numbers, whose comparison is exact.
+//!    wording (`H2O` vs `water`, `7 days` in words the rules do not know); it is never asked when
+//!    both sides are numbers or both are math, whose comparison is exact.
+
+mod expr;
+mod quantity;
+mod words;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+
+use expr::Expr;
+use quantity::{CURRENCY_SYMBOLS, Unit, compare_units, spellings};
+pub use words::parse_number_words;
 
 /// How a score was decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +78,21 @@ pub enum Method {
     Exact,
     /// Compared as numbers (match or not).
     Numeric,
+    /// A percentage against a plain number read as its fraction (`50%` = `0.5`).
+    Percent,
+    /// Quantities with units converted into a common unit (`5 km` = `5000 m`), or units of
+    /// different dimensions or currencies (`12 kg` ≠ `12 km`).
+    Unit,
+    /// A number written in words on either side (`seven` = `7`, `third` = `3rd`).
+    Words,
+    /// Expressions evaluated at the same points (`x^2+2x+1` = `(x+1)^2`, `2\sqrt{2}` = `\sqrt{8}`).
+    Symbolic,
+    /// The truth is the distinguishing part of a longer name in the response (`George Washington`
+    /// for `Washington`, `Paris, France` for `Paris`).
+    Name,
+    /// The truth ends the response's last sentence, after a verb or preposition (`It was the
+    /// Eiffel Tower.`).
+    Sentence,
     /// The judge decided.
     Judge,
     /// No rule matched and no judge decided.
@@ -143,29 +205,56 @@ pub fn score_aliases(response: &str, truths: &[String], judge: Option<&Judge<'_>
     let (extracted, source) = extract(response);
     let text = normalize_answer(&extracted);
     // Only numeric truths look for a number inside a prose answer.
-    let number = parse_number(&extracted).or_else(|| embedded_number(&extracted, source));
-    let shown = |method: Method| match (method, number) {
-        (Method::Numeric, Some(n)) => format_number(n),
+    let quantity = parse_quantity(&extracted).or_else(|| embedded_quantity(&extracted, source));
+    let math = MathAnswer::parse(&extracted);
+    // The span the name rule reads: the extracted answer, or the last sentence of a last line.
+    let span = match source {
+        Source::LastLine => last_sentence(&extracted),
+        _ => extracted.as_str(),
+    };
+    let shown = |method: Method| match (method, quantity) {
+        (Method::Numeric | Method::Percent | Method::Words, Some(q)) => format_number(q.value),
         _ => text.clone(),
     };
     let mut first: Option<(String, Method)> = None;
-    let mut numbers_both_sides = false;
+    // A judge is not asked where numbers or expressions on both sides already decided.
+    let mut decided = false;
     for truth in truths {
         let truth = if truth.contains("####") || truth.contains("\\boxed") {
             extract(truth).0
         } else {
             truth.clone()
         };
-        let (norm_truth, matched, method) = match parse_number(&truth) {
+        let truth_math = MathAnswer::parse(&truth);
+        let (norm_truth, matched, method) = match parse_quantity(&truth) {
             Some(t) => {
-                numbers_both_sides |= number.is_some();
-                let hit = number.is_some_and(|r| same_number(r, t));
-                (format_number(t), hit, Method::Numeric)
+                let verdict = match (quantity, &math) {
+                    (Some(r), _) => Some(compare_quantities(t, r)),
+                    // `\sqrt{2}`-style answers to a numeric truth: their value, within the
+                    // evaluation tolerance.
+                    (None, Some(m)) => m
+                        .constant()
+                        .map(|v| (expr::close(v, t.value), Method::Symbolic)),
+                    (None, None) => None,
+                };
+                decided |= verdict.is_some();
+                let (hit, method) = verdict.unwrap_or((false, Method::Numeric));
+                (format_number(t.value), hit, method)
             }
             None => {
                 let norm = normalize_answer(&truth);
-                let hit = !norm.is_empty() && norm == text;
-                (norm, hit, Method::Exact)
+                if !norm.is_empty() && norm == text {
+                    (norm, true, Method::Exact)
+                } else if let (Some(r), Some(t)) = (&math, &truth_math) {
+                    let verdict = r.equivalent(t);
+                    decided |= verdict.is_some();
+                    (norm, verdict == Some(true), Method::Symbolic)
+                } else {
+                    match name_match(span, &truth) {
+                        Some(method) => (norm, true, method),
+                        None => (norm, false, Method::None),
+                    }
+                }
             }
         };
         if matched {
@@ -181,11 +270,6 @@ pub fn score_aliases(response: &str, truths: &[String], judge: Option<&Judge<'_>
         first.get_or_insert((norm_truth, method));
     }
     let (normalized_truth, method) = first.unwrap_or((String::new(), Method::None));
-    let method = if method == Method::Numeric {
-        Method::Numeric
-    } else {
-        Method::None
-    };
     let mut score = Score {
         score: 0,
         method,
@@ -195,7 +279,7 @@ pub fn score_aliases(response: &str, truths: &[String], judge: Option<&Judge<'_>
         error: None,
     };
     if let Some(judge) = judge
-        && !numbers_both_sides
+        && !decided
         && !score.extracted.is_empty()
         && let Some(verdict) = judge(&score.extracted, &truths.join(" | "))
     {
@@ -203,6 +287,210 @@ pub fn score_aliases(response: &str, truths: &[String], judge: Option<&Judge<'_>
         score.method = Method::Judge;
     }
     score
+}
+
+/// A number with its unit, as written.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Quantity {
+    value: f64,
+    unit: Option<Unit>,
+    /// Written in words (`seven`).
+    words: bool,
+}
+
+/// Truth `t` against response `r`: whether they match, and by which rule (see the module doc).
+fn compare_quantities(t: Quantity, r: Quantity) -> (bool, Method) {
+    if let (Some(tu), Some(ru)) = (t.unit, r.unit)
+        && let Some(equal) = compare_units((t.value, tu), (r.value, ru))
+    {
+        return (equal, Method::Unit);
+    }
+    let plain = if t.words || r.words {
+        Method::Words
+    } else {
+        Method::Numeric
+    };
+    let percent = |q: Quantity| q.unit == Some(Unit::Percent);
+    let plain_number = |q: Quantity| q.unit.is_none() || q.unit == Some(Unit::Label);
+    let (p, other) = match (percent(t), percent(r)) {
+        (true, false) if plain_number(r) => (t.value, r.value),
+        (false, true) if plain_number(t) => (r.value, t.value),
+        _ => return (same_number(t.value, r.value), plain),
+    };
+    if same_number(p, other) {
+        (true, plain)
+    } else {
+        (same_number(p / 100.0, other), Method::Percent)
+    }
+}
+
+/// An answer read as math: an expression, or an equation `lhs = rhs`.
+struct MathAnswer {
+    /// The left side of an equation, compacted (`y`, `f(x)`).
+    lhs: Option<String>,
+    rhs: Expr,
+}
+
+impl MathAnswer {
+    fn parse(s: &str) -> Option<MathAnswer> {
+        let t = strip_latex(s);
+        let t = t.trim().trim_end_matches('.').trim();
+        match t.split_once('=') {
+            Some((lhs, rhs)) if !rhs.contains('=') => {
+                let lhs: String = lhs.chars().filter(|c| !c.is_whitespace()).collect();
+                Some(MathAnswer {
+                    lhs: (!lhs.is_empty()).then_some(lhs),
+                    rhs: Expr::parse(rhs)?,
+                })
+            }
+            Some(_) => None,
+            None => Some(MathAnswer {
+                lhs: None,
+                rhs: Expr::parse(t)?,
+            }),
+        }
+    }
+
+    fn constant(&self) -> Option<f64> {
+        self.rhs.constant()
+    }
+
+    /// `Some(equal)` when the two are comparable: expressions, equations with the same left side
+    /// (`y = 2x+5` vs `y = 5+2x`), or an equation naming its variable (`f(x) = 2x+3`, at most six
+    /// characters) against a bare expression.
+    fn equivalent(&self, other: &MathAnswer) -> Option<bool> {
+        match (&self.lhs, &other.lhs) {
+            (Some(a), Some(b)) if a != b => None,
+            (Some(l), None) | (None, Some(l)) if l.chars().count() > 6 => None,
+            _ => Some(self.rhs.equivalent(&other.rhs)),
+        }
+    }
+}
+
+/// The last sentence of a line (see [`first_sentence`] for where sentences end).
+fn last_sentence(line: &str) -> &str {
+    let mut rest = line;
+    loop {
+        let first = first_sentence(rest);
+        if first.len() >= rest.len() {
+            return rest;
+        }
+        rest = &rest[first.len() + 2..];
+    }
+}
+
+/// A word of a span, lowercase, with where it is and whether it was capitalized.
+struct Word {
+    lower: String,
+    capital: bool,
+    start: usize,
+    end: usize,
+}
+
+fn words_of(s: &str) -> Vec<Word> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, c) in s.char_indices().chain(std::iter::once((s.len(), ' '))) {
+        match (c.is_alphanumeric(), start) {
+            (true, None) => start = Some(i),
+            (false, Some(st)) => {
+                let w = &s[st..i];
+                out.push(Word {
+                    lower: w.to_lowercase(),
+                    capital: w.chars().next().is_some_and(char::is_uppercase),
+                    start: st,
+                    end: i,
+                });
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+const ARTICLES: &[&str] = &["a", "an", "the"];
+
+/// Words after which a sentence states its answer: "It was X", "written by X", "is in X".
+const LEAD_INS: &[&str] = &[
+    "is", "was", "are", "were", "be", "been", "s", "by", "called", "named", "titled", "as", "in",
+    "at", "on", "from", "to",
+];
+
+/// Words that may follow a place's name without changing it ("the Volga River" for "Volga").
+const FEATURES: &[&str] = &[
+    "river",
+    "desert",
+    "ocean",
+    "sea",
+    "lake",
+    "mountains",
+    "mountain",
+    "island",
+    "islands",
+    "bay",
+    "falls",
+    "canal",
+    "strait",
+    "gulf",
+    "peninsula",
+    "valley",
+];
+
+const NEGATIONS: &[&str] = &["not", "never", "no", "t", "nor", "neither"];
+
+/// The name rule and the last-sentence rule (see the module doc): whether `span` states the
+/// truth as its final phrase, possibly inside a longer name; None when it does not.
+fn name_match(span: &str, truth: &str) -> Option<Method> {
+    // A name has letters: `[2,5]` is not one, whatever its digits.
+    if !truth.chars().any(char::is_alphabetic) {
+        return None;
+    }
+    let truth: Vec<String> = words_of(truth)
+        .into_iter()
+        .map(|w| w.lower)
+        .filter(|w| !ARTICLES.contains(&w.as_str()))
+        .collect();
+    let words = words_of(span);
+    let n = truth.len();
+    if n == 0 || words.len() < n {
+        return None;
+    }
+    // The last occurrence of the truth's words, in order and adjacent.
+    let j = (0..=words.len() - n)
+        .rev()
+        .find(|&j| (0..n).all(|k| words[j + k].lower == truth[k]))?;
+    let after = &words[j + n..];
+    let after_ok = after.is_empty()
+        || after.iter().all(|w| FEATURES.contains(&w.lower.as_str()))
+        || (span[words[j + n - 1].end..after[0].start].contains(',')
+            && after.iter().all(|w| w.capital));
+    if !after_ok {
+        return None;
+    }
+    // Before it: capitalized name words (given names, titles), then an article.
+    let mut i = j;
+    while i > 0
+        && words[i - 1].capital
+        && !ARTICLES.contains(&words[i - 1].lower.as_str())
+        && !LEAD_INS.contains(&words[i - 1].lower.as_str())
+    {
+        i -= 1;
+    }
+    let extended = i < j || !after.is_empty();
+    if i > 0 && ARTICLES.contains(&words[i - 1].lower.as_str()) {
+        i -= 1;
+    }
+    let stated = i == 0
+        || (LEAD_INS.contains(&words[i - 1].lower.as_str())
+            && !words[..i]
+                .iter()
+                .any(|w| NEGATIONS.contains(&w.lower.as_str())));
+    match (stated, extended) {
+        (false, _) => None,
+        (true, true) => Some(Method::Name),
+        (true, false) => Some(Method::Sentence),
+    }
 }
 
 /// The final answer of a response (see the module doc for the rules).
@@ -419,86 +707,16 @@ pub fn normalize_answer(s: &str) -> String {
     }
 }
 
-/// Units and symbols stripped around a number. Lowercase.
-const UNITS: &[&str] = &[
-    "%",
-    "percent",
-    "per cent",
-    "km",
-    "kg",
-    "cm",
-    "mm",
-    "m",
-    "g",
-    "mg",
-    "l",
-    "ml",
-    "s",
-    "sec",
-    "secs",
-    "second",
-    "seconds",
-    "min",
-    "mins",
-    "minute",
-    "minutes",
-    "h",
-    "hr",
-    "hrs",
-    "hour",
-    "hours",
-    "day",
-    "days",
-    "week",
-    "weeks",
-    "month",
-    "months",
-    "year",
-    "years",
-    "meter",
-    "meters",
-    "metre",
-    "metres",
-    "kilometers",
-    "kilometres",
-    "kilograms",
-    "grams",
-    "feet",
-    "foot",
-    "ft",
-    "inch",
-    "inches",
-    "mile",
-    "miles",
-    "mph",
-    "km/h",
-    "pound",
-    "pounds",
-    "lb",
-    "lbs",
-    "ounce",
-    "ounces",
-    "oz",
-    "dollar",
-    "dollars",
-    "usd",
-    "euro",
-    "euros",
-    "cent",
-    "cents",
-    "degree",
-    "degrees",
-    "units",
-    "sq ft",
-    "square feet",
-    "square meters",
-    "liters",
-    "litres",
-];
-
 /// The value of an answer that is a number as a whole, units and currency aside (see the module
 /// doc); None for anything else.
 pub fn parse_number(s: &str) -> Option<f64> {
+    parse_quantity(s).map(|q| q.value)
+}
+
+/// An answer that is a number as a whole, with its unit or currency.
+fn parse_quantity(s: &str) -> Option<Quantity> {
+    // `strip_latex` drops `$` as a math delimiter; a lone `$` (or `\$`) is a dollar sign.
+    let dollars = s.contains("\\$") || s.matches('$').count() % 2 == 1;
     let mut t = strip_latex(s);
     t = t.trim().trim_end_matches('.').trim().to_string();
     // "x = 5", "n=5": a variable named before the value.
@@ -509,43 +727,67 @@ pub fn parse_number(s: &str) -> Option<f64> {
         }
     }
     let mut t = t.as_str();
-    for symbol in ["$", "€", "£", "¥", "usd"] {
-        if let Some(rest) = t.strip_prefix(symbol) {
-            t = rest.trim_start();
-        }
-    }
     // A leading sign before a currency symbol: "-$5".
-    let negative_currency = t.strip_prefix("-$").map(|rest| rest.trim_start());
-    let (neg, mut t) = match negative_currency {
-        Some(rest) => (true, rest),
-        None => (false, t),
-    };
-    // Longest unit first, so "per cent" wins over "cent" and "km/h" over "h".
-    static BY_LENGTH: std::sync::OnceLock<Vec<&str>> = std::sync::OnceLock::new();
-    let units = BY_LENGTH.get_or_init(|| {
-        let mut units = UNITS.to_vec();
-        units.sort_by_key(|u| std::cmp::Reverse(u.len()));
-        units
-    });
-    for unit in units {
-        if let Some(rest) = t.strip_suffix(unit) {
+    let mut neg = false;
+    let mut unit = None;
+    if let Some(rest) = t.strip_prefix('-')
+        && CURRENCY_SYMBOLS
+            .iter()
+            .any(|(sym, _)| rest.starts_with(sym))
+    {
+        neg = true;
+        t = rest;
+    }
+    if let Some((rest, code)) = CURRENCY_SYMBOLS
+        .iter()
+        .find_map(|(sym, code)| t.strip_prefix(sym).map(|rest| (rest.trim_start(), code)))
+    {
+        t = rest;
+        unit = Some(Unit::Money(code, 1.0));
+    }
+    for (spelling, u) in spellings() {
+        if let Some(rest) = t.strip_suffix(spelling) {
             let rest = rest.trim_end();
             // A unit is a word of its own or a symbol: "5 m" and "5m", not "5 mm" read as m.
-            if rest.ends_with(|c: char| c.is_ascii_digit() || c == '}' || c == ' ')
-                || rest.len() < t.len() - unit.len()
-                || !unit.chars().all(|c| c.is_alphabetic())
+            if rest.ends_with(|c: char| c.is_ascii_digit() || c == '}')
+                || rest.len() < t.len() - spelling.len()
+                || !spelling.chars().all(|c| c.is_alphabetic())
             {
+                // "$5 dollars" keeps its currency; "$5 kg" is not an answer.
+                match (unit, u) {
+                    (None, _) => unit = Some(*u),
+                    (Some(_), Unit::Money(..) | Unit::Label) => {}
+                    (Some(_), _) => return None,
+                }
                 t = rest;
                 break;
             }
         }
     }
-    let v = parse_plain(t.trim())?;
-    Some(if neg { -v } else { v })
+    if dollars && unit.is_none() {
+        unit = Some(Unit::Money("USD", 1.0));
+    }
+    let body = t.trim();
+    let (v, words) = match parse_plain(body).or_else(|| scaled(body)) {
+        Some(v) => (v, false),
+        None => (parse_number_words(body)?, true),
+    };
+    Some(Quantity {
+        value: if neg { -v } else { v },
+        unit,
+        words,
+    })
+}
+
+/// Digits followed by a scale word: `2.5 million`, `3 dozen`.
+fn scaled(t: &str) -> Option<f64> {
+    let (num, word) = t.rsplit_once(' ')?;
+    Some(parse_plain(num.trim())? * words::scale(word)?)
 }
 
 /// A number without units: decimal (thousands commas allowed), scientific (`1e3`,
-/// `1.5 \times 10^{3}`), a fraction (`3/4`, `\frac{3}{4}`), with an optional sign.
+/// `1.5 \times 10^{3}`), a power (`10^6`, `2^{-1}`), a fraction (`3/4`, `\frac{3}{4}`), a mixed
+/// number (`2 1/2`, `2\frac{1}{2}`), an ordinal in digits (`3rd`), with an optional sign.
 fn parse_plain(t: &str) -> Option<f64> {
     if t.is_empty() {
         return None;
@@ -566,6 +808,26 @@ fn parse_plain(t: &str) -> Option<f64> {
         }
         return divide(parse_plain(num.trim())?, parse_plain(den.trim())?);
     }
+    // A mixed number: a whole number, then a fraction of whole numbers. (`2\sqrt{2}` is a
+    // product, but a fraction after an integer is how MATH and recipes write 2½.)
+    if let Some(i) = t
+        .find("\\frac")
+        .or_else(|| t.find(' ').filter(|_| t.contains('/')))
+    {
+        let (whole, frac) = (t[..i].trim(), t[i..].trim());
+        let is_int = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let frac_ints = frac
+            .trim_start_matches("\\frac")
+            .split(['{', '}', '/'])
+            .filter(|p| !p.is_empty())
+            .all(is_int);
+        if is_int(whole)
+            && frac_ints
+            && let Some(f) = parse_plain(frac).filter(|f| *f < 1.0)
+        {
+            return Some(whole.parse::<f64>().ok()? + f);
+        }
+    }
     for times in ["\\times", "×", "*", "x", "\\cdot"] {
         if let Some((mantissa, power)) = t.split_once(times) {
             let power = power.trim();
@@ -576,8 +838,30 @@ fn parse_plain(t: &str) -> Option<f64> {
             }
         }
     }
+    if let Some((base, exp)) = t.split_once('^') {
+        let exp = exp.trim();
+        let exp = exp
+            .strip_prefix('{')
+            .and_then(|e| e.strip_suffix('}'))
+            .unwrap_or(exp);
+        let e = match exp.trim().strip_prefix('-') {
+            Some(e) => -parse_decimal(e)?,
+            None => parse_decimal(exp)?,
+        };
+        let v = parse_decimal(base.trim())?.powf(e);
+        return v.is_finite().then_some(v);
+    }
     if let Some((num, den)) = t.split_once('/') {
         return divide(parse_decimal(num.trim())?, parse_decimal(den.trim())?);
+    }
+    // "3rd", "21st": a place, read as its number.
+    for suffix in ["st", "nd", "rd", "th"] {
+        if let Some(digits) = t.strip_suffix(suffix)
+            && !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+        {
+            return digits.parse().ok();
+        }
     }
     parse_decimal(t)
 }
@@ -655,15 +939,20 @@ fn parse_decimal(t: &str) -> Option<f64> {
     text.parse().ok()
 }
 
-/// The number inside a prose answer ("She makes $18 every day."): the first after an answer
-/// marker, else the last; after the last `=` when there is one ("9 * 2 = $18 a day"). None for
-/// a boxed answer or math (`3x - 2`, `\sqrt{3}`): a number inside an expression is not its value.
-fn embedded_number(text: &str, source: Source) -> Option<f64> {
+/// The quantity inside a prose answer ("She makes $18 every day.", "The box weighs 2 kg.",
+/// "he finished in third place"): the first after an answer marker, else the last; after the
+/// last `=` when there is one ("9 * 2 = $18 a day"). A number takes the unit words after it
+/// (up to three: "60 miles per hour") and a fraction after a whole number ("1 3/4 cups"); number
+/// words count ("forty-two", "three million"). None for a boxed answer or math (`3x - 2`,
+/// `\sqrt{3}`): a number inside an expression is not its value.
+fn embedded_quantity(text: &str, source: Source) -> Option<Quantity> {
     if source == Source::Boxed {
         return None;
     }
-    let tail = text.rsplit('=').next().unwrap_or(text);
-    let math = |c: char| "\\^{}[]()+*/<>|".contains(c);
+    // An escaped dollar is prose, not math.
+    let text = text.replace("\\$", "$");
+    let tail = text.rsplit('=').next().unwrap_or(&text);
+    let math = |c: char| "\\^{}[]()+*<>|".contains(c);
     let prose = tail.split_whitespace().any(|w| {
         w.trim_matches(|c: char| !c.is_alphanumeric())
             .chars()
@@ -675,17 +964,73 @@ fn embedded_number(text: &str, source: Source) -> Option<f64> {
     if !prose || tail.chars().any(math) {
         return None;
     }
-    let mut numbers = tail.split_whitespace().filter_map(|w| {
-        let w = w.trim_end_matches(['.', ',', ';', ':', '!', '?', '"', '\'']);
-        let w = w.trim_start_matches(['"', '\'']);
+    let tokens: Vec<String> = tail
+        .split_whitespace()
+        .map(|w| {
+            w.trim_end_matches(['.', ',', ';', ':', '!', '?', '"', '\''])
+                .trim_start_matches(['"', '\''])
+                .to_string()
+        })
+        .collect();
+    let lower: Vec<String> = tokens.iter().map(|t| t.to_lowercase()).collect();
+    let is_fraction = |w: &str| {
+        w.split_once('/').is_some_and(|(a, b)| {
+            [a, b]
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
+        })
+    };
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        let w = tokens[i].as_str();
         // "3x" or "v2" is not a number; "$18", "1,000", "-10", "50%" and "12km" are.
-        w.starts_with(|c: char| c.is_ascii_digit() || "-$€£".contains(c))
-            .then(|| parse_number(w))
-            .flatten()
-    });
+        let head = if w.starts_with(|c: char| c.is_ascii_digit() || "-$€£".contains(c)) {
+            let mixed = w.bytes().all(|b| b.is_ascii_digit())
+                && tokens.get(i + 1).is_some_and(|n| is_fraction(n));
+            1 + usize::from(mixed)
+        } else {
+            // A run of number words; "a" only before a scale ("a dozen"), "and" only inside.
+            let mut j = i;
+            while j < tokens.len() {
+                let l = lower[j].as_str();
+                let next_scale = lower.get(j + 1).is_some_and(|n| words::scale(n).is_some());
+                let inside = j > i && j + 1 < tokens.len() && words::is_number_word(&lower[j + 1]);
+                if words::is_number_word(l)
+                    || (l == "a" && j == i && next_scale)
+                    || (l == "and" && inside)
+                {
+                    j += 1;
+                } else {
+                    break;
+                }
+            }
+            j - i
+        };
+        if head == 0 {
+            i += 1;
+            continue;
+        }
+        // The longest reading with unit words after the number, else the number alone.
+        let reading = (0..=3).rev().find_map(|k| {
+            let end = i + head + k;
+            if end > tokens.len() {
+                return None;
+            }
+            let q = parse_quantity(&tokens[i..end].join(" "))?;
+            (k == 0 || q.unit.is_some()).then_some((q, end))
+        });
+        match reading {
+            Some((q, end)) => {
+                found.push(q);
+                i = end;
+            }
+            None => i += 1,
+        }
+    }
     match source {
-        Source::Marker | Source::Hashes => numbers.next(),
-        Source::LastLine | Source::Boxed => numbers.next_back(),
+        Source::Marker | Source::Hashes => found.first().copied(),
+        Source::LastLine | Source::Boxed => found.last().copied(),
     }
 }
 
@@ -760,8 +1105,187 @@ mod tests {
     fn text_answers_drop_articles_and_punctuation() {
         assert_eq!(normalize_answer("The  Onion."), "onion");
         assert_eq!(normalize_answer("(1, 2)"), "(1,2)");
-        assert_eq!(score("It is the Eiffel Tower!", "eiffel tower").score, 0);
         assert_eq!(score("Answer: the Eiffel Tower!", "eiffel tower").score, 1);
+    }
+
+    fn verdict(response: &str, truth: &str) -> (u8, Method) {
+        let s = score(response, truth);
+        (s.score, s.method)
+    }
+
+    #[test]
+    fn percentages_equal_the_number_and_the_fraction() {
+        use Method::{Numeric, Percent};
+        assert_eq!(verdict("The answer is 50%.", "0.5"), (1, Percent));
+        assert_eq!(verdict("\\boxed{0.5}", "50\\%"), (1, Percent));
+        assert_eq!(verdict("Answer: 12.5%", "1/8"), (1, Percent));
+        assert_eq!(verdict("The answer is 50%.", "50"), (1, Numeric));
+        assert_eq!(verdict("Answer: 25 percent", "25%"), (1, Numeric));
+        // Two plain numbers never compare across a factor of 100; two percentages neither.
+        assert_eq!(verdict("Answer: 0.125", "12.5"), (0, Numeric));
+        assert_eq!(verdict("\\boxed{0.5\\%}", "50%"), (0, Numeric));
+        assert_eq!(verdict("Answer: 20%", "25%"), (0, Numeric));
+        assert_eq!(verdict("Answer: 5%", "0.5"), (0, Percent));
+    }
+
+    #[test]
+    fn number_formats_powers_and_mixed_numbers() {
+        for (response, truth) in [
+            ("\\boxed{10^6}", "1,000,000"),
+            ("Final answer: 1000000", "10^{6}"),
+            ("\\boxed{2^{-1}}", "0.5"),
+            ("Answer: 3 \\times 10^8", "300,000,000"),
+            ("\\boxed{2\\frac{1}{2}}", "5/2"),
+            ("Answer: 1 3/4 cups", "1.75"),
+            ("\\boxed{\\frac{7}{4}}", "1 3/4"),
+            ("Answer: 2.5 million", "2,500,000"),
+        ] {
+            assert_eq!(verdict(response, truth).0, 1, "{response} = {truth}");
+        }
+        for (response, truth) in [
+            ("\\boxed{-3}", "3"),
+            ("\\boxed{0.33}", "1/3"),
+            ("\\boxed{1898}", "1889"),
+            ("\\boxed{10^5}", "1,000,000"),
+            ("\\boxed{2\\frac{1}{3}}", "2.5"),
+            ("Answer: 25 million", "2,500,000"),
+            ("Answer: 1000001", "1,000,000"),
+        ] {
+            assert_eq!(verdict(response, truth).0, 0, "{response} != {truth}");
+        }
+        assert_eq!(parse_number("3 / 4"), Some(0.75));
+        assert_eq!(parse_number("3rd"), Some(3.0));
+    }
+
+    #[test]
+    fn number_words_both_ways() {
+        use Method::Words;
+        assert_eq!(verdict("The answer is seven.", "7"), (1, Words));
+        assert_eq!(verdict("Answer: 7", "seven"), (1, Words));
+        assert_eq!(verdict("He finished in third place.", "3rd"), (1, Words));
+        assert_eq!(verdict("The final count is forty-two.", "42"), (1, Words));
+        assert_eq!(
+            verdict("There are three million people.", "3,000,000"),
+            (1, Words)
+        );
+        assert_eq!(verdict("The answer is seventy.", "7"), (0, Words));
+        assert_eq!(verdict("Answer: fifth", "15th"), (0, Words));
+        assert_eq!(verdict("The count is twenty-four.", "42"), (0, Words));
+    }
+
+    #[test]
+    fn units_convert_within_a_dimension_only() {
+        use Method::{Numeric, Unit};
+        assert_eq!(verdict("The answer is 5 km.", "5000 m"), (1, Unit));
+        assert_eq!(verdict("The box weighs 2 kg.", "2000 g"), (1, Unit));
+        assert_eq!(verdict("Water boils at 212°F.", "100^\\circ C"), (1, Unit));
+        assert_eq!(
+            verdict("The car travels at 60 mph.", "60 miles per hour"),
+            (1, Unit)
+        );
+        assert_eq!(verdict("Answer: 250 cents", "$2.50"), (1, Unit));
+        assert_eq!(verdict("Answer: 7 days", "one week"), (1, Unit));
+        assert_eq!(verdict("Answer: 12 km", "12"), (1, Numeric));
+        assert_eq!(verdict("Answer: 500 m", "5 km"), (0, Unit));
+        assert_eq!(verdict("Answer: 12 kg", "12 km"), (0, Unit));
+        assert_eq!(verdict("It costs €5.", "$5"), (0, Unit));
+        assert_eq!(verdict("It costs \\$5.", "5 dollars"), (1, Unit));
+        assert_eq!(verdict("So $x = 5$ apples.", "5"), (1, Numeric));
+        assert_eq!(verdict("Answer: 100°F", "100°C"), (0, Unit));
+    }
+
+    #[test]
+    fn expressions_compare_by_value() {
+        use Method::Symbolic;
+        assert_eq!(verdict("\\boxed{x^2+2x+1}", "(x+1)^2"), (1, Symbolic));
+        assert_eq!(verdict("\\boxed{2\\sqrt{2}}", "\\sqrt{8}"), (1, Symbolic));
+        assert_eq!(verdict("\\boxed{y = 2x + 5}", "y=5+2x"), (1, Symbolic));
+        assert_eq!(verdict("$f(x) = \\boxed{2x+3}$", "3+2x"), (1, Symbolic));
+        assert_eq!(
+            verdict("\\boxed{\\sqrt{2}}", "1.4142135623730951"),
+            (1, Symbolic)
+        );
+        assert_eq!(verdict("\\boxed{x^2+2x-1}", "(x+1)^2"), (0, Symbolic));
+        assert_eq!(verdict("\\boxed{4\\sqrt{2}}", "\\sqrt{8}"), (0, Symbolic));
+        assert_eq!(verdict("\\boxed{y = 2x - 5}", "y=2x+5"), (0, Symbolic));
+        assert_eq!(verdict("\\boxed{\\sqrt{2}}", "1.414"), (0, Symbolic));
+        // Math decided: no judge is asked.
+        let yes = |_: &str, _: &str| Some(true);
+        let s = score_aliases("\\boxed{x^3}", &["x^2".into()], Some(&yes));
+        assert_eq!((s.score, s.method), (0, Symbolic));
+    }
+
+    #[test]
+    fn names_match_when_the_truth_is_the_distinguishing_part() {
+        use Method::Name;
+        assert_eq!(
+            verdict("It was George Washington.", "Washington"),
+            (1, Name)
+        );
+        assert_eq!(
+            verdict(
+                "Answer: Dr. Martin Luther King Jr.",
+                "Martin Luther King Jr."
+            ),
+            (1, Name)
+        );
+        assert_eq!(verdict("Answer: Paris, France", "Paris"), (1, Name));
+        assert_eq!(
+            verdict("The longest river is the Volga River.", "Volga"),
+            (1, Name)
+        );
+        assert_eq!(verdict("Answer: Mount Everest", "Everest"), (1, Name));
+        // Never the reverse, and never another person of the same surname.
+        assert_eq!(verdict("Answer: Washington", "George Washington").0, 0);
+        assert_eq!(
+            verdict("It was Denzel Washington.", "George Washington").0,
+            0
+        );
+        assert_eq!(verdict("Answer: Ian Fleming", "Alexander Fleming").0, 0);
+        assert_eq!(verdict("Answer: Paris Hilton", "Paris").0, 0);
+        assert_eq!(
+            verdict("Answer: the Eiffel tower in Paris", "Eiffel Tower").0,
+            0
+        );
+        assert_eq!(verdict("Answer: Queen Elizabeth I", "Elizabeth II").0, 0);
+        assert_eq!(verdict("The set is (2, 5).", "[2,5]").0, 0);
+    }
+
+    #[test]
+    fn a_last_sentence_states_its_answer_after_a_verb() {
+        use Method::Sentence;
+        assert_eq!(
+            verdict("It was the Eiffel Tower.", "Eiffel Tower"),
+            (1, Sentence)
+        );
+        assert_eq!(
+            verdict("It is the Eiffel Tower!", "eiffel tower"),
+            (1, Sentence)
+        );
+        assert_eq!(
+            verdict(
+                "Long reasoning.\nMany guess Sydney, but the capital is Canberra.",
+                "Canberra"
+            ),
+            (1, Sentence)
+        );
+        assert_eq!(
+            verdict("Tom Sawyer was written by Mark Twain.", "Mark Twain"),
+            (1, Sentence)
+        );
+        assert_eq!(
+            verdict("It was the Statue of Liberty.", "Eiffel Tower").0,
+            0
+        );
+        assert_eq!(
+            verdict("The capital of Canada is Ottawa, not Toronto.", "Toronto").0,
+            0
+        );
+        assert_eq!(verdict("It is definitely not Paris.", "Paris").0, 0);
+        assert_eq!(
+            verdict("Paris is lovely. The capital is Lyon.", "Paris").0,
+            0
+        );
     }
 
     #[test]

@@ -184,7 +184,10 @@ fn units_percentages_and_fractions() {
     let cases = [
         ("The answer is 50%.", "50", 1),
         ("The answer is 50 percent", "50%", 1),
-        ("The answer is 0.5", "50%", 0),
+        // The sign makes the scale explicit (issue 17): 50% is also the fraction 0.5, but two
+        // plain numbers never compare across a factor of 100.
+        ("The answer is 0.5", "50%", 1),
+        ("The answer is 0.5", "50", 0),
         ("Answer: 1/2", "0.5", 1),
         ("Answer: \\frac{1}{2}", "1/2", 1),
         ("Answer: 12 km", "12", 1),
