@@ -114,6 +114,14 @@ pub struct RunArgs {
     /// File mode: write QA pairs as export shards (jsonl | hf | verl) into the --output directory.
     #[arg(long, requires = "input")]
     pub format: Option<webscale_rl_connectors::export::ExportFormat>,
+    /// File mode: resume an interrupted run of the same --output (an error if there is none). A
+    /// run with the same arguments resumes on its own; this only insists.
+    #[arg(long, requires = "input", conflicts_with = "restart")]
+    pub resume: bool,
+    /// File mode: discard what an interrupted run of the same --output left (its progress record,
+    /// partial files and dedup state) and start over.
+    #[arg(long, requires = "input")]
+    pub restart: bool,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }

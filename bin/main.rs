@@ -18,7 +18,8 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Parser;
 use webscale_rl_connectors::kafka::{KafkaConfig, tools};
-use webscale_rl_dataflow::file_mode::FileRun;
+use webscale_rl_dataflow::file_mode::{FileRun, default_rejects_path};
+use webscale_rl_dataflow::resume::{self, ResumeMode};
 
 use cli::{Cli, Command, RunArgs};
 use setup::{Mode, Setup};
@@ -138,7 +139,27 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
              try `webscale-rl demo` for a run with no setup"
         );
     }
-    let mode = if file_mode { Mode::File } else { Mode::Kafka };
+    let resume = match (args.resume, args.restart) {
+        (true, _) => ResumeMode::Require,
+        (_, true) => ResumeMode::Restart,
+        _ => ResumeMode::Auto,
+    };
+    let mode = match (&args.input, &args.output) {
+        (Some(input), Some(output)) => {
+            let resumable = resume::resumable(input, output, args.format.is_some());
+            if resumable && resume == ResumeMode::Restart {
+                let rejects = args
+                    .rejects
+                    .clone()
+                    .unwrap_or_else(|| default_rejects_path(output));
+                resume::discard(output, &rejects)?;
+            }
+            Mode::File {
+                state_dir: resumable.then(|| resume::state_dir(output)),
+            }
+        }
+        _ => Mode::Kafka,
+    };
     let mut run = Setup::start(cli, &args.pipeline, cfg, mode)?;
     run.control.until_caught_up = args.until_caught_up;
     match (&args.input, &args.output) {
@@ -148,6 +169,7 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
             rejects: args.rejects.clone(),
             format: args.format,
             progress: !cli.quiet,
+            resume,
         })?,
         _ => run.run_kafka()?,
     }

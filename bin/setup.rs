@@ -20,22 +20,25 @@ use crate::llm_args::{CacheHome, LlmSetup};
 use crate::summary::Summary;
 
 /// What kind of run is being set up: where its state lives, whether it waits for the LLM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// `run --brokers`: state under the consumer group, waits (not ready) for the LLM, serves
     /// metrics by default.
     Kafka,
-    /// `run --input --output`: scratch state, gives up on an absent LLM, no metrics by default.
-    File,
+    /// `run --input --output`: gives up on an absent LLM, no metrics by default; its dedup state
+    /// in `state_dir` (kept for a resume) or, for a run that cannot be resumed, a scratch one.
+    File {
+        state_dir: Option<std::path::PathBuf>,
+    },
     /// `demo`: an in-process Kafka cluster; the local model when no LLM is named.
     Demo,
 }
 
 impl Mode {
-    fn name(self) -> &'static str {
+    fn name(&self) -> &'static str {
         match self {
             Mode::Kafka => "kafka",
-            Mode::File => "file",
+            Mode::File { .. } => "file",
             Mode::Demo => "demo",
         }
     }
@@ -69,9 +72,12 @@ impl Setup {
         if args.cluster.processes > 1 {
             webscale_rl_dataflow::cluster::exit_on_peer_loss(args.cluster.options().addresses()?);
         }
-        let (state_home, cache_home) = match mode {
+        let (state_home, cache_home) = match &mode {
             Mode::Kafka => (StateHome::Group, CacheHome::Group(cfg.kafka.group.clone())),
-            Mode::File | Mode::Demo => (StateHome::Scratch, CacheHome::User),
+            Mode::File {
+                state_dir: Some(dir),
+            } => (StateHome::Dir(dir.clone()), CacheHome::User),
+            Mode::File { state_dir: None } | Mode::Demo => (StateHome::Scratch, CacheHome::User),
         };
         let scratch = prepare_state(&mut cfg, state_home, cli.quiet)?;
         let llm = args.llm.setup(&mut cfg, mode == Mode::Demo, cache_home)?;
@@ -83,7 +89,7 @@ impl Setup {
         let metrics = crate::monitoring::start(
             cli,
             args.metrics_addr.as_deref(),
-            mode != Mode::File,
+            !matches!(mode, Mode::File { .. }),
             &funnel,
             llm.as_ref(),
         )?;
@@ -147,7 +153,7 @@ impl Setup {
             self.funnel.snapshot(),
             usage,
         );
-        let summary = match self.mode {
+        let summary = match &self.mode {
             Mode::Demo => summary,
             _ => summary.of_process(self.cluster.process, self.cluster.processes),
         };
@@ -167,9 +173,11 @@ pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<PipelineCon
 enum StateHome {
     /// Kafka mode: the consumer group's state directory, so a restart remembers what it saw.
     Group,
-    /// File mode and the demo: a temporary directory for the run, removed at its end (on disk,
-    /// so memory stays bounded however large the input).
+    /// A run that cannot be resumed and the demo: a temporary directory for the run, removed at
+    /// its end (on disk, so memory stays bounded however large the input).
     Scratch,
+    /// A resumable file run: beside its output, kept until the run completes.
+    Dir(std::path::PathBuf),
 }
 
 /// Start-up checks of the stateful stages: gives the dedup indexes their default directory (on
@@ -191,6 +199,7 @@ fn prepare_state(
                 "neither XDG_STATE_HOME nor HOME is set: set [near_dedup] and [exact_dedup] state_dir",
             )?,
         ),
+        (true, StateHome::Dir(dir)) => Some(dir),
         (true, StateHome::Scratch) => {
             let dir = tempfile::Builder::new()
                 .prefix("webscale-rl-state-")

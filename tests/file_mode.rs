@@ -129,3 +129,259 @@ fn stdin_to_stdout_with_explicit_rejects_file() {
     assert!(outputs > 0 && rejected > 0);
     assert_eq!(outputs + rejected, 100);
 }
+
+/// The records of a JSONL output without `created_at` (the wall clock of whichever run wrote
+/// them), as text: what two runs over the same input must agree on, line for line.
+fn lines_without_clock(path: &std::path::Path) -> Vec<String> {
+    read_jsonl(path)
+        .into_iter()
+        .map(|mut v| {
+            v.as_object_mut().unwrap().remove("created_at");
+            v.to_string()
+        })
+        .collect()
+}
+
+/// The line count a progress record says is done, if there is one.
+fn lines_done(record: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(record).ok()?;
+    serde_json::from_str::<Value>(&text).ok()?["lines_done"].as_u64()
+}
+
+#[test]
+fn a_run_killed_at_several_points_resumes_to_the_outputs_of_an_uninterrupted_one() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // Every chat request the server answers, by prompt: a repeat is a call paid twice.
+    let asked: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let log = asked.clone();
+    let server = crate::support::scripted_server(
+        &runtime,
+        move |body: &Value| {
+            let prompt = body["messages"].to_string();
+            *log.lock().unwrap().entry(prompt).or_default() += 1;
+            crate::support::oracle(body)
+        },
+        Duration::from_millis(250),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let mut text = String::new();
+    for (i, mut doc) in crate::support::good_articles().take(36).enumerate() {
+        // Some documents fail the LLM filter, some lose their pairs: rejects on both sides.
+        if i % 5 == 0 {
+            let t = doc["text"].as_str().unwrap().to_string();
+            doc["text"] = Value::from(format!("{t} [[boilerplate]]"));
+        }
+        if i % 7 == 0 {
+            let t = doc["text"].as_str().unwrap().to_string();
+            doc["text"] = Value::from(format!("{t} [[wrong]]"));
+        }
+        text.push_str(&doc.to_string());
+        text.push('\n');
+    }
+    std::fs::write(&input, text).unwrap();
+    // Small epochs and a short read-ahead: the run lasts seconds and checkpoints often.
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        "[source]\nepoch_max_records = 2\nmax_in_flight_docs = 4\ncheckpoint_ms = 50\n",
+    )
+    .unwrap();
+    let run = |output: &str, cache: &str| {
+        let mut cmd = crate::support::engine();
+        cmd.args(["run", "-w", "2", "--config"])
+            .arg(&config)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(dir.path().join(output))
+            .args(["--llm-url", &server.base_url(), "--llm-cache"])
+            .arg(dir.path().join(cache))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+
+    crate::support::succeed(&mut run("whole.jsonl", "whole-cache.redb"));
+    let whole_calls: u32 = asked.lock().unwrap().values().sum();
+    asked.lock().unwrap().clear();
+
+    // The same run, killed (SIGKILL: no clean-up at all) twice as its progress advances.
+    let record = dir.path().join("parts.jsonl.progress.json");
+    let mut kills = 0;
+    let mut done_before = 0;
+    for _ in 0..2 {
+        let at_least = done_before + 1;
+        let mut child = run("parts.jsonl", "parts-cache.redb").spawn().unwrap();
+        let started = Instant::now();
+        while lines_done(&record).unwrap_or(0) < at_least {
+            if child.try_wait().unwrap().is_some() {
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "the run ended before line {at_least} was recorded: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        done_before = lines_done(&record).unwrap();
+        assert!(dir.path().join("parts.jsonl.partial").exists());
+        assert!(
+            !dir.path().join("parts.jsonl").exists(),
+            "no output before the end"
+        );
+    }
+    let (_, stderr) = crate::support::succeed(&mut run("parts.jsonl", "parts-cache.redb"));
+    assert!(stderr.contains("resuming"), "{stderr}");
+
+    // Line for line the outputs of the uninterrupted run, and nothing left behind.
+    for (whole, parts) in [
+        ("whole.jsonl", "parts.jsonl"),
+        ("whole.rejects.jsonl", "parts.rejects.jsonl"),
+    ] {
+        let expected = lines_without_clock(&dir.path().join(whole));
+        assert!(!expected.is_empty(), "{whole} is empty");
+        assert_eq!(
+            lines_without_clock(&dir.path().join(parts)),
+            expected,
+            "{parts}"
+        );
+    }
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("parts.jsonl.") || n.starts_with("parts.rejects.jsonl."))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    // The response cache answered what the killed runs had asked: a call is paid twice only if
+    // it was in flight (or not yet cached) when its run was killed.
+    let asked = asked.lock().unwrap();
+    let repeats: u32 = asked.values().map(|n| n - 1).sum();
+    let calls: u32 = asked.values().sum();
+    assert!(
+        repeats <= kills * 2 * 4 * 4,
+        "{repeats} repeated calls after {kills} kills"
+    );
+    assert!(
+        calls <= whole_calls + repeats,
+        "{calls} calls, {whole_calls} for the whole run"
+    );
+}
+
+#[test]
+fn ctrl_c_stops_at_once_keeps_what_is_durable_and_the_next_run_finishes() {
+    use std::time::{Duration, Instant};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = crate::support::scripted_server(
+        &runtime,
+        crate::support::oracle,
+        Duration::from_millis(300),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let docs: Vec<String> = crate::support::good_articles()
+        .take(30)
+        .map(|d| d.to_string())
+        .collect();
+    std::fs::write(&input, docs.join("\n")).unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        "[source]\nepoch_max_records = 2\nmax_in_flight_docs = 4\ncheckpoint_ms = 50\n",
+    )
+    .unwrap();
+    let output = dir.path().join("out.jsonl.gz");
+    let cache = dir.path().join("cache.redb");
+    let run = || {
+        let mut cmd = crate::support::engine();
+        cmd.args(["run", "--config"])
+            .arg(&config)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .args(["--llm-url", &server.base_url(), "--llm-cache"])
+            .arg(&cache)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let record = dir.path().join("out.jsonl.gz.progress.json");
+    let child = run().spawn().unwrap();
+    let started = Instant::now();
+    while lines_done(&record).unwrap_or(0) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no progress recorded"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let interrupted = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Promptly: no drain of the LLM calls in flight (each takes 300 ms, a document several).
+    assert!(interrupted.elapsed() < Duration::from_secs(3), "{stderr}");
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("run the same command again to resume"),
+        "{stderr}"
+    );
+    let kept = lines_done(&record).unwrap();
+    assert!(kept > 0 && kept < 30, "{kept}");
+    assert!(dir.path().join("out.jsonl.gz.partial").exists());
+
+    // The next run finishes the file; the outputs are whole, nothing is left beside them.
+    let (_, stderr) = crate::support::succeed(&mut run());
+    assert!(stderr.contains(&format!("after line {kept}")), "{stderr}");
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "cache.redb",
+            "in.jsonl",
+            "out.jsonl.gz",
+            "out.rejects.jsonl.gz",
+            "pipeline.toml"
+        ]
+    );
+    let pairs = read_jsonl_gz(&output);
+    let rejects = read_jsonl_gz(&dir.path().join("out.rejects.jsonl.gz"));
+    // Every document has its pairs or a dead letter: none lost across the interruption.
+    let mut accounted: BTreeSet<String> = pairs
+        .iter()
+        .map(|p| p["doc_id"].as_str().unwrap().to_string())
+        .collect();
+    accounted.extend(
+        rejects
+            .iter()
+            .map(|r| r["doc_id"].as_str().unwrap().to_string()),
+    );
+    assert_eq!(accounted.len(), 30);
+}
+
+fn read_jsonl_gz(path: &std::path::Path) -> Vec<Value> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap()),
+        &mut text,
+    )
+    .unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -10,13 +10,13 @@
 //! * [`Progress`] draws a progress bar on stderr.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Default bound on the bytes kept of one input line. Lines longer than this come back truncated
@@ -273,6 +273,27 @@ enum Encoder {
 }
 
 impl Encoder {
+    /// An encoder for `compression` writing to `file` (at its end).
+    fn new(file: File, compression: Compression) -> io::Result<Encoder> {
+        let buffered = BufWriter::with_capacity(READ_BUFFER_BYTES, file);
+        Ok(match compression {
+            Compression::None => Encoder::Plain(buffered),
+            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                buffered,
+                flate2::Compression::default(),
+            )),
+            Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(buffered, 0)?),
+        })
+    }
+
+    fn compression(&self) -> Compression {
+        match self {
+            Encoder::Plain(_) => Compression::None,
+            Encoder::Gzip(_) => Compression::Gzip,
+            Encoder::Zstd(_) => Compression::Zstd,
+        }
+    }
+
     fn writer(&mut self) -> &mut dyn Write {
         match self {
             Encoder::Plain(w) => w,
@@ -295,19 +316,29 @@ impl Encoder {
 enum Sink {
     Stdout(BufWriter<io::Stdout>),
     File {
-        encoder: Encoder,
-        tmp: PathBuf,
+        /// `None` only for the moment of a checkpoint, which replaces it.
+        encoder: Option<Encoder>,
+        partial: PathBuf,
         target: PathBuf,
     },
 }
 
 /// A JSONL output: a file written atomically (plain, or compressed by its `.gz` / `.zst`
 /// extension), or stdout.
+///
+/// A file grows as `<path>.partial` and is renamed to `<path>` by [`JsonlOutput::finish`].
+/// [`JsonlOutput::checkpoint`] makes what was written so far durable and returns its length: the
+/// compressed stream is ended there (gzip members and zstd frames may follow one another in one
+/// file), so [`JsonlOutput::resume`] can cut the file back to that length and append — the file
+/// mode's resume after an interruption.
 pub struct JsonlOutput {
     path: String,
-    /// `None` once finished; dropping an unfinished file output removes its temporary file.
+    /// `None` once finished.
     sink: Option<Sink>,
     records: u64,
+    /// A checkpoint was taken: the partial file is state to resume from, kept when the output is
+    /// dropped unfinished. Without one it is removed.
+    checkpointed: bool,
 }
 
 impl std::fmt::Debug for JsonlOutput {
@@ -320,8 +351,9 @@ impl std::fmt::Debug for JsonlOutput {
 }
 
 impl JsonlOutput {
-    /// Creates an output at `path` (`-` is stdout). A file is written to `<path>.tmp-<pid>` in the
-    /// same directory and appears at `path` only on [`JsonlOutput::finish`].
+    /// Creates an output at `path` (`-` is stdout). A file is written to `<path>.partial` in the
+    /// same directory (replacing one left there) and appears at `path` only on
+    /// [`JsonlOutput::finish`].
     pub fn create(path: &str) -> anyhow::Result<JsonlOutput> {
         if path == "-" {
             return Ok(JsonlOutput {
@@ -331,8 +363,22 @@ impl JsonlOutput {
                     io::stdout(),
                 ))),
                 records: 0,
+                checkpointed: false,
             });
         }
+        Self::open_file(path, None)
+    }
+
+    /// Reopens the partial file of an output at `path` after an interruption: cut back to `len`
+    /// bytes (the length a [`JsonlOutput::checkpoint`] returned), then appended to.
+    pub fn resume(path: &str, len: u64) -> anyhow::Result<JsonlOutput> {
+        if path == "-" {
+            bail!("standard output cannot be resumed");
+        }
+        Self::open_file(path, Some(len))
+    }
+
+    fn open_file(path: &str, resume_at: Option<u64>) -> anyhow::Result<JsonlOutput> {
         if path.is_empty() {
             bail!("cannot create output file: the path is empty");
         }
@@ -340,38 +386,81 @@ impl JsonlOutput {
         if target.is_dir() {
             bail!("cannot create output file '{path}': it is a directory");
         }
-        let tmp = temp_path(&target);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| create_error(path, &target, e))?;
-        let buffered = BufWriter::with_capacity(READ_BUFFER_BYTES, file);
-        let encoder = match Compression::from_extension(path) {
-            Compression::None => Encoder::Plain(buffered),
-            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
-                buffered,
-                flate2::Compression::default(),
-            )),
-            Compression::Zstd => match zstd::stream::write::Encoder::new(buffered, 0) {
-                Ok(e) => Encoder::Zstd(e),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(e)
-                        .with_context(|| format!("cannot start zstd encoder for '{path}'"));
+        let partial = partial_path(&target);
+        let file = match resume_at {
+            None => OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&partial)
+                .map_err(|e| create_error(path, &target, e))?,
+            Some(len) => {
+                let mut file = OpenOptions::new().write(true).open(&partial).map_err(|e| {
+                    open_error(
+                        "cannot reopen the partial output",
+                        &partial.to_string_lossy(),
+                        e,
+                    )
+                })?;
+                let have = file.metadata().map(|m| m.len()).unwrap_or(0);
+                if have < len {
+                    bail!(
+                        "cannot resume '{path}': its partial file '{}' has {have} bytes, fewer than \
+                         the {len} its progress record counts (was it changed?); start over with --restart",
+                        partial.display()
+                    );
                 }
-            },
+                file.set_len(len)
+                    .and_then(|()| file.seek(io::SeekFrom::End(0)).map(|_| ()))
+                    .map_err(|e| {
+                        open_error(
+                            "cannot cut back the partial output",
+                            &partial.to_string_lossy(),
+                            e,
+                        )
+                    })?;
+                file
+            }
         };
+        let encoder = Encoder::new(file, Compression::from_extension(path)).map_err(|e| {
+            anyhow::anyhow!("cannot start the encoder for '{path}': {}", io_reason(&e))
+        })?;
         Ok(JsonlOutput {
             path: path.to_string(),
             sink: Some(Sink::File {
-                encoder,
-                tmp,
+                encoder: Some(encoder),
+                partial,
                 target,
             }),
             records: 0,
+            checkpointed: resume_at.is_some(),
         })
+    }
+
+    /// Makes every record written so far durable in the partial file and returns its length in
+    /// bytes: the compressed stream is ended (a new gzip member or zstd frame starts after it) and
+    /// the file synced. Standard output is only flushed (its length is 0).
+    pub fn checkpoint(&mut self) -> anyhow::Result<u64> {
+        let path = self.path.clone();
+        let fail =
+            |e: io::Error| anyhow::anyhow!("cannot write output file '{path}': {}", io_reason(&e));
+        match self.sink.as_mut() {
+            None => bail!("output '{}' is already finished", self.path),
+            Some(Sink::Stdout(w)) => {
+                w.flush().map_err(fail)?;
+                Ok(0)
+            }
+            Some(Sink::File { encoder, .. }) => {
+                let current = encoder.take().expect("an encoder between checkpoints");
+                let compression = current.compression();
+                let mut file = current.finish().map_err(fail)?;
+                file.sync_data().map_err(fail)?;
+                let len = file.stream_position().map_err(fail)?;
+                *encoder = Some(Encoder::new(file, compression).map_err(fail)?);
+                self.checkpointed = true;
+                Ok(len)
+            }
+        }
     }
 
     /// Appends one record: `json_bytes` (one JSON value, without newlines) and a `\n`.
@@ -382,8 +471,11 @@ impl JsonlOutput {
         );
         let w: &mut dyn Write = match self.sink.as_mut() {
             Some(Sink::Stdout(w)) => w,
-            Some(Sink::File { encoder, .. }) => encoder.writer(),
-            None => bail!("output '{}' is already finished", self.path),
+            Some(Sink::File {
+                encoder: Some(encoder),
+                ..
+            }) => encoder.writer(),
+            _ => bail!("output '{}' is already finished", self.path),
         };
         w.write_all(json_bytes)
             .and_then(|()| w.write_all(b"\n"))
@@ -413,19 +505,20 @@ impl JsonlOutput {
             Some(Sink::Stdout(mut w)) => w.flush().map_err(|e| fail("flush", e)),
             Some(Sink::File {
                 encoder,
-                tmp,
+                partial,
                 target,
             }) => {
                 let result = (|| {
+                    let encoder = encoder.expect("an encoder between checkpoints");
                     let file = encoder.finish().map_err(|e| fail("write", e))?;
                     file.sync_all().map_err(|e| fail("sync", e))?;
                     drop(file);
-                    std::fs::rename(&tmp, &target).map_err(|e| fail("rename into place", e))?;
+                    std::fs::rename(&partial, &target).map_err(|e| fail("rename into place", e))?;
                     sync_parent_dir(&target);
                     Ok(())
                 })();
-                if result.is_err() {
-                    let _ = std::fs::remove_file(&tmp);
+                if result.is_err() && !self.checkpointed {
+                    let _ = std::fs::remove_file(&partial);
                 }
                 result
             }
@@ -434,18 +527,27 @@ impl JsonlOutput {
 }
 
 impl Drop for JsonlOutput {
+    /// An output dropped unfinished leaves no file behind, unless a checkpoint made its partial
+    /// file the state a later run resumes from; then what follows the checkpoint is not written
+    /// (the encoder is dropped, not finished), and a resume cuts it off anyway.
     fn drop(&mut self) {
-        if let Some(Sink::File { encoder, tmp, .. }) = self.sink.take() {
+        if let Some(Sink::File {
+            encoder, partial, ..
+        }) = self.sink.take()
+        {
             drop(encoder);
-            let _ = std::fs::remove_file(tmp);
+            if !self.checkpointed {
+                let _ = std::fs::remove_file(partial);
+            }
         }
     }
 }
 
-/// `<path>.tmp-<pid>`: in the same directory, so the final rename cannot cross file systems.
-fn temp_path(target: &Path) -> PathBuf {
+/// `<path>.partial`: in the same directory, so the final rename cannot cross file systems; the
+/// same name for every run, so a resumed run finds it.
+pub fn partial_path(target: &Path) -> PathBuf {
     let mut name = target.as_os_str().to_owned();
-    name.push(format!(".tmp-{}", std::process::id()));
+    name.push(".partial");
     PathBuf::from(name)
 }
 
@@ -902,6 +1004,52 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpointed_output_resumes_from_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["out.jsonl", "out.jsonl.gz", "out.jsonl.zst"] {
+            let path = dir.path().join(name);
+            let p = path.to_str().unwrap();
+            let mut out = JsonlOutput::create(p).unwrap();
+            out.write_record(b"{\"n\":1}").unwrap();
+            out.write_record(b"{\"n\":2}").unwrap();
+            let len = out.checkpoint().unwrap();
+            assert!(len > 0);
+            // Written after the checkpoint, then the process dies: cut off on resume.
+            out.write_record(b"{\"n\":3}").unwrap();
+            drop(out);
+            assert!(
+                partial_path(&path).exists(),
+                "{name}: the checkpointed partial file is kept"
+            );
+            let mut out = JsonlOutput::resume(p, len).unwrap();
+            out.write_record(b"{\"n\":4}").unwrap();
+            out.checkpoint().unwrap();
+            out.write_record(b"{\"n\":5}").unwrap();
+            out.finish().unwrap();
+            assert!(!partial_path(&path).exists());
+            let mut input = JsonlInput::open(p).unwrap();
+            let mut buf = Vec::new();
+            let mut lines = Vec::new();
+            while input.next_line(&mut buf).unwrap().is_some() {
+                lines.push(String::from_utf8(std::mem::take(&mut buf)).unwrap());
+            }
+            assert_eq!(
+                lines,
+                ["{\"n\":1}", "{\"n\":2}", "{\"n\":4}", "{\"n\":5}"],
+                "{name}"
+            );
+        }
+        // A partial file shorter than its record: a clear error, not a corrupt output.
+        let path = dir.path().join("short.jsonl");
+        let mut out = JsonlOutput::create(path.to_str().unwrap()).unwrap();
+        out.write_record(b"{}").unwrap();
+        let len = out.checkpoint().unwrap();
+        drop(out);
+        let err = JsonlOutput::resume(path.to_str().unwrap(), len + 10).unwrap_err();
+        assert!(format!("{err:#}").contains("--restart"), "{err:#}");
+    }
+
+    #[test]
     fn file_output_is_atomic() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl.zst");
@@ -909,7 +1057,7 @@ mod tests {
         let mut out = JsonlOutput::create(p).unwrap();
         out.write_record(b"{\"a\":1}").unwrap();
         assert!(!path.exists(), "the output appeared before finish");
-        let tmp = temp_path(&path);
+        let tmp = partial_path(&path);
         assert!(tmp.exists());
         out.finish().unwrap();
         assert!(path.exists());

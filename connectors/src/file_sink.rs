@@ -1,11 +1,19 @@
 //! The file sink: every worker's records are exchanged to worker 0, which writes them to one
 //! output — a JSONL file, or training-ready shards (`hf`/`verl` parquet) — that appears atomically
 //! when the run finishes.
+//!
+//! Records are held per epoch and written when the epoch is complete, in input order (the line
+//! of the document they come from, then their id): the file is the same whatever the number of
+//! workers and however the LLM's answers interleave, and at any moment it holds exactly the
+//! epochs below [`Written`] — which is what lets a checkpoint name the input line up to which the
+//! output is complete, and an interrupted run resume there.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use timely::ExchangeData;
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
@@ -39,6 +47,15 @@ impl FileRecord for AcceptedDocument {}
 impl FileRecord for DeadLetter {}
 
 impl FileOutput {
+    /// Makes what was written durable and returns the output's length in bytes (JSONL), for a
+    /// progress record; shard outputs cannot be resumed and give `None`.
+    pub fn checkpoint(&mut self) -> anyhow::Result<Option<u64>> {
+        match self {
+            FileOutput::Jsonl(out) => out.checkpoint().map(Some),
+            FileOutput::Shards(_) => Ok(None),
+        }
+    }
+
     pub fn write<R: FileRecord>(&mut self, record: R) -> anyhow::Result<()> {
         match self {
             FileOutput::Jsonl(out) => {
@@ -63,26 +80,91 @@ impl FileOutput {
 /// An output shared between the sink operator and the worker loop (which finishes it).
 pub type SharedOutput = Rc<RefCell<Option<FileOutput>>>;
 
-/// Writes `records` to `out` on worker 0. A write error is kept in `error` and fails the run.
-pub fn file_sink<R: FileRecord>(
-    records: StreamVec<'_, u64, R>,
+/// Every epoch below this one is written to both outputs (`u64::MAX`: everything, the input is
+/// complete). Shared between the sink and the worker loop.
+pub type Written = Rc<Cell<u64>>;
+
+/// Writes `records` to `out` and `dead_letters` to `rejects` on worker 0, an epoch at a time once
+/// it is complete on both streams, each ordered by (position, key): a record's position is the
+/// line (or offset) of the message it comes from. Both files therefore always hold exactly the
+/// epochs below [`Written`], which a checkpoint can name. A write error is kept in `error` and
+/// fails the run.
+pub fn file_sinks<R: FileRecord>(
+    records: StreamVec<'_, u64, (i64, R)>,
+    dead_letters: StreamVec<'_, u64, (i64, DeadLetter)>,
     out: SharedOutput,
+    rejects: SharedOutput,
+    written: Written,
     error: Rc<RefCell<Option<String>>>,
 ) {
-    records.sink(
-        Exchange::new(|_: &R| 0),
-        "FileSink",
-        move |(input, _frontier)| {
-            input.for_each(|_cap, data| {
-                let mut out = out.borrow_mut();
-                let Some(writer) = out.as_mut() else { return };
-                for record in data.drain(..) {
-                    if let Err(e) = writer.write(record) {
-                        error.borrow_mut().get_or_insert_with(|| format!("{e:#}"));
-                        return;
+    /// An epoch's records of both streams: (position, key, record).
+    type Held<R> = (Vec<(i64, String, R)>, Vec<(i64, String, DeadLetter)>);
+    let mut epochs: BTreeMap<u64, Held<R>> = BTreeMap::new();
+    let keyed = |(pos, r): (i64, R)| (pos, r.key().to_string(), r);
+    let keyed_dead = |(pos, r): (i64, DeadLetter)| (pos, r.key().to_string(), r);
+    let _: StreamVec<'_, u64, ()> = records
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+            dead_letters,
+            Exchange::new(|_: &(i64, R)| 0),
+            Exchange::new(|_: &(i64, DeadLetter)| 0),
+            "FileSinks",
+            move |_cap, _info| {
+                move |(records_in, records_frontier), (dead_in, dead_frontier), _output| {
+                    records_in.for_each(|cap, data| {
+                        let epoch = *cap.least().expect("a stamp has a time");
+                        epochs
+                            .entry(epoch)
+                            .or_default()
+                            .0
+                            .extend(data.drain(..).map(keyed));
+                    });
+                    dead_in.for_each(|cap, data| {
+                        let epoch = *cap.least().expect("a stamp has a time");
+                        epochs
+                            .entry(epoch)
+                            .or_default()
+                            .1
+                            .extend(data.drain(..).map(keyed_dead));
+                    });
+                    while let Some(entry) = epochs.first_entry() {
+                        let epoch = entry.key();
+                        if records_frontier.less_equal(epoch) || dead_frontier.less_equal(epoch) {
+                            break;
+                        }
+                        let (records, dead) = entry.remove();
+                        if let Err(e) =
+                            write_epoch(&out, records).and_then(|()| write_epoch(&rejects, dead))
+                        {
+                            error.borrow_mut().get_or_insert_with(|| format!("{e:#}"));
+                            return;
+                        }
                     }
+                    let next = epochs
+                        .first_key_value()
+                        .map(|(e, _)| *e)
+                        .into_iter()
+                        .chain(records_frontier.frontier().iter().copied())
+                        .chain(dead_frontier.frontier().iter().copied())
+                        .min()
+                        .unwrap_or(u64::MAX);
+                    written.set(next);
                 }
-            });
-        },
-    );
+            },
+        );
+}
+
+/// Writes one epoch's records of one stream, in (position, key) order.
+fn write_epoch<R: FileRecord>(
+    out: &SharedOutput,
+    mut records: Vec<(i64, String, R)>,
+) -> anyhow::Result<()> {
+    records.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut out = out.borrow_mut();
+    let Some(writer) = out.as_mut() else {
+        return Ok(());
+    };
+    for (_, _, record) in records {
+        writer.write(record)?;
+    }
+    Ok(())
 }

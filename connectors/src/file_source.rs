@@ -37,6 +37,9 @@ pub struct FileSourceConfig {
     pub batch_max: usize,
     /// Flow control: stop reading while this many epochs are not yet through the pipeline.
     pub max_open_epochs: u64,
+    /// Lines already done by an interrupted run (a resume): read past, not sent. Epochs stay
+    /// numbered by line, so the rest of the file gets the epochs it had.
+    pub skip_lines: u64,
 }
 
 /// Reads `input` on worker 0 (other workers pass `None`) and spreads its lines over all workers.
@@ -76,6 +79,7 @@ pub fn file_source<'s>(
             let mut done = false;
             for _ in 0..cfg.batch_max {
                 match reader.next_line(&mut buf) {
+                    Ok(Some(line)) if (line.number as u64) <= cfg.skip_lines => {}
                     Ok(Some(line)) => {
                         let epoch = (line.number as u64 - 1) / cfg.epoch_lines;
                         if epoch > *c.time() {

@@ -1,5 +1,7 @@
 //! File mode: the same graph from a JSONL file (plain, `.gz`, `.zst`) or stdin to JSONL files,
-//! for back-fills and for users without Kafka. Outputs appear atomically when the run completes.
+//! for back-fills and for users without Kafka. Outputs appear atomically when the run completes;
+//! an interrupted run keeps what is durable and the next run with the same arguments resumes it
+//! ([`crate::resume`]).
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -9,15 +11,22 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use timely::dataflow::operators::core::Probe;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::{ProbeHandle, StreamVec};
 use webscale_rl_connectors::export::{ExportFormat, ExportOptions, sharded_writer};
 use webscale_rl_connectors::file::{JsonlInput, JsonlOutput, Progress};
-use webscale_rl_connectors::file_sink::{FileOutput, FileRecord, SharedOutput, file_sink};
+use webscale_rl_connectors::file_sink::{
+    FileOutput, FileRecord, SharedOutput, Written, file_sinks,
+};
 use webscale_rl_connectors::file_source::{FileProgress, FileSourceConfig, file_source};
+use webscale_rl_records::DeadLetter;
 
 use crate::config::PipelineConfig;
 use crate::funnel::{DEAD_LETTERED, EMITTED, Funnel};
 use crate::graph::{self, Resources, count};
+use crate::resume::{
+    InputIdentity, PartialOutput, ProgressRecord, ResumeMode, settings_fingerprint,
+};
 use crate::runtime::RunControl;
 
 /// Paths of a file-mode run.
@@ -34,6 +43,8 @@ pub struct FileRun {
     pub rejects: Option<String>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// What to do with an earlier, interrupted run of the same output.
+    pub resume: ResumeMode,
 }
 
 /// `out.jsonl.gz` -> `out.rejects.jsonl.gz`; stdout's rejects go to `rejects.jsonl`.
@@ -73,22 +84,94 @@ pub fn run_files(
         .rejects
         .clone()
         .unwrap_or_else(|| default_rejects_path(&run.output));
-    let output = match run.format {
-        None => Output::Jsonl(Box::new(JsonlOutput::create(&run.output)?)),
-        Some(format) => {
-            if resources.llm.is_none() {
-                anyhow::bail!(
-                    "--format {format} writes QA pairs: it needs the LLM stages (not --no-llm)"
-                );
+    let resumable = crate::resume::resumable(&run.input, &run.output, run.format.is_some());
+    let mut checkpoints = None;
+    let mut skip_lines = 0;
+    let (output, rejects_out) = if resumable {
+        // Its checkpoints must never be ahead of what the dedup indexes remember.
+        cfg.exact_dedup.sync_interval_ms = 0;
+        cfg.near_dedup.sync_interval_ms = 0;
+        let identity = InputIdentity::of(&run.input)?;
+        let settings = settings_fingerprint(&cfg, &rejects, resources.llm.is_some());
+        let record = match run.resume {
+            ResumeMode::Restart => None,
+            _ => ProgressRecord::load(&run.output)?,
+        };
+        crate::resume::require(run.resume, record.as_ref(), &run.output)?;
+        let outputs = match &record {
+            Some(r) => {
+                if let Some(why) = r.mismatch(&identity, &settings) {
+                    anyhow::bail!(
+                        "cannot resume '{}' from '{}': {why}; run with --restart to start over \
+                         (it discards the earlier run's partial output)",
+                        run.output,
+                        crate::resume::record_path(&run.output).display()
+                    );
+                }
+                skip_lines = r.lines_done;
+                if run.progress {
+                    eprintln!(
+                        "resuming '{}' after line {} of '{}' (progress in '{}')",
+                        run.output,
+                        r.lines_done,
+                        run.input,
+                        crate::resume::record_path(&run.output).display()
+                    );
+                }
+                (
+                    JsonlOutput::resume(&run.output, r.output.bytes)?,
+                    JsonlOutput::resume(&rejects, r.rejects.bytes)?,
+                )
             }
-            Output::Shards(format, run.output.clone())
-        }
+            None => {
+                // Whatever an earlier run left (partial files, dedup state) is not ours.
+                crate::resume::discard(&run.output, &rejects)?;
+                (
+                    JsonlOutput::create(&run.output)?,
+                    JsonlOutput::create(&rejects)?,
+                )
+            }
+        };
+        checkpoints = Some(Checkpoints {
+            record: ProgressRecord {
+                version: 1,
+                input: identity,
+                settings,
+                lines_done: skip_lines,
+                output: PartialOutput {
+                    path: run.output.clone(),
+                    bytes: 0,
+                },
+                rejects: PartialOutput {
+                    path: rejects.clone(),
+                    bytes: 0,
+                },
+            },
+            epoch_lines: cfg.source.epoch_records() as u64,
+            interval: Duration::from_millis(cfg.source.checkpoint_ms),
+            last: std::time::Instant::now(),
+        });
+        (Output::Jsonl(Box::new(outputs.0)), outputs.1)
+    } else {
+        let output = match run.format {
+            None => Output::Jsonl(Box::new(JsonlOutput::create(&run.output)?)),
+            Some(format) => {
+                if resources.llm.is_none() {
+                    anyhow::bail!(
+                        "--format {format} writes QA pairs: it needs the LLM stages (not --no-llm)"
+                    );
+                }
+                Output::Shards(format, run.output.clone())
+            }
+        };
+        (output, JsonlOutput::create(&rejects)?)
     };
-    let outputs = (output, JsonlOutput::create(&rejects)?);
+    let outputs = (output, rejects_out);
     funnel.live().set_run("file", &run.output, &rejects);
     funnel.live().set_source_ready();
     // Handed to worker 0 only; the closure below runs on every worker thread.
-    let worker0 = Arc::new(Mutex::new(Some((input, outputs))));
+    let worker0 = Arc::new(Mutex::new(Some((input, outputs, checkpoints))));
+    let output_path = run.output.clone();
     let guards = crate::cluster::with_stdout_on_stderr(|| {
         timely::execute(timely_config, move |worker| {
             let mine = if worker.index() == 0 {
@@ -110,10 +193,57 @@ pub fn run_files(
             Err(e) => errors.push(format!("worker panicked: {e}")),
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(anyhow!(errors.join("; ")))
+    if !errors.is_empty() {
+        return Err(anyhow!(errors.join("; ")));
+    }
+    if resumable {
+        // Done: the outputs are in place; the record and the dedup state are of no more use.
+        let _ = std::fs::remove_file(crate::resume::record_path(&output_path));
+        let _ = std::fs::remove_dir_all(crate::resume::state_dir(&output_path));
+    }
+    Ok(())
+}
+
+/// Worker 0's checkpointing of a resumable run.
+struct Checkpoints {
+    /// The last record stored (or the one to store first).
+    record: ProgressRecord,
+    epoch_lines: u64,
+    /// `[source] checkpoint_ms`.
+    interval: Duration,
+    last: std::time::Instant,
+}
+
+impl Checkpoints {
+    /// Stores a new record when the outputs hold more epochs than the last one says (and, unless
+    /// `now`, the interval has passed). Returns the lines done.
+    fn maybe(
+        &mut self,
+        through: u64,
+        out: &SharedOutput,
+        rej: &SharedOutput,
+        now: bool,
+    ) -> anyhow::Result<u64> {
+        // u64::MAX: everything written; the run is finishing and renames its outputs.
+        if through == u64::MAX {
+            return Ok(self.record.lines_done);
+        }
+        let lines_done = through.saturating_mul(self.epoch_lines);
+        if lines_done <= self.record.lines_done || (!now && self.last.elapsed() < self.interval) {
+            return Ok(self.record.lines_done);
+        }
+        let bytes = |shared: &SharedOutput| -> anyhow::Result<u64> {
+            match shared.borrow_mut().as_mut() {
+                Some(writer) => Ok(writer.checkpoint()?.unwrap_or(0)),
+                None => Ok(0),
+            }
+        };
+        self.record.output.bytes = bytes(out)?;
+        self.record.rejects.bytes = bytes(rej)?;
+        self.record.lines_done = lines_done;
+        self.record.store(&self.record.output.path.clone())?;
+        self.last = std::time::Instant::now();
+        Ok(lines_done)
     }
 }
 
@@ -139,7 +269,7 @@ impl Output {
     }
 }
 
-type Worker0 = (JsonlInput, (Output, JsonlOutput));
+type Worker0 = (JsonlInput, (Output, JsonlOutput), Option<Checkpoints>);
 
 /// What every file sink of a worker shares: the funnel it counts into, the first write error,
 /// and the probe whose frontier says what is durable.
@@ -150,16 +280,30 @@ struct Sinks<'a> {
 }
 
 impl Sinks<'_> {
-    /// Counts `records` as (stage, outcome) on their way into the sink writing `to`.
+    /// Counts `records` as emitted and `dead_letters` as dead-lettered on their way into the
+    /// sinks writing `out` and `rejects`.
     fn write<R: FileRecord>(
         &self,
-        records: StreamVec<'_, u64, R>,
-        to: &SharedOutput,
-        (stage, outcome): (&'static str, &'static str),
-    ) {
-        let counted = count(records, self.funnel, stage, outcome);
-        file_sink(counted.clone(), to.clone(), self.error.clone());
-        counted.probe_with(self.durable);
+        records: StreamVec<'_, u64, (i64, R)>,
+        dead_letters: StreamVec<'_, u64, DeadLetter>,
+        out: &SharedOutput,
+        rejects: &SharedOutput,
+    ) -> Written {
+        let records = count(records, self.funnel, EMITTED.0, EMITTED.1);
+        let dead_letters = count(dead_letters, self.funnel, DEAD_LETTERED.0, DEAD_LETTERED.1)
+            .map(|dead| (dead.offset, dead));
+        records.clone().probe_with(self.durable);
+        dead_letters.clone().probe_with(self.durable);
+        let written = Written::default();
+        file_sinks(
+            records,
+            dead_letters,
+            out.clone(),
+            rejects.clone(),
+            written.clone(),
+            self.error.clone(),
+        );
+        written
     }
 }
 
@@ -173,10 +317,12 @@ fn file_worker(
     resources: &Resources,
 ) -> anyhow::Result<()> {
     // Worker 0 holds the input and both writers; the others only process their share.
-    let (input, out, rej) = match mine {
-        Some((i, (o, r))) => (Some(i), Some(o.open()?), Some(FileOutput::Jsonl(r))),
-        None => (None, None, None),
+    let (input, out, rej, mut checkpoints) = match mine {
+        Some((i, (o, r), c)) => (Some(i), Some(o.open()?), Some(FileOutput::Jsonl(r)), c),
+        None => (None, None, None, None),
     };
+    // A resumed run's reader reads past the lines its record says are done.
+    let skip_lines = checkpoints.as_ref().map_or(0, |c| c.record.lines_done);
     let out = Rc::new(RefCell::new(out));
     let rej = Rc::new(RefCell::new(rej));
     let sink_error = Rc::new(RefCell::new(None));
@@ -186,9 +332,10 @@ fn file_worker(
         epoch_lines: cfg.source.epoch_records() as u64,
         batch_max: cfg.source.batch_max.max(1),
         max_open_epochs: (cfg.source.in_flight_docs() / cfg.source.epoch_records()).max(2) as u64,
+        skip_lines,
     };
     let is_reader = input.is_some();
-    worker.dataflow::<u64, _, _>(|scope| -> anyhow::Result<()> {
+    let written = worker.dataflow::<u64, _, _>(|scope| -> anyhow::Result<Written> {
         let messages = file_source(
             scope,
             input,
@@ -204,12 +351,12 @@ fn file_worker(
             error: &sink_error,
             durable: &durable,
         };
-        match outs.output {
-            graph::Output::Documents(records) => sinks.write(records, &out, EMITTED),
-            graph::Output::QaPairs(records) => sinks.write(records, &out, EMITTED),
-        }
-        sinks.write(outs.dead_letters, &rej, DEAD_LETTERED);
-        Ok(())
+        Ok(match outs.output {
+            graph::Output::Documents(records) => {
+                sinks.write(records, outs.dead_letters, &out, &rej)
+            }
+            graph::Output::QaPairs(records) => sinks.write(records, outs.dead_letters, &out, &rej),
+        })
     })?;
     let with_llm = resources.llm.is_some();
     let mut bar = is_reader.then(|| {
@@ -220,7 +367,12 @@ fn file_worker(
             bar
         }
     });
-    while !durable.done() {
+    // Worker 0 waits for its sinks to have written everything, the others for the frontier.
+    let finished = |durable: &ProbeHandle<u64>| match is_reader {
+        true => written.get() == u64::MAX,
+        false => durable.done(),
+    };
+    while !finished(&durable) {
         worker.step_or_park(Some(Duration::from_millis(50)));
         if let Some(e) = sink_error.borrow().as_ref() {
             return Err(anyhow!("writing output: {e}"));
@@ -232,12 +384,29 @@ fn file_worker(
             let p = progress.borrow();
             bar.update(p.bytes_read, p.lines, funnel.get(EMITTED.0, EMITTED.1));
         }
-        if let Some(reason) = control.llm_stop_reason() {
+        let stop = control.llm_stop_reason();
+        let interrupted = control.stop.load(std::sync::atomic::Ordering::Relaxed) && is_reader;
+        if let Some(c) = checkpoints.as_mut() {
+            let lines_done = c.maybe(written.get(), &out, &rej, stop.is_some() || interrupted)?;
+            if stop.is_some() || interrupted {
+                // Stops at once: what is durable is kept, the rest is redone by the next run
+                // (the LLM cache answers what was already asked).
+                let why = stop.unwrap_or_else(|| "interrupted".into());
+                return Err(anyhow!(
+                    "{why}; every output of input lines 1-{lines_done} is kept: run the same \
+                     command again to resume (progress in '{}')",
+                    crate::resume::record_path(&run.output).display()
+                ));
+            }
+        }
+        if let Some(reason) = stop {
             return Err(anyhow!("{reason}"));
         }
-        if control.stop.load(std::sync::atomic::Ordering::Relaxed) && is_reader {
-            // File mode has no offsets to resume from: a stop abandons the temp outputs.
-            return Err(anyhow!("interrupted; no output written"));
+        if interrupted {
+            return Err(anyhow!(
+                "interrupted; no output written (a run from standard input, to standard output \
+                 or to shards cannot be resumed)"
+            ));
         }
     }
     if let Some(mut bar) = bar {

@@ -34,10 +34,12 @@ use webscale_rl_records::{
 use crate::config::PipelineConfig;
 use crate::funnel::{CONSUMED, Funnel, QA_PAIRS};
 
-/// What the pipeline emits: the surviving documents (no LLM) or the QA pairs.
+/// What the pipeline emits: the surviving documents (no LLM) or the QA pairs, each with the
+/// position of its message in the input (Kafka offset, file line), by which the file sink orders
+/// an epoch's records.
 pub enum Output<'s> {
-    Documents(StreamVec<'s, u64, AcceptedDocument>),
-    QaPairs(StreamVec<'s, u64, QaPair>),
+    Documents(StreamVec<'s, u64, (i64, AcceptedDocument)>),
+    QaPairs(StreamVec<'s, u64, (i64, QaPair)>),
 }
 
 /// The two streams a pipeline produces, as records: the sinks encode them.
@@ -161,7 +163,7 @@ pub fn build<'s>(
             let live = funnel.live().clone();
             Output::Documents(
                 docs.inspect(move |doc: &Document| live.record_document(doc))
-                    .map(AcceptedDocument::from_document),
+                    .map(|doc| (doc.origin.offset, AcceptedDocument::from_document(doc))),
             )
         }
         Some(llm) => {
@@ -188,7 +190,7 @@ fn qa_stages<'s>(
     stages: &mut Stages<'s, '_>,
     llm: Arc<dyn LlmService>,
     index: Option<NgramIndex>,
-) -> Result<StreamVec<'s, u64, QaPair>, String> {
+) -> Result<StreamVec<'s, u64, (i64, QaPair)>, String> {
     let docs = match cfg.enabled(Stage::LlmFilter) {
         true => {
             let verdicts = docs.llm_filter(cfg.llm_filter.clone(), llm.clone())?;
@@ -233,7 +235,9 @@ fn qa_stages<'s>(
     let pairs = accounted.passed;
     // Domain and persona distribution and the latest pairs, for the metrics and the dashboard.
     let live = stages.funnel.live().clone();
-    Ok(pairs.inspect(move |pair: &QaPair| live.record_pair(pair)))
+    Ok(pairs
+        .inspect(move |(_, pair): &(Origin, QaPair)| live.record_pair(pair))
+        .map(|(origin, pair)| (origin.offset, pair)))
 }
 
 #[cfg(test)]
@@ -277,7 +281,7 @@ mod tests {
                 panic!("no LLM: documents")
             };
             (
-                docs.map(|d| d.id).capture(),
+                docs.map(|(_, d)| d.id).capture(),
                 outs.dead_letters
                     .map(|d| (d.stage.to_string(), d.reason))
                     .capture(),

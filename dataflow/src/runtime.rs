@@ -17,6 +17,7 @@ use rdkafka::Offset;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::core::{Concat, Probe};
+use timely::dataflow::operators::vec::Map;
 use webscale_rl_connectors::kafka::{
     KafkaSink, SourceProgress, assign_partitions, commit_offsets, kafka_sink, kafka_source,
 };
@@ -179,8 +180,8 @@ fn kafka_worker(
         );
         let outs = graph::build(messages, cfg, funnel, resources).map_err(|e| anyhow!(e))?;
         let written = match outs.output {
-            Output::Documents(records) => kafka_sink(records, output.clone()),
-            Output::QaPairs(records) => kafka_sink(records, output.clone()),
+            Output::Documents(records) => kafka_sink(records.map(|(_, r)| r), output.clone()),
+            Output::QaPairs(records) => kafka_sink(records.map(|(_, r)| r), output.clone()),
         };
         let dead = kafka_sink(outs.dead_letters, dead_letter.clone());
         written.concat(dead).probe_with(&durable);

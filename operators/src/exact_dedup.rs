@@ -39,6 +39,9 @@ pub struct ExactDedupConfig {
     /// Documents remembered (in total), the oldest forgotten first; 0 = as many as the index
     /// holds (16.7 M per partition).
     pub max_documents: u64,
+    /// The index is fsynced at least this often; 0 = every epoch (a resumable file run: its
+    /// checkpoints must never be ahead of what the index remembers).
+    pub sync_interval_ms: u64,
 }
 
 impl Default for ExactDedupConfig {
@@ -49,6 +52,7 @@ impl Default for ExactDedupConfig {
             state_dir: None,
             partitions: 32,
             max_documents: 100_000_000,
+            sync_interval_ms: 5000,
         }
     }
 }
@@ -72,7 +76,7 @@ impl ExactDedupConfig {
             sketch_len: 0,
             max_keys,
             ttl: 0,
-            sync_interval: Duration::from_secs(5),
+            sync_interval: Duration::from_millis(self.sync_interval_ms),
             cache_bytes: (16 << 20) / partitions as usize,
         }
     }

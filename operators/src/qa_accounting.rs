@@ -33,11 +33,12 @@ pub trait QaAccounting<'s> {
     /// assert_eq!(dead[1].reason, "no_verified_pair");
     /// assert_eq!(dead[1].detail, "1 pair(s) failed: verify/answer_incorrect x1");
     /// ```
-    fn qa_accounting(self) -> Verdicts<'s, QaPair>;
+    fn qa_accounting(self) -> Verdicts<'s, (Origin, QaPair)>;
 }
 
 impl<'s> QaAccounting<'s> for StreamVec<'s, Epoch, PairOutcome> {
-    fn qa_accounting(self) -> Verdicts<'s, QaPair> {
+    /// Pairs keep their document's origin: the file sink writes in input order.
+    fn qa_accounting(self) -> Verdicts<'s, (Origin, QaPair)> {
         judge(self, Pipeline, "QaAccounting", |default_cap, _info| {
             drop(default_cap);
             let mut stash: EpochStash<Tally> = EpochStash::default();
@@ -46,11 +47,12 @@ impl<'s> QaAccounting<'s> for StreamVec<'s, Epoch, PairOutcome> {
                     let (held, docs) = stash.entry(&cap);
                     let mut session = output.session(held);
                     for outcome in data.flat_map(|batch| batch.drain(..)) {
-                        let doc = docs.entry((outcome.doc_id, outcome.origin)).or_default();
+                        let origin = outcome.origin;
+                        let doc = docs.entry((outcome.doc_id, origin.clone())).or_default();
                         match outcome.result {
                             Ok(pair) => {
                                 doc.0 = true;
-                                session.give(Ok(pair));
+                                session.give(Ok((origin, pair)));
                             }
                             Err(mut dead) => {
                                 // The document's message goes on its summary dead letter
@@ -159,7 +161,8 @@ mod tests {
         ];
         let (pairs, dead) = run_stage(outcomes, |o| o.qa_accounting());
         assert_eq!(pairs.len(), 1);
-        assert_eq!(pairs[0].doc_id, "kept");
+        assert_eq!(pairs[0].1.doc_id, "kept");
+        assert_eq!(pairs[0].0, kept.origin);
         // Three pair-level dead letters pass through, plus one summary for "lost".
         let summaries: Vec<_> = dead
             .iter()

@@ -43,6 +43,9 @@ pub struct SourceConfig {
     /// worker of LLM work to redo (less what the response cache kept). Unset: 20,000, or 64 with
     /// the LLM stages.
     pub max_in_flight_docs: Option<usize>,
+    /// File mode: how often (milliseconds) a resumable run records its progress. Each record
+    /// ends a compressed frame and syncs two files; an interruption costs about this much work.
+    pub checkpoint_ms: u64,
 }
 
 impl SourceConfig {
@@ -80,6 +83,7 @@ impl Default for SourceConfig {
             batch_max: 500,
             idle_poll_ms: 5,
             max_in_flight_docs: None,
+            checkpoint_ms: 2000,
         }
     }
 }

@@ -1,0 +1,206 @@
+//! The progress record of a file run, and the resume it allows after an interruption (Ctrl-C,
+//! SIGKILL, a crash, an LLM outage that outlasted `max_outage_secs`).
+//!
+//! A file run writes its outputs as `<output>.partial` and `<rejects>.partial`, its dedup indexes
+//! under `<output>.state/`, and beside them `<output>.progress.json`: the input's identity, a
+//! fingerprint of the settings, the line up to which every output and dead letter is durable, and
+//! the byte lengths of both partial files at that point. The record is replaced atomically
+//! (written aside, synced, renamed) after each checkpoint, which the sinks make possible by
+//! writing whole epochs in input order ([`webscale_rl_connectors::file_sink`]).
+//!
+//! Run again with the same arguments, the engine finds the record, checks that the input and the
+//! settings are the same, cuts both partial files back to their recorded lengths and reads on
+//! from the line after the recorded one: the final files equal an uninterrupted run's (the LLM
+//! cache answers the calls the interrupted run already paid for). On success the record and the
+//! state directory are removed and the partial files renamed into place.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use webscale_rl_records::PIPELINE_VERSION;
+
+use crate::config::PipelineConfig;
+
+/// What to do with the progress record of an earlier run of the same output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResumeMode {
+    /// Resume when there is a record (and it matches), else start.
+    #[default]
+    Auto,
+    /// Resume; no record is an error (`--resume`).
+    Require,
+    /// Discard any record and partial files and start over (`--restart`).
+    Restart,
+}
+
+/// Identifies an input file: a resume must read the same bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputIdentity {
+    pub path: String,
+    pub bytes: u64,
+    pub modified_ms: u64,
+    /// xxh3 of the first MiB.
+    pub head_xxh3: String,
+}
+
+impl InputIdentity {
+    pub fn of(path: &str) -> anyhow::Result<InputIdentity> {
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot read input '{path}'"))?;
+        let modified_ms = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut head = Vec::with_capacity(1 << 20);
+        std::fs::File::open(path)
+            .and_then(|f| f.take(1 << 20).read_to_end(&mut head))
+            .with_context(|| format!("cannot read input '{path}'"))?;
+        Ok(InputIdentity {
+            path: path.to_string(),
+            bytes: meta.len(),
+            modified_ms,
+            head_xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&head)),
+        })
+    }
+}
+
+/// One output's state at a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialOutput {
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// `<output>.progress.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressRecord {
+    pub version: u32,
+    pub input: InputIdentity,
+    /// [`settings_fingerprint`] of the run.
+    pub settings: String,
+    /// Every output and dead letter of input lines 1..=lines_done is in the partial files.
+    pub lines_done: u64,
+    pub output: PartialOutput,
+    pub rejects: PartialOutput,
+}
+
+/// Where the progress record of an output lives.
+pub fn record_path(output: &str) -> PathBuf {
+    PathBuf::from(format!("{output}.progress.json"))
+}
+
+/// The dedup indexes' directory of a resumable file run: kept with the partial files, so the
+/// resumed run remembers the documents before the checkpoint.
+pub fn state_dir(output: &str) -> PathBuf {
+    PathBuf::from(format!("{output}.state"))
+}
+
+/// Whether a run writing `output` can be resumed: a JSONL file, not stdout or shard directories.
+pub fn resumable(input: &str, output: &str, shards: bool) -> bool {
+    input != "-" && output != "-" && !shards
+}
+
+/// A fingerprint of what decides the run's outputs: the pipeline settings (less where state and
+/// caches live), the output format, the rejects path, whether the LLM runs, the build.
+pub fn settings_fingerprint(cfg: &PipelineConfig, rejects: &str, with_llm: bool) -> String {
+    let mut cfg = cfg.clone();
+    cfg.exact_dedup.state_dir = None;
+    cfg.near_dedup.state_dir = None;
+    cfg.source.checkpoint_ms = 0;
+    if let Some(llm) = cfg.llm.as_mut() {
+        llm.cache_path = None;
+    }
+    let text = format!(
+        "{}\n{rejects}\n{with_llm}\n{PIPELINE_VERSION}",
+        serde_json::to_string(&cfg).expect("the config serializes")
+    );
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+}
+
+impl ProgressRecord {
+    /// The record of an earlier run of `output`, if any.
+    pub fn load(output: &str) -> anyhow::Result<Option<ProgressRecord>> {
+        let path = record_path(output);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read '{}'", path.display())),
+        };
+        let record: ProgressRecord = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "'{}' is not a progress record of this engine; remove it, or run with --restart",
+                path.display()
+            )
+        })?;
+        Ok(Some(record))
+    }
+
+    /// Why this record cannot resume a run of `input` with `settings`, if it cannot.
+    pub fn mismatch(&self, input: &InputIdentity, settings: &str) -> Option<String> {
+        if self.version != 1 {
+            return Some(format!(
+                "it has version {}, this build writes 1",
+                self.version
+            ));
+        }
+        if self.input != *input {
+            return Some(format!(
+                "it records input '{}' ({} bytes), not '{}' ({} bytes) as it is now",
+                self.input.path, self.input.bytes, input.path, input.bytes
+            ));
+        }
+        if self.settings != settings {
+            return Some("the settings (config, LLM, --rejects or the build) differ".into());
+        }
+        None
+    }
+
+    /// Replaces the record atomically: written aside, synced, renamed over the old one.
+    pub fn store(&self, output: &str) -> anyhow::Result<()> {
+        let path = record_path(output);
+        let aside = PathBuf::from(format!("{}.new", path.display()));
+        let write = || -> std::io::Result<()> {
+            let file = std::fs::File::create(&aside)?;
+            serde_json::to_writer_pretty(&file, self)?;
+            file.sync_all()?;
+            std::fs::rename(&aside, &path)
+        };
+        write().with_context(|| format!("cannot write the progress record '{}'", path.display()))
+    }
+}
+
+/// Removes what a run of `output` left for a resume: the record, the partial files, the state.
+pub fn discard(output: &str, rejects: &str) -> anyhow::Result<()> {
+    let partial = |p: &str| webscale_rl_connectors::file::partial_path(Path::new(p));
+    for file in [record_path(output), partial(output), partial(rejects)] {
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove '{}'", file.display())),
+        }
+    }
+    let state = state_dir(output);
+    if state.exists() {
+        std::fs::remove_dir_all(&state)
+            .with_context(|| format!("cannot remove '{}'", state.display()))?;
+    }
+    Ok(())
+}
+
+/// Fails when `mode` asks for a resume there is no record for.
+pub fn require(
+    mode: ResumeMode,
+    record: Option<&ProgressRecord>,
+    output: &str,
+) -> anyhow::Result<()> {
+    if mode == ResumeMode::Require && record.is_none() {
+        bail!(
+            "--resume: nothing to resume, no '{}' (run without --resume to start)",
+            record_path(output).display()
+        );
+    }
+    Ok(())
+}
