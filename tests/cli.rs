@@ -186,6 +186,30 @@ fn a_missing_topic_says_how_to_create_it() {
 }
 
 #[test]
+fn unreachable_brokers_are_one_clear_error_not_a_page_of_librdkafka_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(&config, "[kafka]\nconnect_timeout_secs = 2\n").unwrap();
+    let (ok, err) = run(&[
+        "run",
+        "--no-llm",
+        "--config",
+        config.to_str().unwrap(),
+        "--brokers",
+        "kafka.invalid:9092",
+        "--metrics-addr",
+        "off",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("cannot reach Kafka brokers 'kafka.invalid:9092'"),
+        "{err}"
+    );
+    assert!(!err.contains("ERROR"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.contains("error")).count(), 1, "{err}");
+}
+
+#[test]
 fn a_bare_dash_h_asks_for_help() {
     for args in [
         &["run", "-h"][..],

@@ -19,7 +19,7 @@ use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::core::{Concat, Probe};
 use timely::dataflow::operators::vec::Map;
 use webscale_rl_connectors::kafka::{
-    KafkaSink, SourceProgress, assign_partitions, commit_offsets, kafka_sink, kafka_source,
+    KafkaSink, SourceProgress, assign_partitions, commit_offsets, kafka_sink, kafka_source, tools,
 };
 use webscale_rl_connectors::llm::LlmHealth;
 
@@ -95,8 +95,16 @@ pub fn run_kafka(
     funnel: Funnel,
     resources: Resources,
 ) -> anyhow::Result<()> {
-    // Fail fast, before the cluster starts, when the brokers or the input topic are unreachable.
-    cfg.kafka.client_config()?;
+    // Fail fast, before the cluster starts, when the brokers or the input topic are unreachable:
+    // with one clear error, not librdkafka's ERROR line per connection attempt of every client.
+    let probe: BaseConsumer<tools::Quiet> = cfg
+        .kafka
+        .client_config()?
+        .create_with_context(tools::Quiet)
+        .context("creating the Kafka client")?;
+    tools::topic_partitions(&probe, &cfg.kafka, &cfg.kafka.input_topic)
+        .context("checking the input topic")?;
+    drop(probe);
     let mut cfg = cfg;
     cfg.source.resolve(resources.llm.is_some());
     funnel.live().set_run(
@@ -298,9 +306,10 @@ impl WatermarkMonitor {
         cfg: &webscale_rl_connectors::kafka::KafkaConfig,
         live: Arc<Live>,
     ) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer = cfg
+        // Quiet: a failed fetch is logged at debug; the workers' own clients report the brokers.
+        let consumer: BaseConsumer<tools::Quiet> = cfg
             .client_config()?
-            .create()
+            .create_with_context(tools::Quiet)
             .context("creating the watermark consumer")?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
