@@ -1,6 +1,7 @@
-//! SIGINT/SIGTERM: the first asks the engine to stop reading, drain, flush and commit; a second
-//! exits at once. Nothing is lost either way, because offsets are committed only behind durable
-//! output.
+//! SIGINT/SIGTERM: the first asks the engine to stop — in Kafka mode it stops reading, drains,
+//! flushes and commits; in file mode it records its progress and stops at once (the next run
+//! resumes) — and a second exits at once. Nothing is lost either way, because offsets and
+//! progress records are written only behind durable output.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
