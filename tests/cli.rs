@@ -206,7 +206,11 @@ fn unreachable_brokers_are_one_clear_error_not_a_page_of_librdkafka_lines() {
         "{err}"
     );
     assert!(!err.contains("ERROR"), "{err}");
-    assert_eq!(err.lines().filter(|l| l.contains("error")).count(), 1, "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{err}"
+    );
 }
 
 #[test]

@@ -64,48 +64,72 @@ pub fn file_source<'s>(
             .map(|i| i.path().to_string())
             .unwrap_or_default();
         let mut buf = Vec::new();
+        // A line read but not yet sent: its epoch was too far ahead of the durable frontier.
+        let mut held: Option<(crate::file::LineInfo, Vec<u8>)> = None;
         move |output| {
             let Some(reader) = input.as_mut() else {
                 cap = None;
                 return;
             };
             let Some(c) = cap.as_mut() else { return };
-            // Flow control: let the pipeline catch up before reading further ahead.
-            let behind = c.time().saturating_sub(cfg.max_open_epochs);
-            if durable.less_than(&behind) || pause.load(Ordering::Relaxed) {
+            if pause.load(Ordering::Relaxed) {
                 activator.activate_after(Duration::from_millis(1));
                 return;
             }
+            // Flow control, line by line: an epoch is sent only while fewer than
+            // `max_open_epochs` epochs before it are not yet durable. Checked per line rather
+            // than per batch, so reading never runs a batch ahead and then waits for the whole
+            // pipeline to drain (which left the LLM server idle at the end of every batch): the
+            // pipeline is topped up as each epoch becomes durable.
+            let durable_from = durable.with_frontier(|f| f.first().copied());
+            let allowed = |epoch: u64| {
+                durable_from.is_none_or(|d| epoch < d.saturating_add(cfg.max_open_epochs))
+            };
             let mut done = false;
+            let mut blocked = false;
             for _ in 0..cfg.batch_max {
-                match reader.next_line(&mut buf) {
-                    Ok(Some(line)) if (line.number as u64) <= cfg.skip_lines => {}
-                    Ok(Some(line)) => {
-                        let epoch = (line.number as u64 - 1) / cfg.epoch_lines;
-                        if epoch > *c.time() {
-                            c.downgrade(&epoch);
+                let (line, payload) = match held.take() {
+                    Some(line) => line,
+                    None => match reader.next_line(&mut buf) {
+                        Ok(Some(line)) => (line, std::mem::take(&mut buf)),
+                        Ok(None) => {
+                            done = true;
+                            break;
                         }
-                        output.session(&*c).give(RawMessage {
-                            key: None,
-                            payload: Some(std::mem::take(&mut buf)),
-                            origin: Origin {
-                                topic: topic.clone(),
-                                partition: 0,
-                                offset: line.number,
-                            },
-                            truncated: line.truncated,
-                        });
-                    }
-                    Ok(None) => {
-                        done = true;
-                        break;
-                    }
-                    Err(e) => {
-                        progress.borrow_mut().error = Some(format!("reading '{topic}': {e}"));
-                        done = true;
-                        break;
-                    }
+                        Err(e) => {
+                            progress.borrow_mut().error = Some(format!("reading '{topic}': {e}"));
+                            done = true;
+                            break;
+                        }
+                    },
+                };
+                if (line.number as u64) <= cfg.skip_lines {
+                    continue;
                 }
+                let epoch = (line.number as u64 - 1) / cfg.epoch_lines;
+                if !allowed(epoch) {
+                    // The epochs before this line's are complete: let them close downstream
+                    // (a stateful stage judges an epoch only then) while this one waits.
+                    if epoch > *c.time() {
+                        c.downgrade(&epoch);
+                    }
+                    held = Some((line, payload));
+                    blocked = true;
+                    break;
+                }
+                if epoch > *c.time() {
+                    c.downgrade(&epoch);
+                }
+                output.session(&*c).give(RawMessage {
+                    key: None,
+                    payload: Some(payload),
+                    origin: Origin {
+                        topic: topic.clone(),
+                        partition: 0,
+                        offset: line.number,
+                    },
+                    truncated: line.truncated,
+                });
             }
             let mut p = progress.borrow_mut();
             p.lines = reader.lines_read() as u64;
@@ -114,6 +138,10 @@ pub fn file_source<'s>(
                 p.finished = true;
                 cap = None;
                 input = None;
+            } else if blocked {
+                // The probe wakes no one: look again soon (cheap, and only while the pipeline is
+                // full).
+                activator.activate_after(Duration::from_millis(5));
             } else {
                 activator.activate();
             }

@@ -331,7 +331,9 @@ fn file_worker(
     let source_cfg = FileSourceConfig {
         epoch_lines: cfg.source.epoch_records() as u64,
         batch_max: cfg.source.batch_max.max(1),
-        max_open_epochs: (cfg.source.in_flight_docs() / cfg.source.epoch_records()).max(2) as u64,
+        // `max_in_flight_docs` is per worker, as in Kafka mode; the file's epochs are shared.
+        max_open_epochs: (cfg.source.in_flight_docs() * worker.peers() / cfg.source.epoch_records())
+            .max(2) as u64,
         skip_lines,
     };
     let is_reader = input.is_some();

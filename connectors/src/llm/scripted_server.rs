@@ -25,7 +25,7 @@
 //! [`PROBE_MARKER`]) are logged but counted apart: [`ScriptedServer::requests`]
 //! counts the pipeline's calls only.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -98,6 +98,10 @@ pub struct ScriptedServerConfig {
     /// Share of the prompt tokens reported as served from a prefix cache
     /// (`usage.prompt_tokens_details.cached_tokens`), as vLLM and OpenAI report it.
     pub cached_prompt_fraction: f64,
+    /// Simulate a block-wise prefix cache of this many blocks (0: off), as vLLM's automatic
+    /// prefix caching and SGLang's radix cache keep one: see [`PrefixCache`]. When on, the
+    /// `cached_tokens` reported are the prompt's leading blocks found in it.
+    pub prefix_cache_blocks: usize,
 }
 
 impl Default for ScriptedServerConfig {
@@ -109,6 +113,7 @@ impl Default for ScriptedServerConfig {
             answer: None,
             log_bodies: true,
             cached_prompt_fraction: 0.0,
+            prefix_cache_blocks: 0,
         }
     }
 }
@@ -141,6 +146,72 @@ struct Shared {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     log: Mutex<Vec<LoggedRequest>>,
+    prefix: Mutex<PrefixCache>,
+}
+
+/// Characters per prefix-cache block: 16 tokens (vLLM's default block size) at the 4 characters
+/// per token this server counts.
+pub const PREFIX_BLOCK_CHARS: usize = 64;
+
+/// A block-wise prefix cache as an inference server keeps one: a prompt is cut into blocks of
+/// [`PREFIX_BLOCK_CHARS`], each block's key is a hash chained over every block before it (so a
+/// block is reused only behind the same whole prefix), and a prompt's leading blocks already
+/// present are served from the cache; only the rest is prefilled. Least recently used blocks are
+/// evicted beyond the capacity. The counts say how much of the prompt text a real server would
+/// not have to prefill again.
+#[derive(Default)]
+pub struct PrefixCache {
+    capacity: usize,
+    clock: u64,
+    /// Block key -> last use.
+    blocks: HashMap<u64, u64>,
+    /// Last use -> block key, for eviction.
+    by_age: BTreeMap<u64, u64>,
+    /// Prompt characters seen, and those served from the cache.
+    pub prompt_chars: u64,
+    pub cached_chars: u64,
+}
+
+impl PrefixCache {
+    pub fn new(capacity: usize) -> Self {
+        PrefixCache {
+            capacity,
+            ..Default::default()
+        }
+    }
+
+    /// Looks `prompt` up and inserts its blocks; returns the characters served from the cache.
+    pub fn serve(&mut self, prompt: &[u8]) -> u64 {
+        let mut key = 0u64;
+        let mut hit = true;
+        let mut cached = 0u64;
+        for block in prompt.chunks_exact(PREFIX_BLOCK_CHARS) {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(&key.to_le_bytes());
+            h.update(block);
+            key = h.digest();
+            self.clock += 1;
+            match self.blocks.insert(key, self.clock) {
+                Some(old) => {
+                    self.by_age.remove(&old);
+                    if hit {
+                        cached += PREFIX_BLOCK_CHARS as u64;
+                    }
+                }
+                None => hit = false,
+            }
+            self.by_age.insert(self.clock, key);
+        }
+        while self.blocks.len() > self.capacity {
+            let Some((_, oldest)) = self.by_age.pop_first() else {
+                break;
+            };
+            self.blocks.remove(&oldest);
+        }
+        self.prompt_chars += prompt.len() as u64;
+        self.cached_chars += cached;
+        cached
+    }
 }
 
 /// A running scripted server; stops when dropped.
@@ -203,6 +274,7 @@ impl ScriptedServer {
             latency_us: AtomicU64::new(
                 u64::try_from(config.latency.as_micros()).unwrap_or(u64::MAX),
             ),
+            prefix: Mutex::new(PrefixCache::new(config.prefix_cache_blocks)),
             config,
             queue: Mutex::default(),
             rules: Mutex::default(),
@@ -290,6 +362,12 @@ impl ScriptedServer {
         self.shared.probes.load(Ordering::SeqCst)
     }
 
+    /// The simulated prefix cache's counts: (prompt characters, characters served from it).
+    pub fn prefix_cache_chars(&self) -> (u64, u64) {
+        let cache = lock(&self.shared.prefix);
+        (cache.prompt_chars, cache.cached_chars)
+    }
+
     /// Most requests ever in flight at once.
     pub fn max_in_flight(&self) -> usize {
         self.shared.max_in_flight.load(Ordering::SeqCst)
@@ -357,6 +435,71 @@ pub fn default_answer(body: &Value) -> String {
         .unwrap_or("");
     let digest = xxhash_rust::xxh3::xxh3_64(messages.to_string().as_bytes());
     json!({"echo": last_user, "digest": format!("{digest:016x}")}).to_string()
+}
+
+/// The token sequence a server's prefix cache sees, approximated as text: each message's role
+/// marker and content, in order (a chat template puts the system message first).
+fn prompt_for_cache(body: &Value) -> String {
+    let mut text = String::new();
+    for m in body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        text.push_str("<|");
+        text.push_str(m.get("role").and_then(Value::as_str).unwrap_or(""));
+        text.push_str("|>");
+        text.push_str(m.get("content").and_then(Value::as_str).unwrap_or(""));
+    }
+    text
+}
+
+/// A cooperative model for the engine's own stages (benchmarks of the whole pipeline): the stage
+/// is read from the request's schema name (`llm_filter`, `classify`, `qa_pair`, `verification`,
+/// and the merged calls' `screen_and_label`, `qa_pairs`, `verifications`). Every document
+/// qualifies, is Natural Science with two personas, and gets one question per persona (unique per
+/// prompt, so nothing downstream dedups them away) that passes verification.
+pub fn pipeline_answer(body: &Value) -> String {
+    let schema = body
+        .pointer("/response_format/json_schema/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let prompt = prompt_text(body);
+    let digest = xxhash_rust::xxh3::xxh3_64(prompt.as_bytes()) % 100_000;
+    let personas = ["a curious student", "a science teacher"];
+    let pair = |persona: &str| {
+        json!({"persona": persona, "reason": "r", "answer": "Jupiter",
+               "question": format!("Which planet did {persona} in survey number {digest} name first?")})
+    };
+    let verdict =
+        json!({"reason": "r", "has_context": true, "answer_correct": true, "leaks_answer": false});
+    match schema {
+        "llm_filter" => json!({"reason": "facts", "qualified": true}),
+        "classify" => json!({"reason": "r", "domain": "Natural Science", "personas": personas}),
+        "screen_and_label" => json!({"reason": "facts", "qualified": true,
+                                     "domain": "Natural Science", "personas": personas}),
+        "qa_pair" => {
+            let persona = if prompt.contains("asked by a science teacher") {
+                personas[1]
+            } else {
+                personas[0]
+            };
+            pair(persona)
+        }
+        "qa_pairs" => json!({"pairs": personas.iter().map(|p| pair(p)).collect::<Vec<_>>()}),
+        "verification" => verdict,
+        "verifications" => {
+            let n = prompt.matches("Question ").count().max(1);
+            json!({"verdicts": (1..=n).map(|i| {
+                let mut v = verdict.clone();
+                v["pair"] = json!(i);
+                v
+            }).collect::<Vec<_>>()})
+        }
+        _ => return default_answer(body),
+    }
+    .to_string()
 }
 
 /// All message contents of a request, concatenated.
@@ -510,12 +653,21 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         }
     };
 
-    // The prefix-cache report vLLM and OpenAI give: a share of the prompt tokens.
+    // The prefix-cache report vLLM and OpenAI give: the simulated cache's hits, or a share of
+    // the prompt tokens.
+    let cached_chars = (s.config.prefix_cache_blocks > 0 && !probe && status == 200)
+        .then(|| lock(&s.prefix).serve(prompt_for_cache(&parsed).as_bytes()));
     let text = match serde_json::from_str::<Value>(&text) {
-        Ok(mut v) if status == 200 && s.config.cached_prompt_fraction > 0.0 => {
+        Ok(mut v)
+            if status == 200
+                && (s.config.cached_prompt_fraction > 0.0 || cached_chars.is_some()) =>
+        {
             let prompt_tokens = v.pointer("/usage/prompt_tokens").and_then(Value::as_u64);
             if let (Some(p), Some(usage)) = (prompt_tokens, v.get_mut("usage")) {
-                let cached = (p as f64 * s.config.cached_prompt_fraction).floor() as u64;
+                let cached = match cached_chars {
+                    Some(chars) => (chars / 4).min(p),
+                    None => (p as f64 * s.config.cached_prompt_fraction).floor() as u64,
+                };
                 usage["prompt_tokens_details"] = json!({"cached_tokens": cached});
             }
             v.to_string()
@@ -573,4 +725,31 @@ fn completion(request: &Value, prompt: &str, content: &str, id: u64) -> String {
         },
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_cache_serves_leading_blocks_behind_the_same_prefix() {
+        let mut cache = PrefixCache::new(1_000);
+        let doc = "d".repeat(640);
+        // The first prompt fills it; the second shares the document prefix (10 blocks), then
+        // differs; a prompt with the document behind another head shares nothing.
+        assert_eq!(cache.serve(format!("{doc}task one").as_bytes()), 0);
+        assert_eq!(
+            cache.serve(format!("{doc}task two, longer {}", "x".repeat(64)).as_bytes()),
+            640
+        );
+        assert_eq!(cache.serve(format!("head{doc}").as_bytes()), 0);
+        assert_eq!(cache.prompt_chars, 640 + 8 + 640 + 81 + 644);
+        assert_eq!(cache.cached_chars, 640);
+        // Bounded: the least recently used blocks go first.
+        let mut small = PrefixCache::new(4);
+        small.serve(&[b'a'; 64 * 4]);
+        small.serve(&[b'b'; 64 * 4]);
+        assert_eq!(small.serve(&[b'a'; 64 * 4]), 0, "evicted");
+        assert_eq!(small.serve(&[b'a'; 64 * 4]), 256);
+    }
 }
