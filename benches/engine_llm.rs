@@ -117,6 +117,8 @@ fn serve(latency_ms: u64) {
     );
 }
 
+// The engine is reaped with `wait4`, which also reports its CPU time.
+#[allow(clippy::zombie_processes)]
 fn main() {
     let args = parse_args();
     if let Ok(latency) = std::env::var(SERVER_ENV) {
