@@ -205,7 +205,7 @@ fn repeated_crashes_keep_making_progress_and_barely_pay_twice() {
 /// The scripted model: `bad` fails every answer at verification, `good` behaves.
 fn two_models(body: &Value) -> String {
     let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
-    if body["model"] == "bad" && prompt.starts_with("You check a question-answer pair") {
+    if body["model"] == "bad" && prompt.contains("Task: check a question-answer pair") {
         return serde_json::json!({"reason": "r", "has_context": true, "answer_correct": false,
             "leaks_answer": false})
         .to_string();

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use timely::dataflow::StreamVec;
 
-use crate::llm_call::{LlmService, clip, prompt};
+use crate::llm_call::{LlmService, clip, document_prompt};
 use crate::llm_stage::{Verdict, llm_stage};
 use crate::verdicts::{Epoch, Verdicts};
 use webscale_rl_records::{ClassifiedDocument, DeadLetter, Document, Stage};
@@ -52,7 +52,7 @@ impl Default for ClassifyConfig {
             prompt_file: None,
             domains: DEFAULT_DOMAINS.iter().map(|d| d.to_string()).collect(),
             max_personas: 3,
-            max_document_chars: 8_000,
+            max_document_chars: 12_000,
         }
     }
 }
@@ -155,10 +155,10 @@ fn classify<'s>(
     let make = {
         let cfg = cfg.clone();
         move |doc: &Document, retry_note: Option<&str>| {
-            let mut prompt = prompt(
+            let mut prompt = document_prompt(
                 &template,
+                clip(&doc.text, cfg.max_document_chars),
                 &[
-                    ("text", clip(&doc.text, cfg.max_document_chars)),
                     ("domains", &domain_list),
                     ("max_personas", &cfg.max_personas.to_string()),
                 ],

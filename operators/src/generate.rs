@@ -5,17 +5,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::vec::Map;
 
-use crate::llm_call::{LlmService, clip, prompt};
+use crate::llm_call::{LlmService, clip, document_prompt};
 use crate::llm_stage::{Verdict, llm_stage};
 use crate::route::{FewShotLibrary, format_examples};
 use crate::verdicts::{Epoch, Verdicts};
 use webscale_rl_records::{ClassifiedDocument, DeadLetter, Document, Models, QaCandidate, Stage};
 
 const PROMPT: &str = include_str!("../../prompts/generate.md");
+/// The task of a generation call for all personas of a document at once (`one_call`).
+const PROMPT_ALL: &str = include_str!("../../prompts/generate_all.md");
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -33,6 +35,10 @@ pub struct GenerateConfig {
     /// Seed of the example choice.
     pub seed: u64,
     pub max_document_chars: usize,
+    /// One call per document for the questions of all its personas, instead of one per persona
+    /// (`prompts/generate_all.md`, schema `qa_pairs`). Fewer calls and prompt tokens; the same
+    /// records (one candidate per persona, or a dead letter for a persona without a pair).
+    pub one_call: bool,
 }
 
 impl Default for GenerateConfig {
@@ -46,15 +52,16 @@ impl Default for GenerateConfig {
             fewshot_dir: None,
             seed: 0,
             max_document_chars: 12_000,
+            one_call: false,
         }
     }
 }
 
-/// One generation call's input.
+/// One generation call's input: one persona, or (`one_call`) all of the document's.
 struct Task {
     doc: Document,
     domain: String,
-    persona: String,
+    personas: Vec<String>,
     classifier_model: String,
 }
 
@@ -109,29 +116,36 @@ fn generate<'s>(
     cfg: GenerateConfig,
     service: Arc<dyn LlmService>,
 ) -> Result<Verdicts<'s, QaCandidate>, String> {
-    let template = cfg.call().template(PROMPT)?;
+    let one_call = cfg.one_call;
+    let template = cfg
+        .call()
+        .template(if one_call { PROMPT_ALL } else { PROMPT })?;
     let library = match &cfg.fewshot_dir {
         Some(dir) => FewShotLibrary::load_dir(dir)?,
         None => FewShotLibrary::bundled(),
     };
-    let schema = json!({
+    let pair_schema = json!({
         "type": "object",
         "properties": {"reason": {"type": "string"}, "question": {"type": "string"}, "answer": {"type": "string"}},
         "required": ["question", "answer", "reason"]
     });
-    let tasks = docs.flat_map(|c: ClassifiedDocument| {
+    let tasks = docs.flat_map(move |c: ClassifiedDocument| {
         let ClassifiedDocument {
             doc,
             domain,
             personas,
             classifier_model,
         } = c;
-        personas
+        let groups: Vec<Vec<String>> = match one_call {
+            true => vec![personas],
+            false => personas.into_iter().map(|p| vec![p]).collect(),
+        };
+        groups
             .into_iter()
-            .map(|persona| Task {
+            .map(|personas| Task {
                 doc: doc.clone(),
                 domain: domain.clone(),
-                persona,
+                personas,
                 classifier_model: classifier_model.clone(),
             })
             .collect::<Vec<_>>()
@@ -142,77 +156,128 @@ fn generate<'s>(
         "Generate",
         service,
         move |t: &Task| {
-            let examples = library.sample(
-                &t.domain,
-                &t.doc.id,
-                &t.persona,
-                cfg.seed,
-                cfg.examples_per_call,
-            );
-            let prompt = prompt(
+            let examples = library.sample(&t.domain, &t.doc.id, cfg.seed, cfg.examples_per_call);
+            let listed = t
+                .personas
+                .iter()
+                .enumerate()
+                .map(|(i, p)| format!("{}. {p}", i + 1))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let prompt = document_prompt(
                 &template,
+                clip(&t.doc.text, cfg.max_document_chars),
                 &[
-                    ("persona", &t.persona),
+                    ("persona", &t.personas[0]),
+                    ("personas", &listed),
                     ("domain", &t.domain),
                     ("examples", &format_examples(&examples)),
-                    ("text", clip(&t.doc.text, cfg.max_document_chars)),
                 ],
             );
-            Ok(model.request(Stage::Generate, prompt, Some(("qa_pair", schema.clone()))))
-        },
-        |t, reply, _attempt| {
-            let dead = |reason: &str, detail: String| {
-                Verdict::Done(vec![Err(DeadLetter::for_pair(
-                    &t.doc,
-                    &t.persona,
-                    "",
-                    Stage::Generate,
-                    reason,
-                    detail,
-                ))])
+            let schema = match one_call {
+                false => ("qa_pair", pair_schema.clone()),
+                true => {
+                    let mut pair = pair_schema.clone();
+                    pair["properties"]["persona"] = json!({"type": "string"});
+                    pair["required"] = json!(["persona", "question", "answer", "reason"]);
+                    let n = t.personas.len();
+                    let pairs =
+                        json!({"type": "array", "items": pair, "minItems": n, "maxItems": n});
+                    (
+                        "qa_pairs",
+                        json!({
+                            "type": "object",
+                            "properties": {"pairs": pairs},
+                            "required": ["pairs"]
+                        }),
+                    )
+                }
             };
+            Ok(model.request(Stage::Generate, prompt, Some(schema)))
+        },
+        move |t, reply, _attempt| {
             let answer = match reply {
-                Err(e) => return dead(&e.kind, e.message),
+                Err(e) => {
+                    let dead = t.personas.iter().map(|p| {
+                        Err(DeadLetter::for_pair(
+                            &t.doc,
+                            p,
+                            "",
+                            Stage::Generate,
+                            &e.kind,
+                            e.message.clone(),
+                        ))
+                    });
+                    return Verdict::Done(dead.collect());
+                }
                 Ok(a) => a,
             };
-            let field = |k: &str| {
-                answer
+            // One pair per persona: the answer itself, or (one call) its `pairs`, matched to the
+            // personas by name where the model repeated them, else by order.
+            let pairs: Vec<&Value> = match one_call {
+                false => vec![&answer.value],
+                true => answer
                     .value
-                    .get(k)
-                    .and_then(|v| v.as_str())
-                    .map(|s| s.trim().to_string())
+                    .get("pairs")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().collect())
+                    .unwrap_or_default(),
             };
-            let (Some(question), Some(ans)) = (
-                field("question"),
-                field("answer").or_else(|| {
-                    // Numbers are fine answers even when the model wrote them as JSON numbers.
-                    answer
-                        .value
-                        .get("answer")
-                        .filter(|v| v.is_number())
-                        .map(|v| v.to_string())
-                }),
-            ) else {
-                return dead(
-                    "malformed_answer",
-                    format!("no \"question\"/\"answer\" strings in {}", answer.value),
-                );
+            let pick = |i: usize, persona: &str| {
+                let named = pairs.iter().find(|p| {
+                    p.get("persona")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| n.trim().eq_ignore_ascii_case(persona))
+                });
+                named.or_else(|| pairs.get(i)).copied()
             };
-            Verdict::Done(vec![Ok(QaCandidate {
-                models: Models {
-                    filter: t.doc.filter_model.clone(),
-                    classifier: Some(t.classifier_model),
-                    generator: Some(answer.model),
-                    ..Default::default()
-                },
-                doc: t.doc,
-                domain: t.domain,
-                persona: t.persona,
-                question,
-                answer: ans,
-            })])
+            let results = t.personas.iter().enumerate().map(|(i, persona)| {
+                match pick(i, persona).and_then(question_and_answer) {
+                    Some((question, ans)) => Ok(QaCandidate {
+                        models: Models {
+                            filter: t.doc.filter_model.clone(),
+                            classifier: Some(t.classifier_model.clone()),
+                            generator: Some(answer.model.clone()),
+                            ..Default::default()
+                        },
+                        doc: t.doc.clone(),
+                        domain: t.domain.clone(),
+                        persona: persona.clone(),
+                        question,
+                        answer: ans,
+                    }),
+                    None => Err(DeadLetter::for_pair(
+                        &t.doc,
+                        persona,
+                        "",
+                        Stage::Generate,
+                        "malformed_answer",
+                        format!(
+                            "no \"question\"/\"answer\" strings for {persona:?} in {}",
+                            answer.value
+                        ),
+                    )),
+                }
+            });
+            Verdict::Done(results.collect())
         },
     ))
+}
+
+/// The question and answer of one pair object; a number is a fine answer even when the model
+/// wrote it as a JSON number.
+fn question_and_answer(pair: &Value) -> Option<(String, String)> {
+    let text = |k: &str| {
+        pair.get(k)
+            .and_then(Value::as_str)
+            .map(|s| s.trim().to_string())
+    };
+    let answer = text("answer").or_else(|| {
+        pair.get("answer")
+            .filter(|v| v.is_number())
+            .map(|v| v.to_string())
+    })?;
+    Some((text("question")?, answer))
 }
 
 crate::impl_stage_call!(GenerateConfig);
@@ -269,11 +334,50 @@ mod tests {
         assert_eq!(asked.len(), 2);
         // Routed to the domain's few-shot examples (the bundled Math library).
         let math = FewShotLibrary::bundled();
-        let example = math.sample("Math", "d", "a teacher", 0, 1);
+        let example = math.sample("Math", "d", 0, 1);
         assert!(
             asked
                 .iter()
                 .any(|r| r.prompt.contains(&example[0].question))
         );
+    }
+
+    #[test]
+    fn one_call_asks_once_per_document_and_makes_the_same_records() {
+        let llm = FakeLlm::new(|_| {
+            answer(json!({"pairs": [
+                // Named out of order: matched by name. The third persona gets nothing.
+                {"persona": "A Pupil", "question": "Who?", "answer": "Ada", "reason": ""},
+                {"persona": "a teacher", "question": "How many?", "answer": 7, "reason": ""},
+            ]}))
+        });
+        let cfg = GenerateConfig {
+            one_call: true,
+            ..Default::default()
+        };
+        let (candidates, dead) =
+            run_stage(vec![classified(&["a teacher", "a pupil", "a parent"])], {
+                let llm = llm.clone();
+                move |docs| docs.generate(cfg, llm).unwrap()
+            });
+        let asked = llm.asked();
+        assert_eq!(asked.len(), 1);
+        assert_eq!(asked[0].schema.as_ref().unwrap().0, "qa_pairs");
+        assert!(
+            asked[0]
+                .prompt
+                .contains("1. a teacher\n2. a pupil\n3. a parent")
+        );
+        let got: Vec<(&str, &str)> = candidates
+            .iter()
+            .map(|c| (c.persona.as_str(), c.answer.as_str()))
+            .collect();
+        assert_eq!(got, [("a teacher", "7"), ("a pupil", "Ada")]);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (dead[0].reason.as_str(), dead[0].stage),
+            ("malformed_answer", Stage::Generate)
+        );
+        assert!(dead[0].detail.contains("a parent"), "{}", dead[0].detail);
     }
 }

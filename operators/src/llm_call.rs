@@ -204,6 +204,28 @@ pub fn prompt(template: &str, vars: &[(&str, &str)]) -> Prompt {
     }
 }
 
+/// The head every call about a document starts with: the pipeline's purpose, then the document.
+const DOCUMENT_HEAD: &str = include_str!("../../prompts/document.md");
+
+/// A stage's prompt about one document: the shared head with the document first, then the stage's
+/// `task` with its `vars` filled in.
+///
+/// Every call about a document — the filter, the classification, a question per persona, a check
+/// per pair — therefore starts with the same bytes up to the end of the document (given the same
+/// clipped text), which a server's prefix cache (vLLM, SGLang) prefills once and an API bills as
+/// cached input; what differs per call comes after it. A task that places `{{text}}` itself (a
+/// `prompt_file` in the older layout) is used whole, as written.
+pub fn document_prompt(task: &str, document: &str, vars: &[(&str, &str)]) -> Prompt {
+    if task.contains("{{text}}") {
+        let mut all: Vec<(&str, &str)> = vec![("text", document)];
+        all.extend_from_slice(vars);
+        return prompt(task, &all);
+    }
+    let mut head = prompt(DOCUMENT_HEAD, &[("text", document)]);
+    head.text.push_str(&render(task, vars));
+    head
+}
+
 /// Cuts `text` to at most `max_chars` characters at a char boundary, so prompts stay within the
 /// model's context.
 pub fn clip(text: &str, max_chars: usize) -> &str {
@@ -225,6 +247,20 @@ mod tests {
         );
         assert_eq!(clip("héllo", 2), "hé");
         assert_eq!(clip("hi", 10), "hi");
+    }
+
+    #[test]
+    fn a_documents_calls_share_their_head_up_to_the_end_of_the_document() {
+        let doc = "A text with {{question}} in it.";
+        let a = document_prompt("Task: one {{x}}", doc, &[("x", "1")]);
+        let b = document_prompt("Task: two, longer", doc, &[]);
+        let end = a.document.clone().unwrap().end;
+        assert_eq!(&a.text[a.document.clone().unwrap()], doc);
+        assert_eq!(a.text[..end], b.text[..end]);
+        assert!(a.text.ends_with("Task: one 1") && b.text.ends_with("Task: two, longer"));
+        // An older prompt file that places the document itself is used whole.
+        let old = document_prompt("Doc: {{text}} then {{x}}", doc, &[("x", "1")]);
+        assert_eq!(old.text, format!("Doc: {doc} then 1"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use timely::dataflow::StreamVec;
 
-use crate::llm_call::{LlmService, clip, prompt};
+use crate::llm_call::{LlmService, clip, document_prompt};
 use crate::llm_stage::{Verdict, llm_stage};
 use crate::verdicts::{Epoch, Verdicts};
 use webscale_rl_records::{DeadLetter, Document, Stage};
@@ -115,10 +115,7 @@ fn llm_filter<'s>(
         "LlmFilter",
         service,
         move |doc: &Document| {
-            let prompt = prompt(
-                &template,
-                &[("text", clip(&doc.text, cfg.max_document_chars))],
-            );
+            let prompt = document_prompt(&template, clip(&doc.text, cfg.max_document_chars), &[]);
             Ok(model.request(
                 Stage::LlmFilter,
                 prompt,

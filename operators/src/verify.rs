@@ -10,7 +10,7 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::operators::core::{Concat, OkErr};
 use timely::dataflow::operators::vec::Map;
 
-use crate::llm_call::{LlmService, clip, prompt};
+use crate::llm_call::{LlmService, clip, document_prompt};
 use crate::llm_filter::json_bool;
 use crate::llm_stage::{Verdict, llm_stage};
 use crate::normalize::{NormalizeConfig, normalize};
@@ -291,13 +291,10 @@ fn verify<'s>(
             "Verify",
             service,
             move |c: &QaCandidate| {
-                let prompt = prompt(
+                let prompt = document_prompt(
                     &template,
-                    &[
-                        ("text", clip(&c.doc.text, max_chars)),
-                        ("question", &c.question),
-                        ("answer", &c.answer),
-                    ],
+                    clip(&c.doc.text, max_chars),
+                    &[("question", &c.question), ("answer", &c.answer)],
                 );
                 Ok(model.request(
                     Stage::Verify,
@@ -513,5 +510,61 @@ mod stage_tests {
             pairs[0].1.id,
             qa_id("d", "a gardener", "What do plants make?")
         );
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use crate::classify::{Classify, ClassifyConfig};
+    use crate::generate::{Generate, GenerateConfig};
+    use crate::llm_filter::{LlmFilter, LlmFilterConfig};
+    use crate::testing::{FakeLlm, answer, document, run_stage};
+    use crate::verify::{Verify, VerifyConfig};
+
+    #[test]
+    fn every_call_about_a_document_starts_with_the_same_bytes_through_the_document() {
+        let llm = FakeLlm::new(|r| match r.schema.as_ref().map(|s| s.0) {
+            Some("llm_filter") => answer(json!({"qualified": true, "reason": ""})),
+            Some("classify") => answer(json!({
+                "domain": "Natural Science", "personas": ["a gardener", "a botanist"], "reason": ""
+            })),
+            Some("qa_pair") => answer(json!({
+                "question": "What do plants make from light by photosynthesis?",
+                "answer": "Sugar", "reason": ""
+            })),
+            _ => answer(json!({
+                "has_context": true, "answer_correct": true, "leaks_answer": false, "reason": ""
+            })),
+        });
+        let text = "Plants make sugar from light by photosynthesis. ".repeat(20);
+        let service = llm.clone();
+        let (pairs, dead) = run_stage(vec![document("d", &text)], move |docs| {
+            let llm: Arc<FakeLlm> = service;
+            docs.llm_filter(LlmFilterConfig::default(), llm.clone())
+                .unwrap()
+                .then(|d| d.classify(ClassifyConfig::default(), llm.clone()).unwrap())
+                .then(|c| c.generate(GenerateConfig::default(), llm.clone()).unwrap())
+                .then(|c| c.verify(VerifyConfig::default(), llm).unwrap())
+        });
+        assert!(dead.is_empty(), "{dead:?}");
+        assert_eq!(pairs.len(), 2);
+        let asked = llm.asked();
+        // Filter, classify, a question per persona, a check per pair.
+        assert_eq!(asked.len(), 6);
+        let end = asked[0].document.clone().unwrap().end;
+        assert!(asked[0].prompt[..end].ends_with(&text));
+        for request in &asked {
+            assert_eq!(request.document.clone().unwrap().end, end);
+            assert_eq!(
+                request.prompt[..end],
+                asked[0].prompt[..end],
+                "{:?}",
+                request.stage
+            );
+        }
     }
 }

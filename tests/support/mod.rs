@@ -168,9 +168,10 @@ pub const JANET: &str = "Janet's ducks lay 16 eggs per day. She eats three for b
 /// question, `[[gsm8k-qa]]` copies a GSM8K question, `[[wrong]]` fails verification.
 pub fn oracle(body: &Value) -> String {
     let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
-    let answer = if prompt.starts_with("You screen web documents") {
+    // Every prompt starts with the shared document head; the task after it names the stage.
+    let answer = if prompt.contains("Task: screen the document") {
         json!({"reason": "facts", "qualified": !prompt.contains("[[boilerplate]]")})
-    } else if prompt.starts_with("Label the document") {
+    } else if prompt.contains("Task: label the document") {
         let domain = if prompt.contains("[[offlist]]") {
             "Sports"
         } else if prompt.contains("[[social]]") {
@@ -179,7 +180,7 @@ pub fn oracle(body: &Value) -> String {
             "Natural Science"
         };
         json!({"reason": "r", "domain": domain, "personas": ["a curious student", "a science teacher"]})
-    } else if prompt.starts_with("You write one question-answer pair") {
+    } else if prompt.contains("Task: write one question-answer pair") {
         let persona = if prompt.contains("asked by a science teacher") {
             "teacher"
         } else {
@@ -193,7 +194,7 @@ pub fn oracle(body: &Value) -> String {
         } else {
             json!({"reason": "r", "question": format!("Which planet did the {persona} in the 1969 survey name first?"), "answer": "Jupiter"})
         }
-    } else if prompt.starts_with("You check a question-answer pair") {
+    } else if prompt.contains("Task: check a question-answer pair") {
         json!({"reason": "r", "has_context": true, "answer_correct": !prompt.contains("[[wrong]]"), "leaks_answer": false})
     } else {
         json!({"error": "unknown prompt"})
