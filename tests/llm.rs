@@ -98,10 +98,16 @@ fn setup(group: &str) -> Setup {
 }
 
 fn run(s: &Setup, group: &str) -> Funnel {
+    run_with(s, group, |_| {})
+}
+
+/// [`run`] with the pipeline's settings changed by `tweak`.
+fn run_with(s: &Setup, group: &str, tweak: impl Fn(&mut PipelineConfig)) -> Funnel {
     let mut cfg = PipelineConfig {
         kafka: s.kafka.cfg.clone(),
         ..Default::default()
     };
+    tweak(&mut cfg);
     cfg.kafka.group = group.to_string();
     let llm = LlmConfig {
         endpoints: vec![s.server.base_url()],
@@ -245,4 +251,56 @@ fn documents_become_verified_qa_pairs_and_every_rejection_is_accounted_for() {
         .map(|p| p["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(replayed, first, "the replay wrote the same QA ids");
+}
+
+#[test]
+fn merged_calls_make_the_same_records_and_the_same_funnel_with_fewer_calls() {
+    // Two identical setups: one with a call per stage and persona, one with the filter asked in
+    // the classification call and all personas' questions in one call.
+    let apart = setup("calls-apart");
+    let merged = setup("calls-merged");
+    let funnel_apart = run(&apart, "calls-apart");
+    let funnel_merged = run_with(&merged, "calls-merged", |cfg| {
+        cfg.classify.with_filter = true;
+        cfg.generate.one_call = true;
+    });
+    let pairs = |s: &Setup| -> BTreeSet<String> {
+        s.kafka
+            .outputs()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} {} {}",
+                    p["doc_id"], p["persona"], p["question"], p["answer"]
+                )
+            })
+            .collect()
+    };
+    let dead = |s: &Setup| -> BTreeSet<String> {
+        s.kafka
+            .dead_letters()
+            .iter()
+            .map(|d| format!("{} {} {}", d["doc_id"], d["stage"], d["reason"]))
+            .collect()
+    };
+    assert!(!pairs(&apart).is_empty());
+    assert_eq!(pairs(&merged), pairs(&apart));
+    assert_eq!(dead(&merged), dead(&apart));
+    let counts = |f: &Funnel| {
+        let snap = f.snapshot();
+        (
+            snap.consumed,
+            snap.emitted,
+            snap.dead_lettered,
+            snap.qa_pairs,
+            snap.stages,
+        )
+    };
+    assert_eq!(counts(&funnel_merged), counts(&funnel_apart));
+    // Fewer calls: no filter call, one generation call per document instead of two.
+    let (calls_apart, calls_merged) = (apart.server.requests(), merged.server.requests());
+    assert!(
+        calls_merged < calls_apart,
+        "{calls_merged} calls, {calls_apart} apart"
+    );
 }

@@ -16,7 +16,7 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::operators::core::{Concat, Concatenate, Inspect};
 use timely::dataflow::operators::vec::Map;
 use webscale_rl_operators::Verdicts;
-use webscale_rl_operators::classify::Classify;
+use webscale_rl_operators::classify::{Classify, ClassifyConfig};
 use webscale_rl_operators::decontaminate::{Benchmarks, Decontaminate, NgramIndex};
 use webscale_rl_operators::exact_dedup::ExactDedup;
 use webscale_rl_operators::generate::Generate;
@@ -191,14 +191,36 @@ fn qa_stages<'s>(
     llm: Arc<dyn LlmService>,
     index: Option<NgramIndex>,
 ) -> Result<StreamVec<'s, u64, (i64, QaPair)>, String> {
-    let docs = match cfg.enabled(Stage::LlmFilter) {
+    // With `[classify] with_filter` the filter's question is asked in the classification call.
+    let merged = cfg.enabled(Stage::LlmFilter) && cfg.classify.with_filter;
+    let docs = match cfg.enabled(Stage::LlmFilter) && !merged {
         true => {
             let verdicts = docs.llm_filter(cfg.llm_filter.clone(), llm.clone())?;
             stages.keep(Stage::LlmFilter.as_str(), verdicts)
         }
         false => docs,
     };
-    let classified = docs.classify(cfg.classify.clone(), llm.clone())?;
+    let classify = ClassifyConfig {
+        with_filter: merged,
+        ..cfg.classify.clone()
+    };
+    let mut classified = docs.classify(classify, llm.clone())?;
+    if merged {
+        // The funnel as with two calls: what classification passed or rejected for its own
+        // reasons had passed the filter.
+        let funnel = stages.funnel.clone();
+        classified.rejected = classified.rejected.inspect(move |dead: &DeadLetter| {
+            if dead.stage == Stage::Classify {
+                funnel.add(Stage::LlmFilter.as_str(), "passed", 1);
+            }
+        });
+        classified.passed = count(
+            classified.passed,
+            &stages.funnel,
+            Stage::LlmFilter.as_str(),
+            "passed",
+        );
+    }
     let classified = stages.keep(Stage::Classify.as_str(), classified);
     // From here on a rejection concerns one pair, not its document: they are collected apart,
     // and accounting decides which documents are left without a pair.

@@ -5,15 +5,18 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use timely::dataflow::StreamVec;
 
 use crate::llm_call::{LlmService, clip, document_prompt};
+use crate::llm_filter::json_bool;
 use crate::llm_stage::{Verdict, llm_stage};
 use crate::verdicts::{Epoch, Verdicts};
 use webscale_rl_records::{ClassifiedDocument, DeadLetter, Document, Stage};
 
 const PROMPT: &str = include_str!("../../prompts/classify.md");
+/// The task of a classification call that also asks the LLM filter's question (`with_filter`).
+const PROMPT_WITH_FILTER: &str = include_str!("../../prompts/screen_and_label.md");
 
 /// The paper's ten domains.
 pub const DEFAULT_DOMAINS: [&str; 10] = [
@@ -41,6 +44,12 @@ pub struct ClassifyConfig {
     pub domains: Vec<String>,
     pub max_personas: usize,
     pub max_document_chars: usize,
+    /// Ask the LLM filter's question (is the document worth questions?) in the classification
+    /// call, instead of a call of its own (`prompts/screen_and_label.md`, schema
+    /// `screen_and_label`). A document the model does not qualify is an `llm_filter` /
+    /// `not_qualified` dead letter, as with the separate filter. Used only while `[llm_filter]`
+    /// is enabled.
+    pub with_filter: bool,
 }
 
 impl Default for ClassifyConfig {
@@ -53,6 +62,7 @@ impl Default for ClassifyConfig {
             domains: DEFAULT_DOMAINS.iter().map(|d| d.to_string()).collect(),
             max_personas: 3,
             max_document_chars: 12_000,
+            with_filter: false,
         }
     }
 }
@@ -136,14 +146,18 @@ fn classify<'s>(
     cfg: ClassifyConfig,
     service: Arc<dyn LlmService>,
 ) -> Result<Verdicts<'s, ClassifiedDocument>, String> {
-    let template = cfg.call().template(PROMPT)?;
+    let with_filter = cfg.with_filter;
+    let template = cfg.call().template(match with_filter {
+        true => PROMPT_WITH_FILTER,
+        false => PROMPT,
+    })?;
     let domain_list = cfg
         .domains
         .iter()
         .map(|d| format!("- {d}"))
         .collect::<Vec<_>>()
         .join("\n");
-    let schema = json!({
+    let mut schema = json!({
         "type": "object",
         "properties": {
             "reason": {"type": "string"},
@@ -152,6 +166,15 @@ fn classify<'s>(
         },
         "required": ["domain", "personas", "reason"]
     });
+    let schema_name = match with_filter {
+        true => {
+            // The verdict first: a model that fills the schema in order decides before it labels.
+            schema["properties"]["qualified"] = json!({"type": "boolean"});
+            schema["required"] = json!(["qualified", "domain", "personas", "reason"]);
+            "screen_and_label"
+        }
+        false => "classify",
+    };
     let make = {
         let cfg = cfg.clone();
         move |doc: &Document, retry_note: Option<&str>| {
@@ -167,7 +190,7 @@ fn classify<'s>(
                 prompt.text.push_str(note);
             }
             cfg.call()
-                .request(Stage::Classify, prompt, Some(("classify", schema.clone())))
+                .request(Stage::Classify, prompt, Some((schema_name, schema.clone())))
         }
     };
     let make2 = make.clone();
@@ -188,6 +211,32 @@ fn classify<'s>(
                 }
                 Ok(a) => a,
             };
+            if with_filter {
+                let reason = answer
+                    .value
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                match answer.value.get("qualified").and_then(json_bool) {
+                    Some(true) => {}
+                    Some(false) => {
+                        return Verdict::Done(vec![Err(DeadLetter::for_document(
+                            &doc,
+                            Stage::LlmFilter,
+                            "not_qualified",
+                            reason,
+                        ))]);
+                    }
+                    None => {
+                        return Verdict::Done(vec![Err(DeadLetter::for_document(
+                            &doc,
+                            Stage::LlmFilter,
+                            "malformed_answer",
+                            format!("no boolean \"qualified\" in {}", answer.value),
+                        ))]);
+                    }
+                }
+            }
             let label = answer
                 .value
                 .get("domain")
@@ -217,6 +266,14 @@ fn classify<'s>(
                     format!("no persona in {}", answer.value),
                 ))]);
             }
+            let doc = match with_filter {
+                // The model that qualified it, for the pairs' `models.filter`.
+                true => Document {
+                    filter_model: Some(answer.model.clone()),
+                    ..doc
+                },
+                false => doc,
+            };
             Verdict::Done(vec![Ok(ClassifiedDocument {
                 doc,
                 domain,
@@ -269,6 +326,44 @@ mod tests {
                 .filter(|r| r.prompt.contains("\"Cooking\""))
                 .count(),
             2
+        );
+    }
+
+    #[test]
+    fn with_the_filter_one_call_screens_and_labels() {
+        let llm = FakeLlm::new(|r| {
+            let qualified = !r.prompt.contains("login");
+            answer(serde_json::json!({
+                "qualified": qualified, "reason": "no facts",
+                "domain": "Math", "personas": ["a pupil"]
+            }))
+        });
+        let cfg = ClassifyConfig {
+            with_filter: true,
+            ..Default::default()
+        };
+        let input = vec![
+            document("facts", "Two plus two is four."),
+            document("nav", "Home | menu | login"),
+        ];
+        let (classified, dead) = run_stage(input, {
+            let llm = llm.clone();
+            move |docs| docs.classify(cfg, llm).unwrap()
+        });
+        assert_eq!(llm.asked().len(), 2);
+        assert!(
+            llm.asked()
+                .iter()
+                .all(|r| r.schema.as_ref().unwrap().0 == "screen_and_label")
+        );
+        assert_eq!(classified.len(), 1);
+        assert_eq!(classified[0].doc.filter_model.as_deref(), Some("fake"));
+        assert_eq!(classified[0].domain, "Math");
+        // Rejected as the separate filter would: the llm_filter stage, its reason.
+        let d = &dead[0];
+        assert_eq!(
+            (d.stage, d.reason.as_str(), d.detail.as_str()),
+            (Stage::LlmFilter, "not_qualified", "no facts")
         );
     }
 

@@ -169,31 +169,45 @@ pub const JANET: &str = "Janet's ducks lay 16 eggs per day. She eats three for b
 pub fn oracle(body: &Value) -> String {
     let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
     // Every prompt starts with the shared document head; the task after it names the stage.
-    let answer = if prompt.contains("Task: screen the document") {
-        json!({"reason": "facts", "qualified": !prompt.contains("[[boilerplate]]")})
-    } else if prompt.contains("Task: label the document") {
-        let domain = if prompt.contains("[[offlist]]") {
-            "Sports"
-        } else if prompt.contains("[[social]]") {
-            "Social Science"
-        } else {
-            "Natural Science"
-        };
-        json!({"reason": "r", "domain": domain, "personas": ["a curious student", "a science teacher"]})
-    } else if prompt.contains("Task: write one question-answer pair") {
-        let persona = if prompt.contains("asked by a science teacher") {
-            "teacher"
-        } else {
-            "student"
-        };
+    let domain = if prompt.contains("[[offlist]]") {
+        "Sports"
+    } else if prompt.contains("[[social]]") {
+        "Social Science"
+    } else {
+        "Natural Science"
+    };
+    let pair = |persona: &str| {
         if prompt.contains("[[gsm8k-qa]]") {
             // A benchmark question verbatim: decontamination must drop the pair.
-            json!({"reason": "r", "question": JANET, "answer": "18"})
+            json!({"persona": persona, "reason": "r", "question": JANET, "answer": "18"})
         } else if prompt.contains("[[leak]]") {
-            json!({"reason": "r", "question": "Is the answer Mars, the red planet?", "answer": "Mars"})
+            json!({"persona": persona, "reason": "r", "question": "Is the answer Mars, the red planet?", "answer": "Mars"})
         } else {
-            json!({"reason": "r", "question": format!("Which planet did the {persona} in the 1969 survey name first?"), "answer": "Jupiter"})
+            let who = persona
+                .trim_start_matches("a ")
+                .trim_start_matches("curious ")
+                .trim_start_matches("science ");
+            json!({"persona": persona, "reason": "r", "question": format!("Which planet did the {who} in the 1969 survey name first?"), "answer": "Jupiter"})
         }
+    };
+    let answer = if prompt.contains("Task: screen the document above for the dataset, and label it")
+    {
+        // `[classify] with_filter`: the filter's verdict and the labels in one answer.
+        json!({"reason": "facts", "qualified": !prompt.contains("[[boilerplate]]"), "domain": domain,
+               "personas": ["a curious student", "a science teacher"]})
+    } else if prompt.contains("Task: write question-answer pairs") {
+        // `[generate] one_call`: a pair for each persona listed.
+        json!({"pairs": [pair("a curious student"), pair("a science teacher")]})
+    } else if prompt.contains("Task: screen the document") {
+        json!({"reason": "facts", "qualified": !prompt.contains("[[boilerplate]]")})
+    } else if prompt.contains("Task: label the document") {
+        json!({"reason": "r", "domain": domain, "personas": ["a curious student", "a science teacher"]})
+    } else if prompt.contains("Task: write one question-answer pair") {
+        pair(if prompt.contains("asked by a science teacher") {
+            "a science teacher"
+        } else {
+            "a curious student"
+        })
     } else if prompt.contains("Task: check a question-answer pair") {
         json!({"reason": "r", "has_context": true, "answer_correct": !prompt.contains("[[wrong]]"), "leaks_answer": false})
     } else {
