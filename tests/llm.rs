@@ -255,14 +255,15 @@ fn documents_become_verified_qa_pairs_and_every_rejection_is_accounted_for() {
 
 #[test]
 fn merged_calls_make_the_same_records_and_the_same_funnel_with_fewer_calls() {
-    // Two identical setups: one with a call per stage and persona, one with the filter asked in
-    // the classification call and all personas' questions in one call.
+    // Two identical setups: one with a call per stage, persona and pair; one with the filter asked
+    // in the classification call, all personas' questions in one call, all pairs checked in one.
     let apart = setup("calls-apart");
     let merged = setup("calls-merged");
     let funnel_apart = run(&apart, "calls-apart");
     let funnel_merged = run_with(&merged, "calls-merged", |cfg| {
         cfg.classify.with_filter = true;
         cfg.generate.one_call = true;
+        cfg.verify.one_call = true;
     });
     let pairs = |s: &Setup| -> BTreeSet<String> {
         s.kafka
@@ -297,7 +298,7 @@ fn merged_calls_make_the_same_records_and_the_same_funnel_with_fewer_calls() {
         )
     };
     assert_eq!(counts(&funnel_merged), counts(&funnel_apart));
-    // Fewer calls: no filter call, one generation call per document instead of two.
+    // Fewer calls: no filter call, one generation and one verification call per document.
     let (calls_apart, calls_merged) = (apart.server.requests(), merged.server.requests());
     assert!(
         calls_merged < calls_apart,

@@ -5,11 +5,14 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::{Concat, OkErr};
+use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
 
+use crate::epoch::EpochStash;
 use crate::llm_call::{LlmService, clip, document_prompt};
 use crate::llm_filter::json_bool;
 use crate::llm_stage::{Verdict, llm_stage};
@@ -20,6 +23,8 @@ use webscale_rl_records::{
 };
 
 const PROMPT: &str = include_str!("../../prompts/verify.md");
+/// The task of a verification call for all pairs of a document at once (`one_call`).
+const PROMPT_ALL: &str = include_str!("../../prompts/verify_all.md");
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -41,6 +46,10 @@ pub struct VerifyConfig {
     pub max_document_chars: usize,
     /// Attach the source text to each QA pair (`pretrain_text`); it can be large.
     pub include_source_text: bool,
+    /// One LLM check per document for all its pairs, instead of one per pair
+    /// (`prompts/verify_all.md`, schema `verifications`). The pairs of a document are gathered
+    /// when their epoch is complete; the records are the same.
+    pub one_call: bool,
 }
 
 impl Default for VerifyConfig {
@@ -69,6 +78,7 @@ impl Default for VerifyConfig {
             .to_vec(),
             max_document_chars: 12_000,
             include_source_text: false,
+            one_call: false,
         }
     }
 }
@@ -271,7 +281,7 @@ fn verify<'s>(
             )),
         }
     });
-    let schema = json!({
+    let verdict_schema = json!({
         "type": "object",
         "properties": {
             "reason": {"type": "string"},
@@ -283,10 +293,10 @@ fn verify<'s>(
     });
     let model = cfg.call();
     let include_text = cfg.include_source_text;
-    let llm_on = cfg.enabled;
     let max_chars = cfg.max_document_chars;
-    let llm_verdicts = if llm_on {
-        llm_stage(
+    let llm_verdicts = match (cfg.enabled, cfg.one_call) {
+        (false, _) => Verdicts::all_passed(checked.map(move |c| into_pair(c, None, include_text))),
+        (true, false) => llm_stage(
             checked,
             "Verify",
             service,
@@ -299,56 +309,184 @@ fn verify<'s>(
                 Ok(model.request(
                     Stage::Verify,
                     prompt,
-                    Some(("verification", schema.clone())),
+                    Some(("verification", verdict_schema.clone())),
                 ))
             },
             move |c, reply, _attempt| {
-                let dead = |reason: &str, detail: String| {
-                    Verdict::Done(vec![Err(DeadLetter::for_pair(
-                        &c.doc,
-                        &c.persona,
-                        &c.question,
-                        Stage::Verify,
-                        reason,
-                        detail,
-                    ))])
-                };
-                let answer = match reply {
-                    Err(e) => return dead(&e.kind, e.message),
-                    Ok(a) => a,
-                };
-                let flag = |k: &str| answer.value.get(k).and_then(json_bool);
-                let reason = answer
-                    .value
-                    .get("reason")
-                    .and_then(|r| r.as_str())
-                    .unwrap_or("")
-                    .to_string();
-                match (
-                    flag("has_context"),
-                    flag("answer_correct"),
-                    flag("leaks_answer").or_else(|| flag("info_leakage")),
-                ) {
-                    (Some(true), Some(true), Some(false)) => {
-                        let verifier = answer.model.clone();
-                        Verdict::Done(vec![Ok(into_pair(c, Some(verifier), include_text))])
-                    }
-                    (Some(false), _, _) => dead("no_context", reason),
-                    (_, Some(false), _) => dead("answer_incorrect", reason),
-                    (_, _, Some(true)) => dead("leaks_answer", reason),
-                    _ => dead(
-                        "malformed_answer",
-                        format!("missing verdict fields in {}", answer.value),
-                    ),
-                }
+                Verdict::Done(vec![match reply {
+                    Err(e) => Err(pair_dead_letter(&c, &e.kind, e.message)),
+                    Ok(answer) => judge(c, &answer.value, &answer.model, include_text),
+                }])
             },
-        )
-    } else {
-        Verdicts::all_passed(checked.map(move |c| into_pair(c, None, include_text)))
+        ),
+        (true, true) => {
+            let template = cfg.call().template(PROMPT_ALL)?;
+            llm_stage(
+                by_document(checked),
+                "Verify",
+                service,
+                move |pairs: &Vec<QaCandidate>| {
+                    let listed = pairs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            format!(
+                                "Pair {}:\nQuestion: {}\nAnswer: {}",
+                                i + 1,
+                                c.question,
+                                c.answer
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n\n");
+                    let prompt = document_prompt(
+                        &template,
+                        clip(&pairs[0].doc.text, max_chars),
+                        &[("pairs", &listed)],
+                    );
+                    let mut verdict = verdict_schema.clone();
+                    verdict["properties"]["pair"] = json!({"type": "integer"});
+                    verdict["required"] = json!([
+                        "pair",
+                        "has_context",
+                        "answer_correct",
+                        "leaks_answer",
+                        "reason"
+                    ]);
+                    let n = pairs.len();
+                    let schema = json!({
+                        "type": "object",
+                        "properties": {"verdicts": {"type": "array", "items": verdict, "minItems": n, "maxItems": n}},
+                        "required": ["verdicts"]
+                    });
+                    Ok(model.request(Stage::Verify, prompt, Some(("verifications", schema))))
+                },
+                move |pairs, reply, _attempt| {
+                    let answer = match reply {
+                        Err(e) => {
+                            let dead = pairs
+                                .iter()
+                                .map(|c| Err(pair_dead_letter(c, &e.kind, e.message.clone())));
+                            return Verdict::Done(dead.collect());
+                        }
+                        Ok(a) => a,
+                    };
+                    let verdicts: Vec<&Value> = answer
+                        .value
+                        .get("verdicts")
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().collect())
+                        .unwrap_or_default();
+                    // The verdict that names the pair's number, else the one in its place.
+                    let of = |i: usize| {
+                        verdicts
+                            .iter()
+                            .find(|v| v.get("pair").and_then(Value::as_u64) == Some(i as u64 + 1))
+                            .or_else(|| verdicts.get(i))
+                            .copied()
+                    };
+                    let results = pairs.into_iter().enumerate().map(|(i, c)| match of(i) {
+                        Some(v) => judge(c, v, &answer.model, include_text),
+                        None => {
+                            let detail =
+                                format!("no verdict for pair {} in {}", i + 1, answer.value);
+                            Err(pair_dead_letter(&c, "malformed_answer", detail))
+                        }
+                    });
+                    Verdict::Done(results.collect())
+                },
+            )
+        }
     };
     Ok(Verdicts {
         passed: llm_verdicts.passed,
         rejected: failed.concat(llm_verdicts.rejected),
+    })
+}
+
+/// A dead letter of the verify stage for one pair.
+fn pair_dead_letter(c: &QaCandidate, reason: &str, detail: String) -> DeadLetter {
+    DeadLetter::for_pair(
+        &c.doc,
+        &c.persona,
+        &c.question,
+        Stage::Verify,
+        reason,
+        detail,
+    )
+}
+
+/// A pair's verdict (`has_context`, `answer_correct`, `leaks_answer`, `reason`) made into the
+/// pair or its dead letter.
+fn judge(
+    c: QaCandidate,
+    verdict: &Value,
+    model: &str,
+    include_text: bool,
+) -> Result<(Origin, QaPair), DeadLetter> {
+    let flag = |k: &str| verdict.get(k).and_then(json_bool);
+    let reason = verdict
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    match (
+        flag("has_context"),
+        flag("answer_correct"),
+        flag("leaks_answer").or_else(|| flag("info_leakage")),
+    ) {
+        (Some(true), Some(true), Some(false)) => {
+            Ok(into_pair(c, Some(model.to_string()), include_text))
+        }
+        (Some(false), _, _) => Err(pair_dead_letter(&c, "no_context", reason)),
+        (_, Some(false), _) => Err(pair_dead_letter(&c, "answer_incorrect", reason)),
+        (_, _, Some(true)) => Err(pair_dead_letter(&c, "leaks_answer", reason)),
+        _ => Err(pair_dead_letter(
+            &c,
+            "malformed_answer",
+            format!("missing verdict fields in {verdict}"),
+        )),
+    }
+}
+
+/// The candidates of each document, gathered once their epoch is complete (all of its
+/// generation calls answered), in a fixed order.
+fn by_document<'s>(
+    candidates: StreamVec<'s, Epoch, QaCandidate>,
+) -> StreamVec<'s, Epoch, Vec<QaCandidate>> {
+    candidates.unary_frontier(Pipeline, "VerifyByDocument", |default_cap, _info| {
+        drop(default_cap);
+        let mut stash: EpochStash<Vec<QaCandidate>> = EpochStash::default();
+        move |(input, frontier), output| {
+            input.for_each_stamp(|cap, data| {
+                let (_, held) = stash.entry(&cap);
+                data.for_each(|batch| held.append(batch));
+            });
+            while let Some((cap, mut held)) = stash.pop_complete(|t| frontier.less_equal(t)) {
+                held.sort_by(|a, b| {
+                    (&a.doc.origin, &a.doc.id, &a.persona, &a.question).cmp(&(
+                        &b.doc.origin,
+                        &b.doc.id,
+                        &b.persona,
+                        &b.question,
+                    ))
+                });
+                let mut session = output.session(&cap);
+                let mut group: Vec<QaCandidate> = Vec::new();
+                for c in held {
+                    if group
+                        .last()
+                        .is_some_and(|g| g.doc.id != c.doc.id || g.doc.origin != c.doc.origin)
+                    {
+                        session.give(std::mem::take(&mut group));
+                    }
+                    group.push(c);
+                }
+                if !group.is_empty() {
+                    session.give(group);
+                }
+            }
+        }
     })
 }
 
@@ -491,6 +629,55 @@ mod stage_tests {
             llm.asked().len(),
             1,
             "the long answer never reached the verifier"
+        );
+    }
+
+    #[test]
+    fn one_call_checks_a_documents_pairs_together() {
+        let llm = FakeLlm::new(|r| {
+            assert_eq!(r.schema.as_ref().unwrap().0, "verifications");
+            if !r.prompt.contains("Salt") {
+                return answer(json!({"verdicts": [
+                    {"pair": 1, "has_context": true, "answer_correct": true, "leaks_answer": false, "reason": ""},
+                ]}));
+            }
+            // Pair 1 (Salt, first in the fixed order) is wrong; the verdicts come back out of
+            // order and are matched by number.
+            answer(json!({"verdicts": [
+                {"pair": 2, "has_context": true, "answer_correct": true, "leaks_answer": false, "reason": ""},
+                {"pair": 1, "has_context": true, "answer_correct": false, "leaks_answer": false, "reason": "no salt"},
+            ]}))
+        });
+        let cfg = VerifyConfig {
+            one_call: true,
+            ..Default::default()
+        };
+        let mut other = candidate("What do leaves make?", "Oxygen");
+        other.doc = document("e", "Leaves make oxygen.");
+        let input = vec![
+            candidate("What do plants make?", "Sugar"),
+            other,
+            candidate("What do plants make from light?", "Salt"),
+        ];
+        let (pairs, dead) = run_stage(input, {
+            let llm = llm.clone();
+            move |c| c.verify(cfg, llm).unwrap()
+        });
+        // One call per document, its pairs numbered in a fixed order.
+        let asked = llm.asked();
+        assert_eq!(asked.len(), 2);
+        let two = asked.iter().find(|r| r.prompt.contains("Pair 2:")).unwrap();
+        assert!(
+            two.prompt
+                .contains("Pair 1:\nQuestion: What do plants make from light?\nAnswer: Salt")
+        );
+        let mut kept: Vec<&str> = pairs.iter().map(|(_, p)| p.answer.as_str()).collect();
+        kept.sort();
+        assert_eq!(kept, ["Oxygen", "Sugar"]);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (dead[0].reason.as_str(), dead[0].detail.as_str()),
+            ("answer_incorrect", "no salt")
         );
     }
 

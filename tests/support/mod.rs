@@ -208,6 +208,11 @@ pub fn oracle(body: &Value) -> String {
         } else {
             "a curious student"
         })
+    } else if prompt.contains("Task: check each question-answer pair") {
+        // `[verify] one_call`: a verdict for each pair listed.
+        let n = prompt.matches("\nPair ").count();
+        json!({"verdicts": (1..=n).map(|i| json!({"pair": i, "reason": "r", "has_context": true,
+            "answer_correct": !prompt.contains("[[wrong]]"), "leaks_answer": false})).collect::<Vec<_>>()})
     } else if prompt.contains("Task: check a question-answer pair") {
         json!({"reason": "r", "has_context": true, "answer_correct": !prompt.contains("[[wrong]]"), "leaks_answer": false})
     } else {

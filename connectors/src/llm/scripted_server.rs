@@ -490,7 +490,7 @@ pub fn pipeline_answer(body: &Value) -> String {
         "qa_pairs" => json!({"pairs": personas.iter().map(|p| pair(p)).collect::<Vec<_>>()}),
         "verification" => verdict,
         "verifications" => {
-            let n = prompt.matches("Question ").count().max(1);
+            let n = prompt.matches("\nPair ").count().max(1);
             json!({"verdicts": (1..=n).map(|i| {
                 let mut v = verdict.clone();
                 v["pair"] = json!(i);
