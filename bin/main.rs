@@ -146,12 +146,12 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     };
     let mode = match (&args.input, &args.output) {
         (Some(input), Some(output)) => {
-            let resumable = resume::resumable(input, output, args.format.is_some());
+            let rejects = args
+                .rejects
+                .clone()
+                .unwrap_or_else(|| default_rejects_path(output));
+            let resumable = resume::resumable(input, output, &rejects, args.format.is_some());
             if resumable && resume == ResumeMode::Restart {
-                let rejects = args
-                    .rejects
-                    .clone()
-                    .unwrap_or_else(|| default_rejects_path(output));
                 resume::discard(output, &rejects)?;
             }
             Mode::File {

@@ -304,7 +304,7 @@ fn ctrl_c_stops_at_once_keeps_what_is_durable_and_the_next_run_finishes() {
     let cache = dir.path().join("cache.redb");
     let run = || {
         let mut cmd = crate::support::engine();
-        cmd.args(["run", "--config"])
+        cmd.args(["run", "-w", "2", "--config"])
             .arg(&config)
             .arg("--input")
             .arg(&input)

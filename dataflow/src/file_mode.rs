@@ -84,7 +84,8 @@ pub fn run_files(
         .rejects
         .clone()
         .unwrap_or_else(|| default_rejects_path(&run.output));
-    let resumable = crate::resume::resumable(&run.input, &run.output, run.format.is_some());
+    let resumable =
+        crate::resume::resumable(&run.input, &run.output, &rejects, run.format.is_some());
     let mut checkpoints = None;
     let mut skip_lines = 0;
     let (output, rejects_out) = if resumable {
@@ -185,13 +186,16 @@ pub fn run_files(
         })
     })
     .map_err(|e| anyhow!("starting timely workers: {e}"))?;
-    let mut errors = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
     for result in guards.join() {
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => errors.push(e),
             Err(e) => errors.push(format!("worker panicked: {e}")),
         }
+    }
+    if errors.iter().any(|e| e != STOPPED) {
+        errors.retain(|e| e != STOPPED);
     }
     if !errors.is_empty() {
         return Err(anyhow!(errors.join("; ")));
@@ -203,6 +207,9 @@ pub fn run_files(
     }
     Ok(())
 }
+
+/// What the workers other than worker 0 return when the run is stopped (worker 0 says why).
+const STOPPED: &str = "stopped";
 
 /// Worker 0's checkpointing of a resumable run.
 struct Checkpoints {
@@ -387,7 +394,12 @@ fn file_worker(
             bar.update(p.bytes_read, p.lines, funnel.get(EMITTED.0, EMITTED.1));
         }
         let stop = control.llm_stop_reason();
-        let interrupted = control.stop.load(std::sync::atomic::Ordering::Relaxed) && is_reader;
+        let interrupted = control.stop.load(std::sync::atomic::Ordering::Relaxed);
+        if (interrupted || stop.is_some()) && !is_reader {
+            // Every worker stops (and drops its dataflows): one left waiting for a frontier that
+            // worker 0 no longer advances would hold the process. Worker 0 says why.
+            return Err(anyhow!(STOPPED));
+        }
         if let Some(c) = checkpoints.as_mut() {
             let lines_done = c.maybe(written.get(), &out, &rej, stop.is_some() || interrupted)?;
             if stop.is_some() || interrupted {

@@ -210,7 +210,10 @@ fn qa_stages<'s>(
         // reasons had passed the filter.
         let funnel = stages.funnel.clone();
         classified.rejected = classified.rejected.inspect(move |dead: &DeadLetter| {
-            if dead.stage == Stage::Classify {
+            // Only the labels' own failures come after a `qualified: true`; a failed call
+            // would have failed the filter's call as well.
+            let labels = ["off_list_domain", "no_personas"];
+            if dead.stage == Stage::Classify && labels.contains(&dead.reason.as_str()) {
                 funnel.add(Stage::LlmFilter.as_str(), "passed", 1);
             }
         });

@@ -98,9 +98,15 @@ pub fn state_dir(output: &str) -> PathBuf {
     PathBuf::from(format!("{output}.state"))
 }
 
-/// Whether a run writing `output` can be resumed: a JSONL file, not stdout or shard directories.
-pub fn resumable(input: &str, output: &str, shards: bool) -> bool {
-    input != "-" && output != "-" && !shards
+/// Whether a run can be resumed: from a regular file (not stdin, a pipe or a FIFO, which cannot
+/// be read again — nor identified without consuming what the run reads), to JSONL files (not
+/// stdout or shard directories).
+pub fn resumable(input: &str, output: &str, rejects: &str, shards: bool) -> bool {
+    input != "-"
+        && output != "-"
+        && rejects != "-"
+        && !shards
+        && std::fs::metadata(input).is_ok_and(|m| m.is_file())
 }
 
 /// A fingerprint of what decides the run's outputs: the pipeline settings (less where state and
@@ -203,4 +209,71 @@ pub fn require(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_to_jsonl_files_can_be_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, "{}\n").unwrap();
+        let input = input.to_str().unwrap();
+        assert!(resumable(input, "out.jsonl", "rejects.jsonl", false));
+        assert!(!resumable("-", "out.jsonl", "rejects.jsonl", false));
+        assert!(!resumable(input, "-", "rejects.jsonl", false));
+        assert!(!resumable(input, "out.jsonl", "-", false));
+        assert!(!resumable(input, "out", "rejects.jsonl", true));
+        // A device or pipe (`/dev/stdin`, `<(zcat ...)`): read once, never identified by hashing
+        // what the run is about to read.
+        assert!(!resumable("/dev/null", "out.jsonl", "rejects.jsonl", false));
+        assert!(!resumable(
+            dir.path().to_str().unwrap(),
+            "out.jsonl",
+            "r.jsonl",
+            false
+        ));
+    }
+
+    #[test]
+    fn a_record_names_what_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, "{\"text\": \"a\"}\n").unwrap();
+        let identity = InputIdentity::of(input.to_str().unwrap()).unwrap();
+        let output = dir.path().join("out.jsonl");
+        let output = output.to_str().unwrap();
+        let record = ProgressRecord {
+            version: 1,
+            input: identity.clone(),
+            settings: "s".into(),
+            lines_done: 5,
+            output: PartialOutput {
+                path: output.into(),
+                bytes: 10,
+            },
+            rejects: PartialOutput {
+                path: "r".into(),
+                bytes: 0,
+            },
+        };
+        record.store(output).unwrap();
+        let loaded = ProgressRecord::load(output).unwrap().unwrap();
+        assert_eq!(loaded, record);
+        assert_eq!(loaded.mismatch(&identity, "s"), None);
+        assert!(
+            loaded
+                .mismatch(&identity, "t")
+                .unwrap()
+                .contains("settings")
+        );
+        std::fs::write(&input, "{\"text\": \"b\"}\n{}\n").unwrap();
+        let changed = InputIdentity::of(input.to_str().unwrap()).unwrap();
+        assert!(loaded.mismatch(&changed, "s").unwrap().contains("input"));
+        assert!(require(ResumeMode::Require, None, output).is_err());
+        discard(output, "r").unwrap();
+        assert!(ProgressRecord::load(output).unwrap().is_none());
+    }
 }

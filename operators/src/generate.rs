@@ -223,16 +223,29 @@ fn generate<'s>(
                     .map(|a| a.iter().collect())
                     .unwrap_or_default(),
             };
-            let pick = |i: usize, persona: &str| {
-                let named = pairs.iter().find(|p| {
-                    p.get("persona")
-                        .and_then(Value::as_str)
-                        .is_some_and(|n| n.trim().eq_ignore_ascii_case(persona))
-                });
-                named.or_else(|| pairs.get(i)).copied()
-            };
-            let results = t.personas.iter().enumerate().map(|(i, persona)| {
-                match pick(i, persona).and_then(question_and_answer) {
+            // Each pair object serves one persona at most: the one it names, else (named
+            // entries taken first) the next unused one in order.
+            let mut used = vec![false; pairs.len()];
+            let mut chosen: Vec<Option<usize>> = t
+                .personas
+                .iter()
+                .map(|persona| {
+                    let named = pairs.iter().position(|p| {
+                        p.get("persona")
+                            .and_then(Value::as_str)
+                            .is_some_and(|n| n.trim().eq_ignore_ascii_case(persona))
+                    });
+                    named.filter(|&j| !std::mem::replace(&mut used[j], true))
+                })
+                .collect();
+            for slot in chosen.iter_mut().filter(|c| c.is_none()) {
+                *slot = used.iter().position(|u| !u);
+                if let Some(j) = *slot {
+                    used[j] = true;
+                }
+            }
+            let results = t.personas.iter().zip(chosen).map(|(persona, j)| {
+                match j.map(|j| pairs[j]).and_then(question_and_answer) {
                     Some((question, ans)) => Ok(QaCandidate {
                         models: Models {
                             filter: t.doc.filter_model.clone(),
@@ -379,5 +392,31 @@ mod tests {
             ("malformed_answer", Stage::Generate)
         );
         assert!(dead[0].detail.contains("a parent"), "{}", dead[0].detail);
+    }
+
+    #[test]
+    fn one_call_never_gives_one_pair_to_two_personas() {
+        // The teacher's pair is named; the unnamed one is the pupil's, not the teacher's again.
+        let llm = FakeLlm::new(|_| {
+            answer(json!({"pairs": [
+                {"persona": "a teacher", "question": "How many?", "answer": "7", "reason": ""},
+                {"question": "Who?", "answer": "Ada", "reason": ""},
+            ]}))
+        });
+        let cfg = GenerateConfig {
+            one_call: true,
+            ..Default::default()
+        };
+        let (candidates, dead) =
+            run_stage(vec![classified(&["a pupil", "a teacher"])], move |docs| {
+                docs.generate(cfg, llm).unwrap()
+            });
+        assert!(dead.is_empty());
+        let mut got: Vec<(&str, &str)> = candidates
+            .iter()
+            .map(|c| (c.persona.as_str(), c.answer.as_str()))
+            .collect();
+        got.sort();
+        assert_eq!(got, [("a pupil", "Ada"), ("a teacher", "7")]);
     }
 }

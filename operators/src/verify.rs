@@ -377,12 +377,13 @@ fn verify<'s>(
                         .and_then(Value::as_array)
                         .map(|a| a.iter().collect())
                         .unwrap_or_default();
-                    // The verdict that names the pair's number, else the one in its place.
+                    // The verdict that names the pair's number, else the one in its place if it
+                    // names no pair (never another pair's verdict).
                     let of = |i: usize| {
                         verdicts
                             .iter()
                             .find(|v| v.get("pair").and_then(Value::as_u64) == Some(i as u64 + 1))
-                            .or_else(|| verdicts.get(i))
+                            .or_else(|| verdicts.get(i).filter(|v| v.get("pair").is_none()))
                             .copied()
                     };
                     let results = pairs.into_iter().enumerate().map(|(i, c)| match of(i) {
@@ -642,10 +643,12 @@ mod stage_tests {
                 ]}));
             }
             // Pair 1 (Salt, first in the fixed order) is wrong; the verdicts come back out of
-            // order and are matched by number.
+            // order and are matched by number; a verdict of a pair that does not exist is not
+            // borrowed by another.
             answer(json!({"verdicts": [
                 {"pair": 2, "has_context": true, "answer_correct": true, "leaks_answer": false, "reason": ""},
                 {"pair": 1, "has_context": true, "answer_correct": false, "leaks_answer": false, "reason": "no salt"},
+                {"pair": 3, "has_context": true, "answer_correct": true, "leaks_answer": false, "reason": ""},
             ]}))
         });
         let cfg = VerifyConfig {
@@ -678,6 +681,42 @@ mod stage_tests {
         assert_eq!(
             (dead[0].reason.as_str(), dead[0].detail.as_str()),
             ("answer_incorrect", "no salt")
+        );
+    }
+
+    #[test]
+    fn one_call_never_borrows_another_pairs_verdict() {
+        // No verdict for pair 1; the one in its place is pair 2's, then one for a pair that
+        // does not exist: pair 1 is malformed, pair 2 is judged by its own.
+        let llm = FakeLlm::new(|_| {
+            answer(json!({"verdicts": [
+                {"pair": 2, "has_context": true, "answer_correct": true, "leaks_answer": false, "reason": ""},
+                {"pair": 3, "has_context": true, "answer_correct": true, "leaks_answer": false, "reason": ""},
+            ]}))
+        });
+        let cfg = VerifyConfig {
+            one_call: true,
+            ..Default::default()
+        };
+        let input = vec![
+            candidate("What do plants make?", "Sugar"),
+            candidate("What do plants make from light?", "Salt"),
+        ];
+        let (pairs, dead) = run_stage(input, move |c| c.verify(cfg, llm).unwrap());
+        // Pair 1 in the fixed order is "... from light?" (Salt).
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(pairs[0].1.answer, "Sugar");
+        assert_eq!(
+            (
+                dead[0].reason.as_str(),
+                dead[0].payload_head.contains("Salt")
+            ),
+            ("malformed_answer", false)
+        );
+        assert!(
+            dead[0].detail.contains("no verdict for pair 1"),
+            "{}",
+            dead[0].detail
         );
     }
 
