@@ -180,6 +180,7 @@ impl LlmArgs {
         cfg: &mut PipelineConfig,
         default_local: bool,
         cache_home: CacheHome,
+        quiet: bool,
     ) -> anyhow::Result<Option<LlmSetup>> {
         if self.no_llm {
             cfg.llm = None;
@@ -197,7 +198,7 @@ impl LlmArgs {
                     "--llm takes `local` or `local:PATH.gguf`, not '{spec}'; use --llm-url for servers"
                 ),
             };
-            let started = crate::local_llm::start(path.as_deref())?;
+            let started = crate::local_llm::start(path.as_deref(), quiet)?;
             let llm = cfg.llm.get_or_insert_with(LlmConfig::default);
             llm.endpoints = vec![started.url];
             llm.model = Some(started.model);
@@ -205,8 +206,8 @@ impl LlmArgs {
             // them time out (and their retries queue behind the abandoned ones).
             llm.concurrency = 1;
             llm.timeout_secs = llm.timeout_secs.max(900);
-            // Its dialect is known: no probe (each request costs seconds on the CPU).
-            llm.structured_output = webscale_rl_connectors::llm::StructuredOutput::JsonSchema;
+            // Its dialect is probed like any server's: it answers `json_schema` with an object
+            // of the schema (grammar-constrained decoding), in about a second.
             local = Some(started.handle);
         } else if cfg.llm.is_none() {
             bail!("{NO_LLM_HELP}");
