@@ -25,7 +25,8 @@
 //! strict structured outputs do the same), and with fixed separators (`", "`,
 //! `": "`, no free whitespace), so no token goes to indentation. And a token
 //! budget that is about to run out *closes* the object
-//! ([`Constraint::mask`] with `closing`): only tokens that end the current
+//! ([`Constraint::mask`] with `closing`, for the last
+//! [`Constraint::closing_reserve`] tokens): only tokens that end the current
 //! string, object or array stay allowed where any does, so an answer cut by
 //! `max_tokens` still parses.
 
@@ -42,9 +43,10 @@ use super::tokenizer::ChatTokenizer;
 /// The vocabulary and parser factory every request's grammar is built on.
 pub struct Grammars {
     factory: ParserFactory,
-    /// Tokens whose bytes start with `"`, `}` or `]`: the ones that end a
-    /// string, object or array (see [`Constraint::mask`]).
-    closers: SimpleVob,
+    /// Tokens whose bytes start with `"`, then those that start with `}` or
+    /// `]`: the ones that end a string, and an object or array (see
+    /// [`Constraint::mask`]).
+    closers: [SimpleVob; 2],
     /// Tokens that end the answer: end of turn and the other control tokens
     /// the tokenizer stops at.
     eos: Vec<TokenId>,
@@ -53,7 +55,7 @@ pub struct Grammars {
 impl std::fmt::Debug for Grammars {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Grammars")
-            .field("vocab_size", &self.closers.len())
+            .field("vocab_size", &self.closers[0].len())
             .finish_non_exhaustive()
     }
 }
@@ -110,10 +112,12 @@ impl Grammars {
             (0..n_vocab as u32).filter(|&id| id != im_end && tokenizer.is_stop_token(id)),
         );
         let trie = TokTrie::from(&info, &words).with_eos_tokens(&eos);
-        let mut closers = SimpleVob::alloc(n_vocab);
+        let mut closers = [SimpleVob::alloc(n_vocab), SimpleVob::alloc(n_vocab)];
         for (id, w) in words.iter().enumerate() {
-            if matches!(w.first(), Some(b'"' | b'}' | b']')) {
-                closers.allow_token(id as TokenId);
+            match w.first() {
+                Some(b'"') => closers[0].allow_token(id as TokenId),
+                Some(b'}' | b']') => closers[1].allow_token(id as TokenId),
+                _ => {}
             }
         }
         let env: TokEnv = Arc::new(VocabEnv {
@@ -139,6 +143,7 @@ impl Grammars {
         let Some(schema) = grammar_schema(response_format)? else {
             return Ok(None);
         };
+        let reserve = closing_reserve(&schema);
         let parser = self
             .factory
             .create_parser(TopLevelGrammar::from_json_schema(schema))
@@ -151,6 +156,7 @@ impl Grammars {
             matcher,
             closers: self.closers.clone(),
             eos: self.eos.clone(),
+            reserve,
         }))
     }
 }
@@ -158,8 +164,9 @@ impl Grammars {
 /// The grammar state of one generation.
 pub struct Constraint {
     matcher: Matcher,
-    closers: SimpleVob,
+    closers: [SimpleVob; 2],
     eos: Vec<TokenId>,
+    reserve: usize,
 }
 
 impl std::fmt::Debug for Constraint {
@@ -173,9 +180,10 @@ impl std::fmt::Debug for Constraint {
 impl Constraint {
     /// The tokens allowed next, `None` once the object is complete (the
     /// answer ends there). With `closing` (the token budget is nearly
-    /// spent), only tokens that end a string, object or array, where any is
-    /// allowed: strings close, arrays and the object end as soon as the
-    /// schema lets them.
+    /// spent), only tokens that start with a quote where any is allowed
+    /// (inside a string it ends the string; a `]` there would be text), else
+    /// only those that start with `]` or `}` where any is: strings close,
+    /// arrays and the object end as soon as the schema lets them.
     pub fn mask(&mut self, closing: bool) -> anyhow::Result<Option<SimpleVob>> {
         if self.matcher.is_stopped() {
             return Ok(None);
@@ -187,10 +195,17 @@ impl Constraint {
         {
             return Ok(None);
         }
-        if closing && !mask.and_is_zero(&self.closers) {
-            mask.and(&self.closers);
+        if closing && let Some(closers) = self.closers.iter().find(|c| !mask.and_is_zero(c)) {
+            mask.and(closers);
         }
         Ok(Some(mask))
+    }
+
+    /// Tokens to keep for closing the object: enough to write every required
+    /// key with the shortest value, whatever is written already (see
+    /// [`closing_reserve`]).
+    pub fn closing_reserve(&self) -> usize {
+        self.reserve
     }
 
     /// Advances the grammar by the sampled `token` (one the mask allowed).
@@ -262,6 +277,25 @@ pub fn grammar_schema(response_format: &Value) -> anyhow::Result<Option<Value>> 
     Ok(Some(Value::Object(schema)))
 }
 
+/// Tokens that write every required key of `schema` with its shortest value
+/// and close the object: per key about one token per 3 characters, its
+/// quotes and separators, and an empty value (`""`, `[""]`, `true`), five
+/// tokens; two for the braces. An over-estimate when keys are written
+/// already: the last string closes a little early, never too late.
+pub fn closing_reserve(schema: &Value) -> usize {
+    let keys = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| {
+            r.iter()
+                .filter_map(Value::as_str)
+                .map(|k| k.len().div_ceil(3) + 5)
+                .sum::<usize>()
+        })
+        .unwrap_or(0);
+    keys + 2
+}
+
 /// A special token's trie entry: its name behind llguidance's marker byte.
 fn special(name: &str) -> Vec<u8> {
     let mut w = vec![TokTrie::SPECIAL_TOKEN_MARKER];
@@ -321,6 +355,13 @@ mod tests {
         assert_eq!(grammar_schema(&json!({"type": "text"})).unwrap(), None);
         assert!(grammar_schema(&json!({"type": "json_schema"})).is_err());
         assert!(grammar_schema(&json!({"type": "grammar"})).is_err());
+    }
+
+    #[test]
+    fn the_reserve_covers_the_required_keys() {
+        let verdict = json!({"required": ["qualified", "reason"]});
+        assert_eq!(closing_reserve(&verdict), 2 + (3 + 5) + (2 + 5));
+        assert_eq!(closing_reserve(&json!({"type": "object"})), 2);
     }
 
     #[test]

@@ -49,7 +49,7 @@ use serde_json::{Value, json};
 use tokio::runtime::Handle;
 
 pub use constrain::{Constraint, Grammars};
-pub use model::{FinishReason, GenerateParams, Generation, LocalModel, closing_reserve};
+pub use model::{FinishReason, GenerateParams, Generation, LocalModel};
 pub use tokenizer::ChatTokenizer;
 
 use crate::llm::ChatMessage;
