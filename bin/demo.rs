@@ -25,7 +25,7 @@ const BUNDLED_CORPUS: &[u8] = include_bytes!("../data/demo/corpus.jsonl");
 
 /// Documents the demo loads with the local model (`--max-docs` changes it): enough for several QA
 /// pairs after the CPU filters, in minutes on 2 cores (BENCHMARKS.md, "The demo").
-pub const LOCAL_MODEL_DOCS: usize = 16;
+pub const LOCAL_MODEL_DOCS: usize = 20;
 
 /// QA pairs shown at the end of the demo.
 const SHOWN_PAIRS: u64 = 3;
@@ -36,29 +36,25 @@ stage's JSON schema. Trusted with: classify and generate (1 persona, 1 pair per 
 Relaxed: the LLM filter and the LLM verifier are off, because whether a document is informative \
 or an answer correct is a judgement a 135M model makes no better than chance, and a judge at \
 chance only drops good pairs at random. Still on: the heuristic quality filter, exact and near \
-dedup, and the deterministic answer checks. Prompts are clipped to 1,200 characters, answers \
-to 160 tokens.";
+dedup, and the deterministic answer checks. Documents are clipped to 1,000 characters; \
+answers get 48 tokens (classify) and 64 (generate), whose last ones close the JSON object, \
+which keeps personas and answers short.";
 
 /// The stages' settings for the local model: short prompts and budgets (a CPU model at tens of
 /// tokens per second), one persona and one pair per document, and the two judgements a 135M model
-/// cannot make switched off (see [`TINY_MODEL_NOTE`]).
+/// cannot make switched off (see [`TINY_MODEL_NOTE`]). The budgets are tight on purpose: the
+/// local server closes a constrained answer in its last tokens, so a persona or an answer that
+/// rambles is cut short rather than rejected (`no_personas`, `answer_too_long`), and the
+/// trailing `reason` costs nothing.
 pub fn tiny_model_config(cfg: &mut PipelineConfig) {
     cfg.llm_filter.enabled = false;
     cfg.verify.enabled = false;
-    cfg.llm_filter.max_document_chars = 1_200;
-    cfg.classify.max_document_chars = 1_200;
+    cfg.classify.max_document_chars = 1_000;
     cfg.classify.max_personas = 1;
-    cfg.generate.max_document_chars = 1_200;
+    cfg.classify.max_tokens = 48;
+    cfg.generate.max_document_chars = 1_000;
     cfg.generate.examples_per_call = 1;
-    cfg.verify.max_document_chars = 1_200;
-    for max_tokens in [
-        &mut cfg.llm_filter.max_tokens,
-        &mut cfg.classify.max_tokens,
-        &mut cfg.generate.max_tokens,
-        &mut cfg.verify.max_tokens,
-    ] {
-        *max_tokens = 160;
-    }
+    cfg.generate.max_tokens = 64;
 }
 
 pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
@@ -122,7 +118,7 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         eprintln!("{TINY_MODEL_NOTE}");
         eprintln!(
             "The demo runs the first {} documents (--max-docs N for more); about 15 s per \
-             document that reaches the LLM on 2 cores.",
+             document that reaches the LLM on 2 cores, a progress line after each answer.",
             lines.len()
         );
     }
@@ -295,7 +291,7 @@ mod tests {
         assert!(!cfg.llm_filter.enabled && !cfg.verify.enabled);
         assert!(cfg.quality_filter.enabled && cfg.exact_dedup.enabled && cfg.near_dedup.enabled);
         assert_eq!(cfg.classify.max_personas, 1);
-        assert_eq!(cfg.generate.max_tokens, 160);
+        assert_eq!(cfg.generate.max_tokens, 64);
     }
 
     #[test]

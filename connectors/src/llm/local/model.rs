@@ -289,8 +289,9 @@ impl LocalModel {
                 Some(c) => {
                     let t = Instant::now();
                     c.consume(next)?;
+                    let complete = c.is_complete();
                     mask_time += t.elapsed();
-                    c.is_complete()
+                    complete
                 }
             };
             // Decoding the whole completion each step keeps multi-byte
