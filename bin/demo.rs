@@ -301,6 +301,9 @@ mod tests {
             &[("classify", 4), ("generate", 3)],
             1,
         );
-        assert_eq!(line, "[  1m05s] LLM: classify 4 · generate 3 → 1 QA pair so far");
+        assert_eq!(
+            line,
+            "[  1m05s] LLM: classify 4 · generate 3 → 1 QA pair so far"
+        );
     }
 }

@@ -251,7 +251,13 @@ fn the_demo_on_the_local_model_emits_qa_pairs() {
     }
     let started = Instant::now();
     let out = demo
-        .args(["demo", "--no-llm-cache", "--metrics-addr", "off", "--json-summary"])
+        .args([
+            "demo",
+            "--no-llm-cache",
+            "--metrics-addr",
+            "off",
+            "--json-summary",
+        ])
         .output()
         .unwrap();
     let elapsed = started.elapsed();

@@ -253,17 +253,19 @@ async fn serves_chat_completions_over_http() {
 /// a request of each, from the stage's real prompt template.
 fn stage_requests(doc: &str) -> Vec<(&'static str, String, Value)> {
     let fill = |template: &str, vars: &[(&str, &str)]| {
-        vars.iter()
-            .fold(template.to_owned(), |t, (k, v)| {
-                t.replace(&format!("{{{{{k}}}}}"), v)
-            })
+        vars.iter().fold(template.to_owned(), |t, (k, v)| {
+            t.replace(&format!("{{{{{k}}}}}"), v)
+        })
     };
     let domains = ["natural science", "history", "math", "everyday life"];
     let domain_list = domains.map(|d| format!("- {d}")).join("\n");
     vec![
         (
             "llm_filter",
-            fill(include_str!("../../prompts/llm_filter.md"), &[("text", doc)]),
+            fill(
+                include_str!("../../prompts/llm_filter.md"),
+                &[("text", doc)],
+            ),
             json!({
                 "type": "object",
                 "properties": {"reason": {"type": "string"}, "qualified": {"type": "boolean"}},
@@ -274,7 +276,11 @@ fn stage_requests(doc: &str) -> Vec<(&'static str, String, Value)> {
             "classify",
             fill(
                 include_str!("../../prompts/classify.md"),
-                &[("text", doc), ("domains", &domain_list), ("max_personas", "2")],
+                &[
+                    ("text", doc),
+                    ("domains", &domain_list),
+                    ("max_personas", "2"),
+                ],
             ),
             json!({
                 "type": "object",
@@ -290,7 +296,12 @@ fn stage_requests(doc: &str) -> Vec<(&'static str, String, Value)> {
             "qa_pair",
             fill(
                 include_str!("../../prompts/generate.md"),
-                &[("text", doc), ("domain", "history"), ("persona", "a student"), ("examples", "")],
+                &[
+                    ("text", doc),
+                    ("domain", "history"),
+                    ("persona", "a student"),
+                    ("examples", ""),
+                ],
             ),
             json!({
                 "type": "object",
@@ -302,7 +313,11 @@ fn stage_requests(doc: &str) -> Vec<(&'static str, String, Value)> {
             "verification",
             fill(
                 include_str!("../../prompts/verify.md"),
-                &[("text", doc), ("question", "What is it about?"), ("answer", "Rain")],
+                &[
+                    ("text", doc),
+                    ("question", "What is it about?"),
+                    ("answer", "Rain"),
+                ],
             ),
             json!({
                 "type": "object",
@@ -343,7 +358,9 @@ fn conforms(schema: &Value, v: &Value) -> Result<(), String> {
         Some("array") => {
             let items = v.as_array().ok_or(format!("{v} is not an array"))?;
             let min = schema["minItems"].as_u64().unwrap_or(0) as usize;
-            let max = schema["maxItems"].as_u64().map_or(usize::MAX, |m| m as usize);
+            let max = schema["maxItems"]
+                .as_u64()
+                .map_or(usize::MAX, |m| m as usize);
             if !(min..=max).contains(&items.len()) {
                 return Err(format!("{} items, not {min}..={max}", items.len()));
             }
@@ -377,7 +394,8 @@ fn constrained_answers_parse_against_every_stage_schema() {
     let (mut free_tokens, mut free_secs) = (0usize, 0.0);
     for (i, doc) in corpus_documents(3, 600).into_iter().enumerate() {
         for (name, prompt, schema) in stage_requests(&doc) {
-            let format = json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema}});
+            let format =
+                json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema}});
             assert!(!prompt.contains("{{"), "an unfilled placeholder: {prompt}");
             let ids = model
                 .tokenizer()

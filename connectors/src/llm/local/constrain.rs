@@ -108,9 +108,7 @@ impl Grammars {
         let mut info = TokRxInfo::new(n_vocab as u32, im_end);
         info.tok_end_of_turn = Some(im_end);
         let mut eos = vec![im_end];
-        eos.extend(
-            (0..n_vocab as u32).filter(|&id| id != im_end && tokenizer.is_stop_token(id)),
-        );
+        eos.extend((0..n_vocab as u32).filter(|&id| id != im_end && tokenizer.is_stop_token(id)));
         let trie = TokTrie::from(&info, &words).with_eos_tokens(&eos);
         let mut closers = [SimpleVob::alloc(n_vocab), SimpleVob::alloc(n_vocab)];
         for (id, w) in words.iter().enumerate() {
@@ -210,9 +208,7 @@ impl Constraint {
 
     /// Advances the grammar by the sampled `token` (one the mask allowed).
     pub fn consume(&mut self, token: TokenId) -> anyhow::Result<()> {
-        self.matcher
-            .consume_token(token)
-            .map_err(|e| self.error(e))
+        self.matcher.consume_token(token).map_err(|e| self.error(e))
     }
 
     /// Whether the output so far is a complete object.

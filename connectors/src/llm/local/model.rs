@@ -196,7 +196,10 @@ impl LocalModel {
 
     /// The constraint for a request's `response_format` (see
     /// [`Grammars::constraint`]).
-    pub fn constraint(&self, response_format: &serde_json::Value) -> anyhow::Result<Option<Constraint>> {
+    pub fn constraint(
+        &self,
+        response_format: &serde_json::Value,
+    ) -> anyhow::Result<Option<Constraint>> {
         self.grammars.constraint(response_format)
     }
 
@@ -382,8 +385,7 @@ fn requantize(
         .iter()
         .map(|(k, v)| (k.as_str(), v))
         .collect();
-    let tensor_refs: Vec<(&str, &QTensor)> =
-        tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut data = std::io::Cursor::new(Vec::new());
     gguf_file::write(&mut data, &metadata, &tensor_refs)?;
     drop(tensors);
