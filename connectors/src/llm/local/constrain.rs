@@ -97,7 +97,7 @@ impl Grammars {
                 Some(name) if tokenizer.is_control(id) => special(&name),
                 Some(name) => name
                     .chars()
-                    .map(|c| bytes_of(c))
+                    .map(&bytes_of)
                     .collect::<Option<Vec<u8>>>()
                     .unwrap_or_else(|| special(&name)),
                 None => special(&format!("<[{id}]>")),
