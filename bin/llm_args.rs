@@ -175,6 +175,7 @@ pub const NO_LLM_HELP: &str = "no LLM configured: give --llm-url URL (an OpenAI-
 impl LlmArgs {
     /// Applies the flags to `cfg.llm` and starts the client. `None`: run without the LLM stages.
     /// `default_local`: with no LLM named, use the local model (the demo) instead of failing.
+    /// `quiet`: where the local model is cached (or its download's progress) is logged, not printed.
     pub fn setup(
         &self,
         cfg: &mut PipelineConfig,
