@@ -137,7 +137,7 @@ pub struct DemoArgs {
     /// Keep the in-process Kafka cluster up after the run (for kcat / `tail`) until Ctrl-C.
     #[arg(long)]
     pub keep_running: bool,
-    /// Documents to load (default: all; 3 with the local CPU model, which is slow).
+    /// Documents to load (default: all; 20 with the local CPU model, which is slow).
     #[arg(long)]
     pub max_docs: Option<usize>,
     #[command(flatten)]

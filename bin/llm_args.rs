@@ -175,11 +175,13 @@ pub const NO_LLM_HELP: &str = "no LLM configured: give --llm-url URL (an OpenAI-
 impl LlmArgs {
     /// Applies the flags to `cfg.llm` and starts the client. `None`: run without the LLM stages.
     /// `default_local`: with no LLM named, use the local model (the demo) instead of failing.
+    /// `quiet`: where the local model is cached (or its download's progress) is logged, not printed.
     pub fn setup(
         &self,
         cfg: &mut PipelineConfig,
         default_local: bool,
         cache_home: CacheHome,
+        quiet: bool,
     ) -> anyhow::Result<Option<LlmSetup>> {
         if self.no_llm {
             cfg.llm = None;
@@ -197,7 +199,7 @@ impl LlmArgs {
                     "--llm takes `local` or `local:PATH.gguf`, not '{spec}'; use --llm-url for servers"
                 ),
             };
-            let started = crate::local_llm::start(path.as_deref())?;
+            let started = crate::local_llm::start(path.as_deref(), quiet)?;
             let llm = cfg.llm.get_or_insert_with(LlmConfig::default);
             llm.endpoints = vec![started.url];
             llm.model = Some(started.model);
@@ -205,8 +207,8 @@ impl LlmArgs {
             // them time out (and their retries queue behind the abandoned ones).
             llm.concurrency = 1;
             llm.timeout_secs = llm.timeout_secs.max(900);
-            // Its dialect is known: no probe (each request costs seconds on the CPU).
-            llm.structured_output = webscale_rl_connectors::llm::StructuredOutput::JsonSchema;
+            // Its dialect is probed like any server's: it answers `json_schema` with an object
+            // of the schema (grammar-constrained decoding), in about a second.
             local = Some(started.handle);
         } else if cfg.llm.is_none() {
             bail!("{NO_LLM_HELP}");

@@ -9,11 +9,18 @@ pub struct LocalLlm {
     pub handle: Box<dyn std::any::Any>,
 }
 
-/// Starts the local model's server (downloading the model on first use).
+/// Starts the local model's server (downloading the model on first use). Unless `quiet`, says on
+/// stderr where the model is cached, or what is downloaded from where, with its progress.
 #[cfg(feature = "local-model")]
-pub fn start(path: Option<&std::path::Path>) -> anyhow::Result<LocalLlm> {
+pub fn start(path: Option<&std::path::Path>, quiet: bool) -> anyhow::Result<LocalLlm> {
     use webscale_rl_connectors::llm::local;
-    let model = local::resolve_model(path)?;
+    let model = local::resolve_model_reporting(path, &mut |line| {
+        if quiet {
+            tracing::info!("{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("webscale-local-llm")
@@ -32,7 +39,7 @@ pub fn start(path: Option<&std::path::Path>) -> anyhow::Result<LocalLlm> {
 }
 
 #[cfg(not(feature = "local-model"))]
-pub fn start(_path: Option<&std::path::Path>) -> anyhow::Result<LocalLlm> {
+pub fn start(_path: Option<&std::path::Path>, _quiet: bool) -> anyhow::Result<LocalLlm> {
     anyhow::bail!(
         "this build has no local model (cargo feature `local-model`); use --llm-url URL or --no-llm"
     )

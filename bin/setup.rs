@@ -80,7 +80,9 @@ impl Setup {
             Mode::File { state_dir: None } | Mode::Demo => (StateHome::Scratch, CacheHome::User),
         };
         let scratch = prepare_state(&mut cfg, state_home, cli.quiet)?;
-        let llm = args.llm.setup(&mut cfg, mode == Mode::Demo, cache_home)?;
+        let llm = args
+            .llm
+            .setup(&mut cfg, mode == Mode::Demo, cache_home, cli.quiet)?;
         let resources = Resources {
             llm: llm.as_ref().map(|l| l.service()),
             benchmarks: load_benchmarks(&mut cfg, &args.benchmarks, cli.quiet)?,

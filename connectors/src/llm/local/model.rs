@@ -7,17 +7,27 @@
 //! step until a control token (`<|im_end|>`, …), a stop string, the token
 //! budget or cancellation. Prompt and generation times are measured apart:
 //! they differ by an order of magnitude on a CPU.
+//!
+//! A generation may be constrained ([`Constraint`]): at every step the
+//! grammar's mask sets the logits of disallowed tokens to −∞ before
+//! sampling, the sampled token advances the grammar, and generation ends as
+//! soon as the object is complete (no end-of-turn token to wait for). The
+//! last tokens of the budget ([`Constraint::closing_reserve`], at most half
+//! of it) close the object. The time
+//! spent on masks is measured apart too ([`Generation::mask_time`]).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use candle_core::quantized::gguf_file::Content;
-use candle_core::{Device, Tensor};
+use candle_core::quantized::gguf_file::{self, Content};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::LogitsProcessor;
 use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
 
+use super::constrain::{Constraint, Grammars};
 use super::tokenizer::ChatTokenizer;
 
 /// Prompt tokens per forward pass: attention scores are chunk × context
@@ -40,10 +50,6 @@ pub struct GenerateParams {
     /// Divides (or, for negative logits, multiplies) the logits of tokens
     /// already generated; 1 = off.
     pub repeat_penalty: f32,
-    /// When the answer is a JSON object that starts with this prefix (the
-    /// prefill, already in the prompt): stop as soon as the object closes,
-    /// rather than spend tokens on what the small model rambles after it.
-    pub json_prefix: Option<String>,
 }
 
 impl Default for GenerateParams {
@@ -55,7 +61,6 @@ impl Default for GenerateParams {
             seed: 0,
             stop: Vec::new(),
             repeat_penalty: 1.0,
-            json_prefix: None,
         }
     }
 }
@@ -63,7 +68,8 @@ impl Default for GenerateParams {
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// A control token (end of turn) or a stop string.
+    /// A control token (end of turn), a stop string, or a constrained
+    /// answer's object complete.
     Stop,
     /// The token budget ran out.
     Length,
@@ -94,8 +100,11 @@ pub struct Generation {
     pub finish: FinishReason,
     /// Time to run the prompt through the model.
     pub prompt_time: Duration,
-    /// Time to generate the completion tokens.
+    /// Time to generate the completion tokens (masks included).
     pub generation_time: Duration,
+    /// Part of `generation_time` spent computing grammar masks and
+    /// advancing the grammar (zero when unconstrained).
+    pub mask_time: Duration,
 }
 
 impl Generation {
@@ -121,6 +130,7 @@ fn per_sec(n: usize, d: Duration) -> f64 {
 pub struct LocalModel {
     weights: ModelWeights,
     tokenizer: ChatTokenizer,
+    grammars: Grammars,
     device: Device,
     context_length: usize,
 }
@@ -159,12 +169,21 @@ impl LocalModel {
             .and_then(|v| v.to_u32().ok())
             .map_or(MAX_SEQ_LEN, |n| n as usize);
         let tokenizer = ChatTokenizer::from_gguf(&content)?;
+        let grammars = Grammars::new(&tokenizer)
+            .context("cannot build the grammar vocabulary of the tokenizer")?;
         let device = Device::Cpu;
-        let weights = ModelWeights::from_gguf(content, &mut file, &device)
-            .with_context(|| format!("cannot load the weights of {}", path.display()))?;
+        let weights = if has_slow_blocks(&content) {
+            let (content, mut data) = requantize(content, &mut file, &device)
+                .with_context(|| format!("cannot convert the weights of {}", path.display()))?;
+            ModelWeights::from_gguf(content, &mut data, &device)
+        } else {
+            ModelWeights::from_gguf(content, &mut file, &device)
+        }
+        .with_context(|| format!("cannot load the weights of {}", path.display()))?;
         Ok(LocalModel {
             weights,
             tokenizer,
+            grammars,
             device,
             // candle's rotary tables stop at MAX_SEQ_LEN.
             context_length: trained.min(MAX_SEQ_LEN),
@@ -175,19 +194,30 @@ impl LocalModel {
         &self.tokenizer
     }
 
+    /// The constraint for a request's `response_format` (see
+    /// [`Grammars::constraint`]).
+    pub fn constraint(
+        &self,
+        response_format: &serde_json::Value,
+    ) -> anyhow::Result<Option<Constraint>> {
+        self.grammars.constraint(response_format)
+    }
+
     /// Most tokens, prompt and completion together.
     pub fn context_length(&self) -> usize {
         self.context_length
     }
 
     /// Generates a completion of `prompt` (token ids, e.g. from
-    /// [`ChatTokenizer::chat_prompt`]). Setting `cancel` stops it early with
-    /// [`FinishReason::Cancelled`]. The token budget shrinks to what the
-    /// context leaves; a prompt that fills the context is an error.
+    /// [`ChatTokenizer::chat_prompt`]), under `constraint` when given.
+    /// Setting `cancel` stops it early with [`FinishReason::Cancelled`]. The
+    /// token budget shrinks to what the context leaves; a prompt that fills
+    /// the context is an error.
     pub fn generate(
         &mut self,
         prompt: &[u32],
         params: &GenerateParams,
+        mut constraint: Option<Constraint>,
         cancel: &AtomicBool,
     ) -> anyhow::Result<Generation> {
         anyhow::ensure!(!prompt.is_empty(), "empty prompt");
@@ -198,6 +228,9 @@ impl LocalModel {
             self.context_length
         );
         let max_tokens = params.max_tokens.min(self.context_length - prompt.len());
+        let reserve = constraint
+            .as_ref()
+            .map_or(0, |c| c.closing_reserve().min(max_tokens / 2));
         self.weights.clear_kv_cache();
         let mut sampler = LogitsProcessor::new(params.seed, Some(params.temperature), params.top_p);
 
@@ -216,6 +249,7 @@ impl LocalModel {
         let start = Instant::now();
         let mut generated: Vec<u32> = Vec::new();
         let mut text = String::new();
+        let mut mask_time = Duration::ZERO;
         let finish = loop {
             if generated.len() >= max_tokens {
                 break FinishReason::Length;
@@ -230,11 +264,39 @@ impl LocalModel {
                     &generated,
                 )?;
             }
-            let next = sampler.sample(&logits)?;
+            let next = match constraint.as_mut() {
+                None => sampler.sample(&logits)?,
+                Some(c) => {
+                    let t = Instant::now();
+                    let closing = max_tokens - generated.len() <= reserve;
+                    let Some(mask) = c.mask(closing)? else {
+                        mask_time += t.elapsed();
+                        break FinishReason::Stop;
+                    };
+                    let mut masked = logits.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                    for (id, l) in masked.iter_mut().enumerate() {
+                        if id >= mask.len() || !mask.is_allowed(id as u32) {
+                            *l = f32::NEG_INFINITY;
+                        }
+                    }
+                    mask_time += t.elapsed();
+                    sampler.sample(&Tensor::new(masked, &self.device)?)?
+                }
+            };
             generated.push(next);
             if self.tokenizer.is_control(next) {
                 break FinishReason::Stop;
             }
+            let complete = match constraint.as_mut() {
+                None => false,
+                Some(c) => {
+                    let t = Instant::now();
+                    c.consume(next)?;
+                    let complete = c.is_complete();
+                    mask_time += t.elapsed();
+                    complete
+                }
+            };
             // Decoding the whole completion each step keeps multi-byte
             // characters split over tokens intact; it is short.
             text = self.tokenizer.decode(&generated)?;
@@ -242,10 +304,7 @@ impl LocalModel {
                 text.truncate(cut);
                 break FinishReason::Stop;
             }
-            if let Some(prefix) = &params.json_prefix
-                && let Some(end) = json_object_end(prefix, &text)
-            {
-                text.truncate(end);
+            if complete {
                 break FinishReason::Stop;
             }
             if generated.len() >= max_tokens {
@@ -264,6 +323,7 @@ impl LocalModel {
             finish,
             prompt_time,
             generation_time: start.elapsed(),
+            mask_time,
         })
     }
 
@@ -275,6 +335,7 @@ impl LocalModel {
             finish: FinishReason::Cancelled,
             prompt_time,
             generation_time: Duration::ZERO,
+            mask_time: Duration::ZERO,
         }
     }
 }
@@ -287,25 +348,50 @@ fn first_stop(text: &str, stop: &[String]) -> Option<usize> {
         .min()
 }
 
-/// Byte offset in `text` just after the closing brace of the JSON object
-/// that `prefix` + `text` starts with, once it is closed (strings and
-/// escapes skipped).
-fn json_object_end(prefix: &str, text: &str) -> Option<usize> {
-    let mut json = crate::llm::parse::JsonDepth::default();
-    let mut opened = false;
-    for (i, c) in prefix
-        .char_indices()
-        .chain(text.char_indices().map(|(i, c)| (prefix.len() + i, c)))
-    {
-        match json.step(c) {
-            Some('{' | '[') => opened = true,
-            Some('}' | ']') if opened && json.depth == 0 => {
-                return (i >= prefix.len()).then(|| i + 1 - prefix.len());
-            }
-            _ => {}
-        }
+/// Quantizations candle multiplies without SIMD on x86 (its Q4_1 and Q5 dot products are scalar
+/// code): several times slower than Q8_0, which has AVX2 and AVX512-VNNI kernels.
+const SLOW_BLOCKS: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
+
+fn has_slow_blocks(content: &Content) -> bool {
+    content
+        .tensor_infos
+        .values()
+        .any(|t| SLOW_BLOCKS.contains(&t.ggml_dtype))
+}
+
+/// The model with its [`SLOW_BLOCKS`] tensors converted to Q8_0, as an in-memory GGUF file: the
+/// default model (Q4_1) then generates several times faster on a CPU (BENCHMARKS.md), for about
+/// 50 MB more memory and a second at load. Q8_0 holds Q4_1's values almost exactly (8 bits per
+/// weight for 4), so the answers barely change.
+fn requantize(
+    content: Content,
+    file: &mut std::fs::File,
+    device: &Device,
+) -> anyhow::Result<(Content, std::io::Cursor<Vec<u8>>)> {
+    let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(content.tensor_infos.len());
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    for name in names {
+        let t = content.tensor(file, name, device)?;
+        let t = if SLOW_BLOCKS.contains(&t.dtype()) {
+            QTensor::quantize(&t.dequantize(device)?, GgmlDType::Q8_0)?
+        } else {
+            t
+        };
+        tensors.push((name.clone(), t));
     }
-    None
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut data = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut data, &metadata, &tensor_refs)?;
+    drop(tensors);
+    data.set_position(0);
+    let converted = Content::read(&mut data)?;
+    Ok((converted, data))
 }
 
 #[cfg(test)]
@@ -319,19 +405,6 @@ mod tests {
         assert_eq!(first_stop("abcEND\n\n", &stop), Some(3));
         assert_eq!(first_stop("abc", &stop), None);
         assert_eq!(first_stop("abc", &[]), None);
-    }
-
-    #[test]
-    fn json_object_closes() {
-        let pre = "{\"reason\": \"";
-        assert_eq!(
-            json_object_end(pre, "a}b\", \"q\": [1, {\"x\": 2}]} trailing"),
-            Some(25)
-        );
-        assert_eq!(json_object_end(pre, "esc \\\" } still\"} x"), Some(16));
-        assert_eq!(json_object_end(pre, "open\", \"q\": {"), None);
-        assert_eq!(json_object_end("{", "}"), Some(1));
-        assert_eq!(json_object_end("", "no json"), None);
     }
 
     #[test]

@@ -199,6 +199,17 @@ impl ChatTokenizer {
         self.control.contains(&id)
     }
 
+    /// Whether generation ends at `id`: a control token other than the start
+    /// of a turn.
+    pub fn is_stop_token(&self, id: u32) -> bool {
+        id != self.im_start && self.control.contains(&id)
+    }
+
+    /// The underlying BPE tokenizer (for the grammar's token trie).
+    pub(crate) fn hf_tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
     /// Id of `<|im_end|>`, the end of a turn.
     pub fn im_end(&self) -> u32 {
         self.im_end
