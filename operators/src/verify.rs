@@ -95,6 +95,14 @@ pub fn check_pair(
     if answer.trim().is_empty() {
         return Err(("empty_answer", String::new()));
     }
+    // A model that copies the reply format instead of filling it (`"answer": "<the short
+    // answer>"`): small models do, and the pair is no pair.
+    if let Some(copied) = [question, answer].into_iter().find(|t| is_placeholder(t)) {
+        return Err((
+            "template_placeholder",
+            format!("{copied:?} is the prompt's placeholder"),
+        ));
+    }
     if let Some(why) = degenerate(question, answer) {
         return Err(("degenerate_answer", format!("{answer:?}: {why}")));
     }
@@ -132,6 +140,17 @@ pub fn check_pair(
         return Err(("refers_to_source", format!("the question says {p:?}")));
     }
     Ok(())
+}
+
+/// A prompt's reply-format placeholder copied as content: `<the short answer>`, `<the question`
+/// (cut by the token limit), `<one sentence>`.
+fn is_placeholder(text: &str) -> bool {
+    let t = text.trim();
+    t.starts_with('<')
+        && t[1..]
+            .split_whitespace()
+            .next()
+            .is_some_and(|w| ["the", "one", "what", "a", "an"].contains(&w.to_lowercase().as_str()))
 }
 
 /// Words that are never an answer on their own.
@@ -550,6 +569,27 @@ mod tests {
         }
         let detail = check_pair(q, "’s", &cfg).unwrap_err().1;
         assert!(detail.contains("clitic"), "{detail}");
+    }
+
+    #[test]
+    fn a_copied_format_placeholder_is_no_pair() {
+        let cfg = VerifyConfig::default();
+        let reason = |q: &str, a: &str| check_pair(q, a, &cfg).err().map(|e| e.0);
+        assert_eq!(
+            reason("Who built it?", "<the short answer>"),
+            Some("template_placeholder")
+        );
+        assert_eq!(
+            reason("Who built it?", "<the short answer"),
+            Some("template_placeholder")
+        );
+        assert_eq!(
+            reason("<the question>", "Ada"),
+            Some("template_placeholder")
+        );
+        // Comparisons and markup-like answers that are real answers stay.
+        assert_eq!(reason("Below what pH is a solution acidic?", "<7"), None);
+        assert_eq!(reason("Which HTML tag breaks a line?", "<br>"), None);
     }
 
     #[test]
