@@ -385,3 +385,51 @@ fn read_jsonl_gz(path: &std::path::Path) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// The CPU stages' verdicts on the tests' web sample, pinned: which documents pass, and for every
+/// rejection its stage, reason and detail (the id a duplicate copies, the near-duplicate's
+/// Jaccard estimate, the rule's measured value). A change that alters any verdict — a speed-up of
+/// the filters or of MinHash, say — fails here; if the change is meant, regenerate the file with
+/// `WEBSCALE_BLESS=1 cargo test --all-features --test e2e cpu_verdicts` and review its diff.
+#[test]
+fn cpu_verdicts_on_the_sample_are_pinned() {
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/cpu_verdicts.jsonl");
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.jsonl");
+    for workers in ["1", "2"] {
+        crate::support::succeed(
+            crate::support::engine()
+                .args(["run", "--no-llm", "--quiet", "-w", workers, "--input"])
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/data/web/sample.jsonl"
+                ))
+                .arg("--output")
+                .arg(&output),
+        );
+        let mut verdicts: Vec<String> = read_jsonl(&output)
+            .iter()
+            .map(|d| serde_json::json!({"id": d["id"], "verdict": "passed"}).to_string())
+            .chain(read_jsonl(&dir.path().join("out.rejects.jsonl")).iter().map(|d| {
+                serde_json::json!({"id": d["doc_id"], "stage": d["stage"], "reason": d["reason"],
+                                   "detail": d["detail"]})
+                .to_string()
+            }))
+            .collect();
+        verdicts.sort();
+        let text = verdicts.join("\n") + "\n";
+        if std::env::var_os("WEBSCALE_BLESS").is_some() {
+            std::fs::write(golden, &text).unwrap();
+        }
+        let pinned = std::fs::read_to_string(golden).expect("tests/data/cpu_verdicts.jsonl");
+        if text != pinned {
+            let differ = text
+                .lines()
+                .zip(pinned.lines())
+                .find(|(a, b)| a != b)
+                .map(|(a, b)| format!("now  {a}\npinned {b}"))
+                .unwrap_or_else(|| "the number of verdicts differs".into());
+            panic!("CPU verdicts changed with {workers} worker(s):\n{differ}");
+        }
+    }
+}
