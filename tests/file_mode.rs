@@ -396,14 +396,32 @@ fn cpu_verdicts_on_the_sample_are_pinned() {
     let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/cpu_verdicts.jsonl");
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("out.jsonl");
+    // The sample, then copies of every 40th document under new ids: exact ones, and ones with a
+    // sentence added (near duplicates), so the dedup stages have verdicts to pin too.
+    let input = dir.path().join("in.jsonl");
+    let mut lines: Vec<String> = sample_lines()
+        .iter()
+        .map(|l| String::from_utf8(l.clone()).unwrap())
+        .collect();
+    let originals: Vec<Value> = lines
+        .iter()
+        .step_by(40)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (i, mut doc) in originals.into_iter().enumerate() {
+        doc["id"] = Value::from(format!("exact-copy-{i}"));
+        lines.push(doc.to_string());
+        let text = doc["text"].as_str().unwrap().to_string();
+        doc["id"] = Value::from(format!("near-copy-{i}"));
+        doc["text"] = Value::from(format!("{text} Updated on Monday."));
+        lines.push(doc.to_string());
+    }
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     for workers in ["1", "2"] {
         crate::support::succeed(
             crate::support::engine()
                 .args(["run", "--no-llm", "--quiet", "-w", workers, "--input"])
-                .arg(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/tests/data/web/sample.jsonl"
-                ))
+                .arg(&input)
                 .arg("--output")
                 .arg(&output),
         );
