@@ -34,8 +34,8 @@ const SHOWN_PAIRS: u64 = 3;
 const TINY_MODEL_NOTE: &str = "LLM: SmolLM2-135M on the CPU, each answer constrained to its \
 stage's JSON schema. Trusted with: classify and generate (1 persona, 1 pair per document). \
 Relaxed: the LLM filter and the LLM verifier are off, because whether a document is informative \
-or an answer correct is a judgement a 135M model makes no better than chance, and a judge at \
-chance only drops good pairs at random. Still on: the heuristic quality filter, exact and near \
+or an answer correct is a judgement we expect a 135M model to make at about chance (not \
+measured), and a judge at chance only drops good pairs at random. Still on: the heuristic quality filter, exact and near \
 dedup, and the deterministic answer checks. Documents are clipped to 1,000 characters; \
 answers get 48 tokens (classify) and 64 (generate), whose last ones close the JSON object, \
 which keeps personas and answers short.";
