@@ -29,6 +29,10 @@ use webscale_rl_connectors::llm::scripted_server::{
     ScriptedServer, ScriptedServerConfig, pipeline_answer,
 };
 
+// Only `shared` is used here; the other benches use the rest.
+#[allow(dead_code)]
+mod common;
+
 const SERVER_ENV: &str = "WEBSCALE_ENGINE_BENCH_SERVER";
 
 struct Args {
@@ -125,11 +129,9 @@ fn main() {
         serve(latency.parse().expect("latency ms"));
         return;
     }
-    let sample = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/data/web/sample.jsonl"
-    );
-    let sample = std::fs::read_to_string(sample).expect("the shared web sample (../shared/data)");
+    let sample = common::shared("WEBSCALE_SAMPLE", "web/sample.jsonl");
+    let sample = std::fs::read_to_string(&sample)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", sample.display()));
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());

@@ -142,6 +142,36 @@ fn lines_without_clock(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// A 2-worker file run of `input` against the scripted LLM at `url` with its own response
+/// `cache`; small epochs and a short read-ahead (a config written into `dir`) make it last
+/// seconds and checkpoint often, so it can be interrupted part-way.
+fn llm_file_run(
+    dir: &std::path::Path,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    url: &str,
+    cache: &std::path::Path,
+) -> std::process::Command {
+    let config = dir.join("pipeline.toml");
+    std::fs::write(
+        &config,
+        "[source]\nepoch_max_records = 2\nmax_in_flight_docs = 4\ncheckpoint_ms = 50\n",
+    )
+    .unwrap();
+    let mut cmd = crate::support::engine();
+    cmd.args(["run", "-w", "2", "--config"])
+        .arg(config)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(["--llm-url", url, "--llm-cache"])
+        .arg(cache)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
 /// The line count a progress record says is done, if there is one.
 fn lines_done(record: &std::path::Path) -> Option<u64> {
     let text = std::fs::read_to_string(record).ok()?;
@@ -184,26 +214,9 @@ fn a_run_killed_at_several_points_resumes_to_the_outputs_of_an_uninterrupted_one
         text.push('\n');
     }
     std::fs::write(&input, text).unwrap();
-    // Small epochs and a short read-ahead: the run lasts seconds and checkpoints often.
-    let config = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &config,
-        "[source]\nepoch_max_records = 2\nmax_in_flight_docs = 4\ncheckpoint_ms = 50\n",
-    )
-    .unwrap();
     let run = |output: &str, cache: &str| {
-        let mut cmd = crate::support::engine();
-        cmd.args(["run", "-w", "2", "--config"])
-            .arg(&config)
-            .arg("--input")
-            .arg(&input)
-            .arg("--output")
-            .arg(dir.path().join(output))
-            .args(["--llm-url", &server.base_url(), "--llm-cache"])
-            .arg(dir.path().join(cache))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        cmd
+        let (output, cache) = (dir.path().join(output), dir.path().join(cache));
+        llm_file_run(dir.path(), &input, &output, &server.base_url(), &cache)
     };
 
     crate::support::succeed(&mut run("whole.jsonl", "whole-cache.redb"));
@@ -294,28 +307,9 @@ fn ctrl_c_stops_at_once_keeps_what_is_durable_and_the_next_run_finishes() {
         .map(|d| d.to_string())
         .collect();
     std::fs::write(&input, docs.join("\n")).unwrap();
-    let config = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &config,
-        "[source]\nepoch_max_records = 2\nmax_in_flight_docs = 4\ncheckpoint_ms = 50\n",
-    )
-    .unwrap();
     let output = dir.path().join("out.jsonl.gz");
     let cache = dir.path().join("cache.redb");
-    let run = || {
-        let mut cmd = crate::support::engine();
-        cmd.args(["run", "-w", "2", "--config"])
-            .arg(&config)
-            .arg("--input")
-            .arg(&input)
-            .arg("--output")
-            .arg(&output)
-            .args(["--llm-url", &server.base_url(), "--llm-cache"])
-            .arg(&cache)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        cmd
-    };
+    let run = || llm_file_run(dir.path(), &input, &output, &server.base_url(), &cache);
     let record = dir.path().join("out.jsonl.gz.progress.json");
     let child = run().spawn().unwrap();
     let started = Instant::now();

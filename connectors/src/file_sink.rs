@@ -97,11 +97,9 @@ pub fn file_sinks<R: FileRecord>(
     written: Written,
     error: Rc<RefCell<Option<String>>>,
 ) {
-    /// An epoch's records of both streams: (position, key, record).
-    type Held<R> = (Vec<(i64, String, R)>, Vec<(i64, String, DeadLetter)>);
+    /// An epoch's records of both streams, each with its position.
+    type Held<R> = (Vec<(i64, R)>, Vec<(i64, DeadLetter)>);
     let mut epochs: BTreeMap<u64, Held<R>> = BTreeMap::new();
-    let keyed = |(pos, r): (i64, R)| (pos, r.key().to_string(), r);
-    let keyed_dead = |(pos, r): (i64, DeadLetter)| (pos, r.key().to_string(), r);
     let _: StreamVec<'_, u64, ()> = records
         .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
             dead_letters,
@@ -112,19 +110,11 @@ pub fn file_sinks<R: FileRecord>(
                 move |(records_in, records_frontier), (dead_in, dead_frontier), _output| {
                     records_in.for_each(|cap, data| {
                         let epoch = *cap.least().expect("a stamp has a time");
-                        epochs
-                            .entry(epoch)
-                            .or_default()
-                            .0
-                            .extend(data.drain(..).map(keyed));
+                        epochs.entry(epoch).or_default().0.append(data);
                     });
                     dead_in.for_each(|cap, data| {
                         let epoch = *cap.least().expect("a stamp has a time");
-                        epochs
-                            .entry(epoch)
-                            .or_default()
-                            .1
-                            .extend(data.drain(..).map(keyed_dead));
+                        epochs.entry(epoch).or_default().1.append(data);
                     });
                     while let Some(entry) = epochs.first_entry() {
                         let epoch = entry.key();
@@ -156,14 +146,14 @@ pub fn file_sinks<R: FileRecord>(
 /// Writes one epoch's records of one stream, in (position, key) order.
 fn write_epoch<R: FileRecord>(
     out: &SharedOutput,
-    mut records: Vec<(i64, String, R)>,
+    mut records: Vec<(i64, R)>,
 ) -> anyhow::Result<()> {
-    records.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    records.sort_by(|a, b| (a.0, a.1.key()).cmp(&(b.0, b.1.key())));
     let mut out = out.borrow_mut();
     let Some(writer) = out.as_mut() else {
         return Ok(());
     };
-    for (_, _, record) in records {
+    for (_, record) in records {
         writer.write(record)?;
     }
     Ok(())

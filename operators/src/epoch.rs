@@ -85,13 +85,4 @@ impl<S> EpochStash<S> {
     pub fn retain(&mut self, mut keep: impl FnMut(u64, &S) -> bool) {
         self.epochs.retain(|epoch, (_, s)| keep(*epoch, s));
     }
-
-    /// Epochs held.
-    pub fn len(&self) -> usize {
-        self.epochs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.epochs.is_empty()
-    }
 }

@@ -290,14 +290,7 @@ fn verify<'s>(
     let (checked, failed) = candidates.ok_err(move |c: QaCandidate| {
         match check_pair(&c.question, &c.answer, &checks) {
             Ok(()) => Ok(c),
-            Err((reason, detail)) => Err(DeadLetter::for_pair(
-                &c.doc,
-                &c.persona,
-                &c.question,
-                Stage::Verify,
-                reason,
-                detail,
-            )),
+            Err((reason, detail)) => Err(pair_dead_letter(&c, reason, detail)),
         }
     });
     let verdict_schema = json!({
