@@ -1,128 +1,387 @@
-//! Throughput of the CPU stages on the shared sample, with 1 and 2 timely workers: parse + quality
-//! filter + exact dedup, then the same plus near dedup (in-memory MinHash LSH index). Inputs are fed from memory and outputs counted, so Kafka is out of the
-//! measurement. Run: `cargo bench --bench cpu_stages` (figures in BENCHMARKS.md).
+//! Throughput of the CPU stages, whole process: `webscale-rl run --no-llm` (parse, quality filter,
+//! exact dedup, near dedup; with `--benchmarks`, decontamination too) on a corpus of 30+ MB built
+//! from the shared sample, at 1 and 2 workers; then the per-stage split, measured in this process
+//! on the same documents; then rensa's MinHash signatures alone on the same texts
+//! (`benches/rensa_minhash.py`, when `pip install rensa` has been run).
+//!
+//! ```text
+//! cargo bench --bench cpu_stages                      # figures in BENCHMARKS.md
+//! cargo bench --bench cpu_stages -- --copies 8 --runs 5 --benchmarks ../shared/data/benchmarks
+//! ```
+//!
+//! The corpus is the sample repeated, each copy after the first with about one word in seven
+//! replaced by another word of the sample's own vocabulary: copies are new to exact dedup and
+//! below near dedup's threshold, so neither shortcuts, and the text stays prose to the quality
+//! filter. Every run is checked: each input line ends in the output or the rejects, and the
+//! verdicts (passed ids; rejected ids with stage, reason and detail) are digested, must agree
+//! between 1 and 2 workers, and are printed so that a change in them shows.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
-use timely::dataflow::operators::core::{Inspect, Probe};
-use timely::dataflow::operators::vec::Input;
-use timely::dataflow::{InputHandle, ProbeHandle};
-use webscale_rl_dataflow::{Funnel, PipelineConfig, graph};
-use webscale_rl_records::{Origin, RawMessage};
+use webscale_rl_operators::benchmarks::BenchmarkSpec;
+use webscale_rl_operators::decontaminate::{
+    Benchmarks, DecontaminateConfig, NgramIndex, find_overlap,
+};
+use webscale_rl_operators::minhash::{MinHasher, NearDedupConfig, sketch};
+use webscale_rl_operators::normalize::content_hash;
+use webscale_rl_operators::parse::{ParseConfig, parse_message};
+use webscale_rl_operators::quality_filter::{QualityFilterConfig, check};
+use webscale_rl_records::{AcceptedDocument, Document, Origin, RawMessage};
+use xxhash_rust::xxh3::xxh3_64;
 
-const SAMPLE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/web/sample.jsonl"
-);
-
-/// The sample repeated `copies` times; each copy's texts get a distinct suffix so that exact
-/// dedup sees new documents (a repeated sample would measure only the duplicate path).
-fn corpus(copies: usize) -> Vec<Vec<u8>> {
-    let text = std::fs::read_to_string(SAMPLE).expect("shared sample");
-    let mut out = Vec::new();
-    for c in 0..copies {
-        for line in text.lines() {
-            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let t = v["text"].as_str().unwrap().to_string();
-            v["text"] = format!("{t}\ncopy {c}").into();
-            v["id"] = format!("{}#{c}", v["id"].as_str().unwrap()).into();
-            out.push(serde_json::to_vec(&v).unwrap());
-        }
-    }
-    out
+struct Args {
+    copies: usize,
+    runs: usize,
+    benchmarks: Option<PathBuf>,
 }
 
-fn run(workers: usize, docs: Arc<Vec<Vec<u8>>>, near_dedup: bool) -> (f64, u64) {
-    let out = Arc::new(AtomicU64::new(0));
-    let out2 = out.clone();
-    let started = Instant::now();
-    timely::execute(timely::Config::process(workers), move |worker| {
-        let (index, peers) = (worker.index(), worker.peers());
-        let mut input = InputHandle::new();
-        let mut cfg = PipelineConfig::default();
-        cfg.near_dedup.enabled = near_dedup;
-        let funnel = Funnel::default();
-        let out = out2.clone();
-        let probe = worker.dataflow::<u64, _, _>(|scope| {
-            let outs = graph::build(
-                scope.input_from(&mut input),
-                &cfg,
-                &funnel,
-                &Default::default(),
-            )
-            .unwrap();
-            let graph::Output::Documents(docs) = outs.output else {
-                unreachable!("without an LLM the output is documents")
-            };
-            let (out, dead) = (out.clone(), out.clone());
-            let probe = ProbeHandle::new();
-            docs.inspect(move |_| {
-                out.fetch_add(1, Ordering::Relaxed);
-            })
-            .probe_with(&probe);
-            outs.dead_letters
-                .inspect(move |_| {
-                    dead.fetch_add(1, Ordering::Relaxed);
-                })
-                .probe_with(&probe);
-            probe
-        });
-        // Each worker reads its share, in epochs of 1,000 documents.
-        for (i, payload) in docs.iter().enumerate().filter(|(i, _)| i % peers == index) {
-            input.send(RawMessage {
-                key: None,
-                payload: Some(payload.clone()),
-                origin: Origin {
-                    topic: "bench".into(),
-                    partition: 0,
-                    offset: i as i64,
-                },
-                truncated: false,
-            });
-            if i % 1000 == 999 {
-                input.advance_to(i as u64 + 1);
-                while probe.less_than(&(input.time().saturating_sub(5_000))) {
-                    worker.step();
-                }
+fn parse_args() -> Args {
+    let mut args = Args {
+        copies: 8,
+        runs: 3,
+        benchmarks: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--copies" => args.copies = value().parse().expect("--copies N"),
+            "--runs" => args.runs = value().parse().expect("--runs N"),
+            "--benchmarks" => args.benchmarks = Some(PathBuf::from(value())),
+            "--bench" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    args
+}
+
+/// splitmix64, for a reproducible choice of words.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Writes the corpus (see the module doc) to `path`; returns its documents and bytes.
+fn build_corpus(path: &Path, copies: usize) -> (usize, u64) {
+    let sample = common::shared("WEBSCALE_SAMPLE", "web/sample.jsonl");
+    let text = std::fs::read_to_string(&sample)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", sample.display()));
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("sample is JSONL"))
+        .collect();
+    // The vocabulary: the sample's lowercase alphabetic words of 3 to 9 letters, sorted.
+    let mut vocab: Vec<&str> = lines
+        .iter()
+        .flat_map(|v| v["text"].as_str().unwrap_or("").split(' '))
+        .filter(|w| (3..=9).contains(&w.len()) && w.bytes().all(|b| b.is_ascii_lowercase()))
+        .collect();
+    vocab.sort_unstable();
+    vocab.dedup();
+    let mut out = String::new();
+    let mut docs = 0;
+    for copy in 0..copies {
+        for (i, v) in lines.iter().enumerate() {
+            let mut v = v.clone();
+            if copy > 0 {
+                let text = v["text"].as_str().unwrap_or("");
+                let varied: Vec<&str> = text
+                    .split(' ')
+                    .enumerate()
+                    .map(|(j, w)| {
+                        let r = mix(((copy as u64) << 48) ^ ((i as u64) << 24) ^ j as u64);
+                        let plain = !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase());
+                        if plain && r % 7 == 0 {
+                            vocab[(r >> 8) as usize % vocab.len()]
+                        } else {
+                            w
+                        }
+                    })
+                    .collect();
+                v["text"] = varied.join(" ").into();
+                v["id"] = format!("{}#{copy}", v["id"].as_str().unwrap_or("")).into();
             }
+            out.push_str(&serde_json::to_string(&v).unwrap());
+            out.push('\n');
+            docs += 1;
         }
-        input.close();
-        while !probe.done() {
-            worker.step();
-        }
-    })
-    .unwrap();
-    (started.elapsed().as_secs_f64(), out.load(Ordering::Relaxed))
+    }
+    std::fs::write(path, &out).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    (docs, out.len() as u64)
+}
+
+/// What a run decided: counts and a digest of every verdict, sorted (independent of order).
+#[derive(Debug, PartialEq)]
+struct Verdicts {
+    passed: usize,
+    rejected: usize,
+    digest: u64,
+}
+
+fn verdicts(output: &Path, rejects: &Path) -> Verdicts {
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let mut lines: Vec<String> = Vec::new();
+    let out = read(output);
+    for l in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).expect("output is JSONL");
+        lines.push(format!("passed\t{}", v["id"].as_str().unwrap_or("")));
+    }
+    let passed = lines.len();
+    for l in read(rejects).lines() {
+        let v: serde_json::Value = serde_json::from_str(l).expect("rejects are JSONL");
+        lines.push(format!(
+            "{}\t{}\t{}\t{}",
+            v["doc_id"].as_str().unwrap_or(""),
+            v["stage"].as_str().unwrap_or(""),
+            v["reason"].as_str().unwrap_or(""),
+            v["detail"].as_str().unwrap_or("")
+        ));
+    }
+    let rejected = lines.len() - passed;
+    lines.sort_unstable();
+    Verdicts {
+        passed,
+        rejected,
+        digest: xxh3_64(lines.join("\n").as_bytes()),
+    }
+}
+
+/// One whole-process run; its wall time (seconds), user+system CPU time, and its verdicts.
+fn run_engine(
+    corpus: &Path,
+    dir: &Path,
+    workers: usize,
+    benchmarks: Option<&Path>,
+) -> (f64, Verdicts) {
+    let (output, rejects) = (dir.join("out.jsonl"), dir.join("rejects.jsonl"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_webscale-rl"));
+    cmd.args(["run", "--no-llm", "--quiet", "--restart", "-w"])
+        .arg(workers.to_string())
+        .arg("--input")
+        .arg(corpus)
+        .arg("--output")
+        .arg(&output)
+        .arg("--rejects")
+        .arg(&rejects);
+    if let Some(b) = benchmarks {
+        cmd.arg("--benchmarks").arg(b);
+    }
+    let started = Instant::now();
+    let status = cmd.status().expect("starting webscale-rl");
+    let secs = started.elapsed().as_secs_f64();
+    assert!(status.success(), "webscale-rl run failed: {status}");
+    (secs, verdicts(&output, &rejects))
+}
+
+/// The documents of the corpus, parsed once, for the per-stage split.
+fn messages(corpus: &Path) -> Vec<RawMessage> {
+    std::fs::read_to_string(corpus)
+        .expect("corpus")
+        .lines()
+        .enumerate()
+        .map(|(i, l)| RawMessage {
+            key: None,
+            payload: Some(l.as_bytes().to_vec()),
+            origin: Origin {
+                topic: "bench".into(),
+                partition: 0,
+                offset: i as i64,
+            },
+            truncated: false,
+        })
+        .collect()
+}
+
+/// Best of `runs` timings of `f` over all documents, in seconds.
+fn best<T>(runs: usize, mut f: impl FnMut() -> T) -> f64 {
+    (0..runs.max(1))
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(f());
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn stage_split(corpus: &Path, bytes: u64, runs: usize, benchmarks: Option<&Path>) {
+    let msgs = messages(corpus);
+    let parse_cfg = ParseConfig::default();
+    let docs: Vec<Document> = msgs
+        .iter()
+        .filter_map(|m| parse_message(m, &parse_cfg).ok())
+        .collect();
+    let quality = QualityFilterConfig::default();
+    let near = NearDedupConfig::default();
+    let exact = webscale_rl_operators::exact_dedup::ExactDedupConfig::default();
+    let index = benchmarks.map(|b| {
+        let cfg = DecontaminateConfig {
+            benchmarks: vec![BenchmarkSpec::path(b)],
+            ..Default::default()
+        };
+        NgramIndex::build(&Benchmarks::load(&cfg).expect("benchmarks load"), 0, 1)
+    });
+    let mut hasher = MinHasher::new(&near);
+    let mut sig = Vec::new();
+    let mut rows: Vec<(&str, f64)> = vec![
+        (
+            "parse (JSON to document)",
+            best(runs, || {
+                msgs.iter()
+                    .filter(|m| parse_message(m, &parse_cfg).is_ok())
+                    .count()
+            }),
+        ),
+        (
+            "quality rules",
+            best(runs, || {
+                docs.iter()
+                    .filter(|d| check(&d.text, &quality).is_ok())
+                    .count()
+            }),
+        ),
+        (
+            "exact dedup: normalize + hash",
+            best(runs, || {
+                docs.iter()
+                    .map(|d| content_hash(&d.text, &exact.normalize))
+                    .fold(0, u64::wrapping_add)
+            }),
+        ),
+        (
+            "near dedup: normalize + shingle + MinHash + bands",
+            best(runs, || {
+                let mut n = 0;
+                for d in &docs {
+                    if hasher.signature_into(&d.text, &mut sig) {
+                        n += hasher.band_hashes(&sig).len() + sketch(&sig).len();
+                    }
+                }
+                n
+            }),
+        ),
+    ];
+    if let Some(index) = &index {
+        rows.push((
+            "decontaminate: normalize + 13-gram keys + lookups",
+            best(runs, || {
+                docs.iter()
+                    .filter(|d| find_overlap(&d.text, index).is_some())
+                    .count()
+            }),
+        ));
+    }
+    rows.push((
+        "encode the accepted document (JSON)",
+        best(runs, || {
+            let mut buf = Vec::new();
+            for d in &docs {
+                buf.clear();
+                serde_json::to_writer(&mut buf, &AcceptedDocument::from_document(d.clone()))
+                    .unwrap();
+            }
+            buf.len()
+        }),
+    ));
+    println!(
+        "\nper-stage split, one thread, every document through every step (best of {runs}):"
+    );
+    println!("| step | seconds | MB/s of the corpus |");
+    println!("| --- | --- | --- |");
+    let mut total = 0.0;
+    for (name, secs) in &rows {
+        total += secs;
+        println!("| {name} | {secs:.3} | {:.0} |", bytes as f64 / 1e6 / secs);
+    }
+    println!(
+        "| sum | {total:.3} | {:.0} |",
+        bytes as f64 / 1e6 / total
+    );
+}
+
+fn rensa(corpus: &Path, bytes: u64) -> Option<f64> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/rensa_minhash.py");
+    let out = Command::new("python3").arg(script).arg(corpus).output().ok()?;
+    if !out.status.success() {
+        println!(
+            "\nrensa: not measured ({}); `pip install rensa` to compare",
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("python3 failed")
+        );
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("rensa's JSON line");
+    let secs = v["seconds"].as_f64()?;
+    let mbps = bytes as f64 / 1e6 / secs;
+    println!(
+        "\nrensa {} MinHash signatures only (112 permutations, 5-word shingles): {secs:.2} s, {mbps:.1} MB/s of the corpus",
+        "(Rust core, Python shingling)"
+    );
+    Some(mbps)
 }
 
 fn main() {
-    let copies = std::env::var("COPIES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(10);
-    let docs = Arc::new(corpus(copies));
-    let bytes: usize = docs.iter().map(Vec::len).sum();
+    let args = parse_args();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cpu_stages");
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    let corpus = dir.join("corpus.jsonl");
+    let (docs, bytes) = build_corpus(&corpus, args.copies);
     println!(
-        "corpus: {} documents, {:.1} MB (shared sample x{copies}, texts made distinct)",
-        docs.len(),
-        bytes as f64 / 1e6
+        "corpus: {docs} documents, {:.1} MB (shared sample x{}, copies varied), {}",
+        bytes as f64 / 1e6,
+        args.copies,
+        corpus.display()
     );
-    for (near_dedup, stages) in [(false, "parse+filter+exact dedup"), (true, "+ near dedup")] {
-        for workers in [1, 2] {
-            // Best of three, after one warm-up run.
-            run(workers, docs.clone(), near_dedup);
-            let (secs, out) = (0..3)
-                .map(|_| run(workers, docs.clone(), near_dedup))
-                .min_by(|a, b| a.0.total_cmp(&b.0))
-                .unwrap();
-            assert_eq!(out as usize, docs.len(), "every document accounted for");
-            println!(
-                "{stages}, {workers} worker(s): {:.0} docs/s, {:.1} MB/s ({secs:.3} s)",
-                docs.len() as f64 / secs,
-                bytes as f64 / 1e6 / secs
+    let benchmarks = args.benchmarks.as_deref();
+    let mut one_worker = 0.0;
+    let mut first: Option<Verdicts> = None;
+    for workers in [1, 2] {
+        let mut times = Vec::new();
+        for _ in 0..args.runs.max(1) {
+            let (secs, v) = run_engine(&corpus, &dir, workers, benchmarks);
+            assert_eq!(
+                v.passed + v.rejected,
+                docs,
+                "every document in the output or the rejects"
             );
+            match &first {
+                None => first = Some(v),
+                Some(f) => assert_eq!(f, &v, "verdicts differ between runs or worker counts"),
+            }
+            times.push(secs);
         }
+        times.sort_by(f64::total_cmp);
+        let secs = times[times.len() / 2];
+        let mbps = bytes as f64 / 1e6 / secs;
+        if workers == 1 {
+            one_worker = mbps;
+        }
+        println!(
+            "whole process, {workers} worker(s): median {secs:.3} s of {} runs (best {:.3}), {mbps:.1} MB/s, {:.0} documents/s{}",
+            times.len(),
+            times[0],
+            docs as f64 / secs,
+            if workers == 2 {
+                format!(", {:.2}x the 1-worker speed", mbps / one_worker)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let v = first.expect("a run");
+    println!(
+        "verdicts: {} passed, {} rejected, digest {:016x} (the same at 1 and 2 workers)",
+        v.passed, v.rejected, v.digest
+    );
+    stage_split(&corpus, bytes, args.runs, benchmarks);
+    if let Some(r) = rensa(&corpus, bytes) {
+        println!(
+            "this engine's whole pipeline at 1 worker / rensa's signatures: {:.1}x",
+            one_worker / r
+        );
     }
 }

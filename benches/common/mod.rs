@@ -14,6 +14,7 @@ pub fn shared(var: &str, rel: &str) -> PathBuf {
 }
 
 /// `../shared/data/web/sample.jsonl` (or `$WEBSCALE_SAMPLE`) as documents, origin = line number.
+#[allow(dead_code)] // not every bench loads the sample as documents
 pub fn load_sample() -> Vec<Document> {
     let path = shared("WEBSCALE_SAMPLE", "web/sample.jsonl");
     let text = std::fs::read_to_string(&path)
