@@ -288,9 +288,7 @@ fn stage_split(corpus: &Path, bytes: u64, runs: usize, benchmarks: Option<&Path>
             buf.len()
         }),
     ));
-    println!(
-        "\nper-stage split, one thread, every document through every step (best of {runs}):"
-    );
+    println!("\nper-stage split, one thread, every document through every step (best of {runs}):");
     println!("| step | seconds | MB/s of the corpus |");
     println!("| --- | --- | --- |");
     let mut total = 0.0;
@@ -298,19 +296,23 @@ fn stage_split(corpus: &Path, bytes: u64, runs: usize, benchmarks: Option<&Path>
         total += secs;
         println!("| {name} | {secs:.3} | {:.0} |", bytes as f64 / 1e6 / secs);
     }
-    println!(
-        "| sum | {total:.3} | {:.0} |",
-        bytes as f64 / 1e6 / total
-    );
+    println!("| sum | {total:.3} | {:.0} |", bytes as f64 / 1e6 / total);
 }
 
 fn rensa(corpus: &Path, bytes: u64) -> Option<f64> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/rensa_minhash.py");
-    let out = Command::new("python3").arg(script).arg(corpus).output().ok()?;
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(corpus)
+        .output()
+        .ok()?;
     if !out.status.success() {
         println!(
             "\nrensa: not measured ({}); `pip install rensa` to compare",
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("python3 failed")
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("python3 failed")
         );
         return None;
     }

@@ -150,6 +150,7 @@ fn run_pairs(texts: Arc<Vec<String>>, bench: Arc<Benchmarks>, fragments: bool) -
                                 partition: 0,
                                 offset: 0,
                             },
+                            words: Default::default(),
                         },
                         webscale_rl_records::Stage::Decontaminate,
                         "benchmark_overlap",

@@ -35,6 +35,7 @@ pub fn load_sample() -> Vec<Document> {
                     partition: 0,
                     offset: i as i64,
                 },
+                words: Default::default(),
             }
         })
         .collect()

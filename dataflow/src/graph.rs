@@ -145,6 +145,11 @@ pub fn build<'s>(
     let docs = stages.filter(Stage::NearDedup, docs, |d| {
         d.near_dedup(cfg.near_dedup.clone())
     });
+    // The quality filter's normalized words served the dedup stages; the rest do without them.
+    let docs = docs.map(|mut doc: Document| {
+        doc.words = Default::default();
+        doc
+    });
     // Each worker keeps the benchmark n-grams whose hash it owns.
     let index = resources
         .benchmarks

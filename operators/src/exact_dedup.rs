@@ -23,6 +23,7 @@ use crate::epoch::EpochStash;
 use crate::lsh_index::{IndexParams, MAX_KEYS_PER_PARTITION, Query, open_owned, partition_of};
 use crate::normalize::{NormalizeConfig, content_hash};
 use crate::verdicts::{Epoch, Verdicts, judge};
+use crate::words::normalized;
 use webscale_rl_records::{DeadLetter, Document, Stage};
 
 /// Settings of the exact dedup stage.
@@ -125,7 +126,12 @@ impl<'s> ExactDedup<'s> for StreamVec<'s, Epoch, Document> {
         let params = cfg.index_params();
         let partitions = params.partitions;
         let norm = cfg.normalize.clone();
-        let hashed = self.map(move |doc| (content_hash(&doc.text, &norm), doc));
+        // The quality filter's pass left the normalized text on the document (with the default
+        // rules); other rules, or no filter before, normalize here.
+        let hashed = self.map(move |doc| match normalized(&doc, &norm) {
+            Some(words) => (xxhash_rust::xxh3::xxh3_64(words.text.as_bytes()), doc),
+            None => (content_hash(&doc.text, &norm), doc),
+        });
         let route =
             move |(hash, _): &(u64, Document)| (partition_of(*hash, partitions) % peers) as u64;
         judge(
@@ -230,6 +236,7 @@ mod tests {
                 partition: 0,
                 offset,
             },
+            words: Default::default(),
         }
     }
 

@@ -31,5 +31,6 @@ pub mod route;
 pub mod testing;
 pub mod verdicts;
 pub mod verify;
+pub mod words;
 
 pub use verdicts::{Epoch, Verdicts};

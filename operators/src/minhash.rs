@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::normalize::{NormalizeConfig, normalize_into, normalize_words_into};
+use crate::words::normalized;
+use webscale_rl_records::Document;
 
 /// Bits kept per signature value in a [`sketch`]: 4 estimate Jaccard about as well as the full
 /// values (the chance agreement of 1/16 is corrected for) at an eighth of the bytes, which is what
@@ -220,26 +222,18 @@ impl MinHasher {
     /// than `ngram` words is one shingle; an empty one has none.
     pub fn shingle_hashes(&mut self, text: &str) -> &[u32] {
         normalize_words_into(text, &self.normalize, &mut self.text, &mut self.word_starts);
-        self.shingles.clear();
-        self.word_hashes.clear();
-        let bytes = self.text.as_bytes();
-        // Words are separated by exactly one space. Each is hashed once with xxh3; a shingle's
-        // hash chains the hashes of its n words (order-sensitive), a few multiplies instead of
-        // rehashing n words of bytes per shingle.
-        for (i, &start) in self.word_starts.iter().enumerate() {
-            let end = self
-                .word_starts
-                .get(i + 1)
-                .map_or(bytes.len(), |&next| next - 1);
-            self.word_hashes
-                .push(xxh3_64_with_seed(&bytes[start..end], self.seed));
-        }
-        if self.word_hashes.is_empty() {
-            return &self.shingles;
-        }
-        let n = self.ngram.min(self.word_hashes.len());
-        self.shingles
-            .extend(self.word_hashes.windows(n).map(chain_hash));
+        let norm = std::mem::take(&mut self.text);
+        let ends = self.word_starts.iter().skip(1).map(|&next| next - 1);
+        let ends = ends.chain((!self.word_starts.is_empty()).then_some(norm.len()));
+        let words = self.word_starts.iter().zip(ends).map(|(&a, b)| &norm[a..b]);
+        hash_shingles(
+            words,
+            self.seed,
+            self.ngram,
+            &mut self.word_hashes,
+            &mut self.shingles,
+        );
+        self.text = norm;
         &self.shingles
     }
 
@@ -247,6 +241,28 @@ impl MinHasher {
     /// `sig` empty, when the text has no shingle: such a text has nothing to compare.
     pub fn signature_into(&mut self, text: &str, sig: &mut Vec<u32>) -> bool {
         self.shingle_hashes(text);
+        self.min_hashes_into(sig)
+    }
+
+    /// [`MinHasher::signature_into`] for a document: from the normalized words it carries when
+    /// they were made with this hasher's rules (the quality filter's pass), else from its text.
+    pub fn signature_of(&mut self, doc: &Document, sig: &mut Vec<u32>) -> bool {
+        match normalized(doc, &self.normalize) {
+            Some(words) => {
+                hash_shingles(
+                    words.words(),
+                    self.seed,
+                    self.ngram,
+                    &mut self.word_hashes,
+                    &mut self.shingles,
+                );
+                self.min_hashes_into(sig)
+            }
+            None => self.signature_into(&doc.text, sig),
+        }
+    }
+
+    fn min_hashes_into(&self, sig: &mut Vec<u32>) -> bool {
         sig.clear();
         if self.shingles.is_empty() {
             return false;
@@ -279,6 +295,26 @@ impl MinHasher {
             })
             .collect()
     }
+}
+
+/// Hashes each word once with xxh3 (seeded) into `word_hashes`, and each run of `ngram` words
+/// into `shingles` by chaining its words' hashes (order-sensitive): a few multiplies instead of
+/// rehashing n words of bytes per shingle.
+fn hash_shingles<'w>(
+    words: impl Iterator<Item = &'w str>,
+    seed: u64,
+    ngram: usize,
+    word_hashes: &mut Vec<u64>,
+    shingles: &mut Vec<u32>,
+) {
+    word_hashes.clear();
+    shingles.clear();
+    word_hashes.extend(words.map(|w| xxh3_64_with_seed(w.as_bytes(), seed)));
+    if word_hashes.is_empty() {
+        return;
+    }
+    let n = ngram.min(word_hashes.len());
+    shingles.extend(word_hashes.windows(n).map(chain_hash));
 }
 
 /// The 32-bit hash of a shingle from the xxh3 hashes of its words.

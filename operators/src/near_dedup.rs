@@ -143,7 +143,7 @@ fn near_dedup<'s>(
         let local = next_local;
         next_local += 1;
         let mut out: Vec<Result<(u64, Document), DocBands>> = Vec::new();
-        if hasher.signature_into(&doc.text, &mut sig) {
+        if hasher.signature_of(&doc, &mut sig) {
             for (band, key) in hasher.band_hashes(&sig).into_iter().enumerate() {
                 let owner = partition_of(key, partitions) % peers;
                 by_owner[owner as usize].push((band as u8, key));

@@ -118,6 +118,7 @@ pub fn parse_message(msg: &RawMessage, cfg: &ParseConfig) -> Result<Document, De
         meta: input.meta.map(|m| m.get().to_string()),
         filter_model: None,
         origin: msg.origin.clone(),
+        words: Default::default(),
     })
 }
 

@@ -40,8 +40,10 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::operators::core::OkErr;
 use webscale_rl_records::{DeadLetter, Document, Stage};
 
+use crate::normalize::NormalizeConfig;
 use crate::verdicts::{Epoch, Verdicts};
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use crate::words::Words;
+use xxhash_rust::xxh3::xxh3_64;
 
 /// Thresholds of the quality filter. Every field has a default (the Gopher values, C4 rules
 /// off or lenient), so a config lists only what it changes.
@@ -188,9 +190,6 @@ fn reject(rule: &'static str, detail: String) -> Result<(), Rejection> {
     Err(Rejection { rule, detail })
 }
 
-/// Gopher's stop words; a document needs `min_stop_words` distinct ones.
-const STOP_WORDS: [&str; 8] = ["the", "be", "to", "of", "and", "that", "have", "with"];
-
 /// Characters that mark a bulleted line when they start it.
 const BULLETS: &[char] = &[
     '•', '‣', '◦', '⁃', '∙', '·', '●', '○', '▪', '▫', '■', '□', '►', '▸', '▶', '➢', '➤', '-', '–',
@@ -225,16 +224,26 @@ type IdBuild = BuildHasherDefault<IdentityHasher>;
 /// Buffers reused from one document to the next (one set per worker thread).
 #[derive(Default)]
 struct Scratch {
-    /// (byte offset, byte length) of each word, punctuation trimmed.
-    words: Vec<(usize, usize)>,
+    /// The shared pass over the text ([`crate::words`]).
+    words: Words,
     word_hashes: Vec<u64>,
-    /// Hash of the n-gram starting at each word, for the current n.
+    /// `prefix[i]`: bytes in the words before word i.
+    prefix: Vec<usize>,
+    /// The hash of the n-gram starting at each word, for the current n (valid at candidates).
     ngrams: Vec<u64>,
-    /// Sets of hashes (maps to `()`, so one `reset` serves them and `counts`).
+    /// Starts of the n-grams that may repeat, for the current n, in text order.
+    candidates: Vec<u32>,
+    /// Per word: the n-gram starting there occurs more than once (current n).
+    repeats: Vec<bool>,
+    /// n-gram hash -> its number, in order of first occurrence.
+    numbers: HashMap<u64, u32, IdBuild>,
+    /// Occurrences of each numbered n-gram.
+    counts: Vec<u32>,
+    /// Per candidate: its n-gram's number, and whether an earlier candidate had it.
+    numbered: Vec<(u32, bool)>,
+    /// A set of hashes, for the exact duplicate n-gram passes.
     seen: HashMap<u64, (), IdBuild>,
     seen_paragraphs: HashMap<u64, (), IdBuild>,
-    /// n-gram hash -> (occurrences, index of the first).
-    counts: HashMap<u64, (u32, u32), IdBuild>,
 }
 
 thread_local! {
@@ -246,7 +255,27 @@ pub fn check(text: &str, cfg: &QualityFilterConfig) -> Result<(), Rejection> {
     if !cfg.enabled {
         return Ok(());
     }
-    SCRATCH.with(|s| check_with(text, cfg, &mut s.borrow_mut()))
+    SCRATCH.with(|s| {
+        let s = &mut *s.borrow_mut();
+        s.words.scan(text, &NormalizeConfig::default());
+        check_with(text, cfg, s)
+    })
+}
+
+/// [`check`] for a document in the stage: the pass over its text also leaves dedup's normalized
+/// words on it (`doc.words`), whatever the verdict is.
+fn check_document(doc: &mut Document, cfg: &QualityFilterConfig) -> Result<(), Rejection> {
+    SCRATCH.with(|s| {
+        let s = &mut *s.borrow_mut();
+        s.words.scan(&doc.text, &NormalizeConfig::default());
+        let verdict = if cfg.enabled {
+            check_with(&doc.text, cfg, s)
+        } else {
+            Ok(())
+        };
+        doc.words = s.words.take_normalized();
+        verdict
+    })
 }
 
 /// `part / whole` as a fraction, 0 for an empty whole.
@@ -258,46 +287,22 @@ fn frac(part: usize, whole: usize) -> f64 {
     }
 }
 
+/// The rules over a text whose words `s.words` holds.
 fn check_with(text: &str, cfg: &QualityFilterConfig, s: &mut Scratch) -> Result<(), Rejection> {
-    // Pass 1: whitespace tokens. One pass yields the word counts and lengths, the alphabetic
-    // fraction, the stop words, and the word spans the n-gram rules hash later. (A hand-rolled
-    // byte loop measured no faster than `split_whitespace` and `trim_matches`.)
-    s.words.clear();
-    let base = text.as_ptr() as usize;
-    let (mut alpha_words, mut word_chars, mut stop_mask) = (0usize, 0usize, 0u8);
-    for token in text.split_whitespace() {
-        let word = token.trim_matches(|c: char| !c.is_alphanumeric());
-        if word.is_empty() {
-            continue; // a symbol-only token ("-", "|", "..."): not a word
-        }
-        if word.chars().any(char::is_alphabetic) {
-            alpha_words += 1;
-        }
-        s.words.push((word.as_ptr() as usize - base, word.len()));
-        if s.words.len() > cfg.max_words {
-            return reject(
-                "max_words",
-                format!(
-                    "at least {} words > {}",
-                    cfg.max_words.saturating_add(1),
-                    cfg.max_words
-                ),
-            );
-        }
-        word_chars += if word.is_ascii() {
-            word.len()
-        } else {
-            word.chars().count()
-        };
-        if word.len() <= 4 {
-            for (i, sw) in STOP_WORDS.iter().enumerate() {
-                if word.eq_ignore_ascii_case(sw) {
-                    stop_mask |= 1 << i;
-                }
-            }
-        }
+    // Pass 1 (the shared scan): word counts and lengths, the alphabetic fraction, stop words.
+    let w = &s.words;
+    let (alpha_words, word_chars, stop_mask) = (w.alpha_words, w.word_chars, w.stop_mask);
+    if w.spans.len() > cfg.max_words {
+        return reject(
+            "max_words",
+            format!(
+                "at least {} words > {}",
+                cfg.max_words.saturating_add(1),
+                cfg.max_words
+            ),
+        );
     }
-    let n_words = s.words.len();
+    let n_words = w.spans.len();
     if n_words < cfg.min_words {
         return reject("min_words", format!("{n_words} words < {}", cfg.min_words));
     }
@@ -525,10 +530,15 @@ impl LineStats {
     }
 }
 
-/// The Gopher n-gram rules over the words of pass 1. An n-gram's hash chains the word hashes
-/// (xxh3 of the previous hash, seeded), so n+1-grams extend n-grams without re-hashing text.
-/// Its length is the words' bytes plus one separator between words for the top-n-gram rules,
-/// and the words' bytes alone for the duplicate rules, as in datatrove.
+/// The Gopher n-gram rules over the words of pass 1, as datatrove measures them: an n-gram's
+/// length is the words' bytes plus one separator between words for the top-n-gram rules, and the
+/// words' bytes alone for the duplicate rules.
+///
+/// Only n-grams that can repeat are counted. An n-gram occurring twice has both of its
+/// (n-1)-gram halves occurring twice, so the n-grams counted at each size are those whose two
+/// halves repeated at the size below: in prose, a few in ten for 3-grams and fewer after. A
+/// unique n-gram can neither be the most frequent repeated one nor add to a duplicate measure,
+/// so the verdicts are those of counting every n-gram.
 fn check_ngrams(text: &str, cfg: &QualityFilterConfig, s: &mut Scratch) -> Result<(), Rejection> {
     let top = cfg.top_ngram_limits();
     let dup = cfg.dup_ngram_limits();
@@ -541,86 +551,158 @@ fn check_ngrams(text: &str, cfg: &QualityFilterConfig, s: &mut Scratch) -> Resul
     else {
         return Ok(()); // every n-gram rule is off: skip the hashing
     };
-    let bytes = text.as_bytes();
-    let total = text.len();
-    s.word_hashes.clear();
-    s.word_hashes
-        .extend(s.words.iter().map(|&(a, l)| xxh3_64(&bytes[a..a + l])));
-    let n_words = s.words.len();
-    let word_bytes = |i: usize, n: usize| s.words[i..i + n].iter().map(|w| w.1).sum::<usize>();
-
-    s.ngrams.clear();
-    s.ngrams.extend_from_slice(&s.word_hashes);
-    let mut n = 1;
-    for (size, rule, max) in top {
-        if size > n_words.min(largest) {
-            break;
-        }
-        extend_ngrams(&mut s.ngrams, &s.word_hashes, &mut n, size);
-        if max >= 1.0 {
-            continue;
-        }
-        // The most frequent n-gram, the earliest among equals (as Python's Counter.most_common),
-        // if it repeats: a unique one is not repetition (datatrove counts it anyway, which
-        // matters only for very short texts).
-        reset(&mut s.counts, s.ngrams.len());
-        let (mut best, mut best_at) = (1u32, u32::MAX);
-        for (i, &h) in s.ngrams.iter().enumerate() {
-            let (count, first) = s.counts.entry(h).or_insert((0, i as u32));
-            *count += 1;
-            if *count > best || (*count == best && *first < best_at) {
-                (best, best_at) = (*count, *first);
-            }
-        }
-        if best == 1 {
-            // No n-gram of this size repeats, so no longer one does: every later measure is 0.
-            return Ok(());
-        }
-        let chars = best as usize * (word_bytes(best_at as usize, size) + size - 1);
-        let r = frac(chars, total);
-        if r > max {
-            return reject(
-                rule,
-                format!("top {size}-gram x{best} covers {chars}/{total} bytes = {r:.3} > {max}"),
-            );
-        }
-    }
-
-    // A shortcut that cannot change the verdict. Every repeat the exact count below finds for
-    // n >= k lies in words covered by repeated k-grams (its k-gram sub-runs repeat too), and the
-    // repeats it counts do not overlap; so the bytes under repeated k-grams bound every measure.
-    // Most documents are far below the limits, and one pass then replaces six.
+    let spans = &s.words.spans;
+    let n_words = spans.len();
+    let reach = n_words.min(largest);
+    // The duplicate rules are first bounded by the bytes under repeated k-grams (below).
     let enabled = dup.iter().filter(|l| l.2 < 1.0);
     let k = enabled.clone().map(|l| l.0).min().unwrap_or(usize::MAX);
     let tightest = enabled.map(|l| l.2).fold(f64::INFINITY, f64::min);
-    if k <= n_words {
-        extend_ngrams(&mut s.ngrams, &s.word_hashes, &mut n, k);
-        reset(&mut s.seen, s.ngrams.len());
-        let (mut covered, mut covered_to) = (0usize, 0usize);
-        for (i, &h) in s.ngrams.iter().enumerate() {
-            if s.seen.insert(h, ()).is_some() {
-                covered += s.words[i.max(covered_to)..i + k]
-                    .iter()
-                    .map(|w| w.1)
-                    .sum::<usize>();
-                covered_to = i + k;
+    let top_upto = top
+        .iter()
+        .filter(|l| l.2 < 1.0 && l.0 <= reach)
+        .map(|l| l.0)
+        .max()
+        .unwrap_or(0);
+    let upto = top_upto.max(if k <= n_words { k } else { 0 });
+    if upto < 2 {
+        return Ok(());
+    }
+    let bytes = text.as_bytes();
+    let total = text.len();
+    s.word_hashes.clear();
+    s.word_hashes.extend(
+        spans
+            .iter()
+            .map(|&(a, l)| xxh3_64(&bytes[a as usize..(a + l) as usize])),
+    );
+    s.prefix.clear();
+    s.prefix.push(0);
+    let mut sum = 0;
+    s.prefix.extend(spans.iter().map(|&(_, l)| {
+        sum += l as usize;
+        sum
+    }));
+    let prefix = &s.prefix;
+    let word_bytes = |i: usize, n: usize| prefix[i + n] - prefix[i];
+
+    s.ngrams.clear();
+    s.ngrams.extend_from_slice(&s.word_hashes);
+    s.repeats.clear();
+    s.repeats.resize(n_words, true);
+    for n in 2..=upto {
+        // The n-grams whose halves both repeated at n-1 (every n-gram for n = 2), and their hashes.
+        let last = n_words - n; // the last start
+        s.candidates.clear();
+        if n == 2 {
+            s.candidates.extend(0..=last as u32);
+        } else {
+            let repeats = &s.repeats;
+            s.candidates.extend(
+                (0..=last as u32).filter(|&i| repeats[i as usize] && repeats[i as usize + 1]),
+            );
+        }
+        for &i in &s.candidates {
+            let i = i as usize;
+            s.ngrams[i] = chain(s.ngrams[i], s.word_hashes[i + n - 1]);
+        }
+        // Number the distinct n-grams in order of first occurrence and count them.
+        reset(&mut s.numbers, s.candidates.len());
+        s.counts.clear();
+        s.numbered.clear();
+        for &i in &s.candidates {
+            let next = s.counts.len() as u32;
+            let number = *s.numbers.entry(s.ngrams[i as usize]).or_insert(next);
+            let seen_before = number != next;
+            if seen_before {
+                s.counts[number as usize] += 1;
+            } else {
+                s.counts.push(1);
+            }
+            s.numbered.push((number, seen_before));
+        }
+        s.repeats[..=last].fill(false);
+        for (&i, &(number, _)) in s.candidates.iter().zip(&s.numbered) {
+            s.repeats[i as usize] = s.counts[number as usize] > 1;
+        }
+
+        if let Some(&(size, rule, max)) = top.iter().find(|l| l.0 == n)
+            && max < 1.0
+            && size <= reach
+        {
+            // The most frequent n-gram, the earliest among equals (as Python's
+            // Counter.most_common), if it repeats: a unique one is not repetition (datatrove
+            // counts it anyway, which matters only for very short texts). Numbers follow first
+            // occurrences, so the first of the highest counts is the earliest.
+            let (mut best, mut best_number) = (1u32, 0usize);
+            for (number, &count) in s.counts.iter().enumerate() {
+                if count > best {
+                    (best, best_number) = (count, number);
+                }
+            }
+            if best == 1 {
+                // No n-gram of this size repeats, so no longer one does: every later measure is 0.
+                return Ok(());
+            }
+            let at = s
+                .candidates
+                .iter()
+                .zip(&s.numbered)
+                .find(|(_, (number, _))| *number as usize == best_number)
+                .map(|(&i, _)| i as usize)
+                .expect("a counted n-gram has a first occurrence");
+            let chars = best as usize * (word_bytes(at, size) + size - 1);
+            let r = frac(chars, total);
+            if r > max {
+                return reject(
+                    rule,
+                    format!(
+                        "top {size}-gram x{best} covers {chars}/{total} bytes = {r:.3} > {max}"
+                    ),
+                );
             }
         }
-        if frac(covered, total) <= tightest {
-            return Ok(());
+
+        if n == k {
+            // A shortcut that cannot change the verdict. Every repeat the exact count below
+            // finds for sizes >= k lies in words covered by repeated k-grams (its k-gram sub-runs
+            // repeat too), and the repeats it counts do not overlap; so the bytes under repeated
+            // k-grams bound every measure. Most documents are far below the limits, and one
+            // pass then replaces six.
+            let (mut covered, mut covered_to) = (0usize, 0usize);
+            for (&i, &(_, seen_before)) in s.candidates.iter().zip(&s.numbered) {
+                if seen_before {
+                    let i = i as usize;
+                    let from = i.max(covered_to);
+                    covered += prefix[i + k] - prefix[from];
+                    covered_to = i + k;
+                }
+            }
+            if frac(covered, total) <= tightest {
+                return Ok(());
+            }
         }
     }
+    if k > n_words {
+        return Ok(());
+    }
 
+    // Rare: a document near the duplicate limits. Every size is counted exactly, over every
+    // n-gram, as datatrove's find_all_duplicate does: a repeat is counted and skipped over
+    // whole, so overlapping repeats are not counted twice.
     for (size, rule, max) in dup {
-        if size > n_words.min(largest) {
+        if size > reach {
             break;
         }
-        extend_ngrams(&mut s.ngrams, &s.word_hashes, &mut n, size);
         if max >= 1.0 {
             continue;
         }
-        // datatrove's find_all_duplicate: a repeat is counted and skipped over whole, so
-        // overlapping repeats are not counted twice.
+        s.ngrams.clear();
+        s.ngrams.extend((0..=n_words - size).map(|i| {
+            s.word_hashes[i + 1..i + size]
+                .iter()
+                .fold(s.word_hashes[i], |h, &w| chain(h, w))
+        }));
         reset(&mut s.seen, s.ngrams.len());
         let mut repeated = 0usize;
         let mut i = 0;
@@ -643,17 +725,12 @@ fn check_ngrams(text: &str, cfg: &QualityFilterConfig, s: &mut Scratch) -> Resul
     Ok(())
 }
 
-/// Extends `ngrams` (the hashes of the `n`-grams at each word) to `target`-grams in place.
-fn extend_ngrams(ngrams: &mut Vec<u64>, word_hashes: &[u64], n: &mut usize, target: usize) {
-    while *n < target {
-        // ngrams[i] covers words i..i+n: chain in word i+n; the last start has no room left.
-        let len = ngrams.len().saturating_sub(1);
-        for (i, h) in ngrams[..len].iter_mut().enumerate() {
-            *h = xxh3_64_with_seed(&word_hashes[i + *n].to_le_bytes(), *h);
-        }
-        ngrams.truncate(len);
-        *n += 1;
-    }
+/// Extends an n-gram's hash by the hash of its next word. Order-sensitive and, for fixed one
+/// input, a bijection of the other, so distinct n-grams of word hashes collide no more than
+/// random 64-bit values; the multiply leaves the high bits (the hash table's tags) well mixed.
+#[inline]
+fn chain(h: u64, word: u64) -> u64 {
+    (h.rotate_left(23) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// Whether `needle` occurs in `haystack`, ignoring ASCII case. The needle's first and last bytes
@@ -712,7 +789,7 @@ pub trait QualityFilter<'s> {
 
 impl<'s> QualityFilter<'s> for StreamVec<'s, Epoch, Document> {
     fn quality_filter(self, cfg: QualityFilterConfig) -> Verdicts<'s, Document> {
-        let (passed, rejected) = self.ok_err(move |doc| match check(&doc.text, &cfg) {
+        let (passed, rejected) = self.ok_err(move |mut doc| match check_document(&mut doc, &cfg) {
             Ok(()) => Ok(doc),
             Err(r) => Err(DeadLetter::for_document(
                 &doc,
@@ -1138,13 +1215,18 @@ mod tests {
             .split(' ')
             .map(|w| xxh3_64(w.as_bytes()))
             .collect();
-        let mut ngrams = words.clone();
-        let mut n = 1;
-        extend_ngrams(&mut ngrams, &words, &mut n, 4);
-        assert_eq!((n, ngrams.len()), (4, 5));
+        let ngrams: Vec<u64> = (0..5)
+            .map(|i| {
+                words[i + 1..i + 4]
+                    .iter()
+                    .fold(words[i], |h, &w| chain(h, w))
+            })
+            .collect();
         assert_eq!(ngrams[0], ngrams[4]);
         let distinct: std::collections::HashSet<u64> = ngrams[..4].iter().copied().collect();
         assert_eq!(distinct.len(), 4);
+        // Order matters.
+        assert_ne!(chain(chain(1, 2), 3), chain(chain(1, 3), 2));
     }
 
     /// datatrove's n-gram measures the plain way, keyed by the words themselves instead of
@@ -1289,6 +1371,7 @@ mod tests {
                 partition: 0,
                 offset,
             },
+            words: Default::default(),
         };
         let input = vec![
             mk("fineweb-textfixer/1", 0),

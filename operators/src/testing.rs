@@ -38,6 +38,7 @@ pub fn document(id: &str, text: &str) -> Document {
             partition: 0,
             offset: (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) >> 1) as i64,
         },
+        words: Default::default(),
     }
 }
 

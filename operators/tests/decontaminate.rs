@@ -76,6 +76,7 @@ fn doc(id: &str, text: &str, offset: usize) -> Document {
             partition: 0,
             offset: offset as i64,
         },
+        words: Default::default(),
     }
 }
 

@@ -55,6 +55,7 @@ fn doc(id: &str, text: &str, offset: i64) -> Document {
             partition: 0,
             offset,
         },
+        words: Default::default(),
     }
 }
 

@@ -51,6 +51,67 @@ pub struct Document {
     /// `models.filter`.
     pub filter_model: Option<String>,
     pub origin: Origin,
+    /// The text's words as dedup reads them, from the one pass over the text that the quality
+    /// filter makes; exact and near dedup reuse them instead of normalizing again.
+    #[serde(skip)]
+    pub words: Derived<NormalizedWords>,
+}
+
+/// A document's text normalized (case folded, punctuation stripped, whitespace folded to one
+/// space, as `rules` say) with where each word starts: what exact dedup hashes and near dedup
+/// shingles.
+#[derive(Clone, Debug, Default)]
+pub struct NormalizedWords {
+    /// The normalization rules that made `text` (their bits), so that a stage configured with
+    /// other rules does not use it.
+    pub rules: u8,
+    pub text: String,
+    /// Byte offset in `text` of each word (words are separated by one space).
+    pub starts: Vec<u32>,
+}
+
+impl NormalizedWords {
+    /// The words, in order.
+    pub fn words(&self) -> impl Iterator<Item = &str> {
+        let ends = self.starts.iter().skip(1).map(|&s| s as usize - 1);
+        let ends = ends.chain((!self.starts.is_empty()).then_some(self.text.len()));
+        self.starts
+            .iter()
+            .zip(ends)
+            .map(|(&start, end)| &self.text[start as usize..end])
+    }
+}
+
+/// Data derived from a record's own fields and kept beside it to save recomputing it: shared
+/// cheaply (`Arc`), never serialized (a record that crosses to another process arrives without
+/// it, and the next stage that wants it derives it again), and ignored when records are compared.
+#[derive(Clone, Default)]
+pub struct Derived<T>(pub Option<std::sync::Arc<T>>);
+
+impl<T> Derived<T> {
+    pub fn new(value: T) -> Self {
+        Derived(Some(std::sync::Arc::new(value)))
+    }
+
+    pub fn get(&self) -> Option<&T> {
+        self.0.as_deref()
+    }
+}
+
+impl<T> PartialEq for Derived<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T> std::fmt::Debug for Derived<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Derived(..)"
+        } else {
+            "Derived(None)"
+        })
+    }
 }
 
 impl Document {

@@ -1,0 +1,303 @@
+//! The one pass over a document's text that the CPU stages share. It yields, together:
+//! - the quality filter's words: whitespace tokens trimmed of the characters that are neither
+//!   letters nor digits (`split_whitespace` then `trim_matches(!alphanumeric)`), with the counts
+//!   its first rules need (words with a letter, characters, stop words);
+//! - dedup's normalized words ([`crate::normalize`]'s rules), which travel with the document
+//!   ([`Document::words`]) so that exact and near dedup neither re-scan nor re-lowercase the text.
+//!
+//! Both come from the same tokens: a whitespace token with a letter or digit is a word of the
+//! filter, and (with punctuation stripped, the default) exactly such a token is a word of dedup.
+//! ASCII bytes take a table-driven path; other characters go through `char`'s Unicode properties,
+//! so the results are those of the char-by-char definitions, which the tests check.
+
+use webscale_rl_records::{Derived, Document, NormalizedWords};
+
+use crate::normalize::NormalizeConfig;
+
+/// Gopher's stop words; the quality filter wants `min_stop_words` distinct ones.
+pub const STOP_WORDS: [&str; 8] = ["the", "be", "to", "of", "and", "that", "have", "with"];
+
+/// What the pass finds in one text. Keep one per worker and [`Words::scan`] into it: the buffers
+/// are reused from one document to the next.
+#[derive(Debug, Default)]
+pub struct Words {
+    /// (byte offset, byte length) of each of the filter's words in the text.
+    pub spans: Vec<(u32, u32)>,
+    /// Words containing a letter.
+    pub alpha_words: usize,
+    /// Characters (not bytes) in the words.
+    pub word_chars: usize,
+    /// Bit i: `STOP_WORDS[i]` occurs as a word (any ASCII case).
+    pub stop_mask: u8,
+    /// The text normalized, with where each word starts.
+    pub normalized: NormalizedWords,
+}
+
+const WHITESPACE: u8 = 0;
+const LETTER: u8 = 1;
+const DIGIT: u8 = 2;
+const OTHER: u8 = 3;
+
+/// The class of every ASCII byte: `char::is_whitespace`, `is_alphabetic`, `is_numeric`.
+static ASCII_CLASS: [u8; 128] = {
+    let mut t = [OTHER; 128];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        t[b] = if matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r') {
+            WHITESPACE
+        } else if c.is_ascii_alphabetic() {
+            LETTER
+        } else if c.is_ascii_digit() {
+            DIGIT
+        } else {
+            OTHER
+        };
+        b += 1;
+    }
+    t
+};
+
+impl NormalizeConfig {
+    /// The rules as bits, recorded in [`NormalizedWords::rules`].
+    pub fn rules(&self) -> u8 {
+        self.lowercase as u8 | (self.strip_punctuation as u8) << 1 | (self.fold_digits as u8) << 2
+    }
+}
+
+impl Words {
+    /// Scans `text`: the filter's words and counts, and the text normalized per `cfg`.
+    pub fn scan(&mut self, text: &str, cfg: &NormalizeConfig) {
+        self.spans.clear();
+        (self.alpha_words, self.word_chars, self.stop_mask) = (0, 0, 0);
+        let norm = &mut self.normalized;
+        norm.rules = cfg.rules();
+        norm.starts.clear();
+        // Bytes are pushed to a Vec and the String rebuilt at the end: every push is ASCII or a
+        // whole encoded char, so the result is UTF-8 (checked, at GB/s).
+        let mut out = std::mem::take(&mut norm.text).into_bytes();
+        out.clear();
+        out.reserve(text.len());
+        let bytes = text.as_bytes();
+        let n = bytes.len();
+        let mut i = 0;
+        loop {
+            // Whitespace before a token.
+            while i < n {
+                let b = bytes[i];
+                if b < 128 {
+                    if ASCII_CLASS[b as usize] != WHITESPACE {
+                        break;
+                    }
+                    i += 1;
+                } else {
+                    let c = char_at(text, i);
+                    if !c.is_whitespace() {
+                        break;
+                    }
+                    i += c.len_utf8();
+                }
+            }
+            if i >= n {
+                break;
+            }
+            // One token: up to the next whitespace.
+            let mark = out.len();
+            if !out.is_empty() {
+                out.push(b' ');
+            }
+            let word_start = out.len();
+            let (mut first, mut last_end) = (usize::MAX, 0);
+            let (mut alpha, mut ascii) = (false, true);
+            while i < n {
+                let b = bytes[i];
+                if b < 128 {
+                    match ASCII_CLASS[b as usize] {
+                        WHITESPACE => break,
+                        LETTER => {
+                            first = first.min(i);
+                            last_end = i + 1;
+                            alpha = true;
+                            out.push(if cfg.lowercase { b | 0x20 } else { b });
+                        }
+                        DIGIT => {
+                            first = first.min(i);
+                            last_end = i + 1;
+                            out.push(if cfg.fold_digits { b'0' } else { b });
+                        }
+                        _ => {
+                            if !cfg.strip_punctuation {
+                                out.push(b);
+                            }
+                        }
+                    }
+                    i += 1;
+                    continue;
+                }
+                let c = char_at(text, i);
+                if c.is_whitespace() {
+                    break;
+                }
+                ascii = false;
+                let len = c.len_utf8();
+                let alphanumeric = c.is_alphanumeric();
+                if alphanumeric {
+                    first = first.min(i);
+                    last_end = i + len;
+                    alpha |= c.is_alphabetic();
+                }
+                if alphanumeric || !cfg.strip_punctuation {
+                    let mut buf = [0u8; 4];
+                    if cfg.lowercase {
+                        for lower in c.to_lowercase() {
+                            out.extend_from_slice(lower.encode_utf8(&mut buf).as_bytes());
+                        }
+                    } else {
+                        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    }
+                }
+                i += len;
+            }
+            if out.len() == word_start {
+                out.truncate(mark); // nothing of the token is kept: no word, no space
+            } else {
+                norm.starts.push(word_start as u32);
+            }
+            if first == usize::MAX {
+                continue; // a symbol-only token ("-", "|", "..."): not a word
+            }
+            let word = &bytes[first..last_end];
+            self.spans.push((first as u32, word.len() as u32));
+            self.alpha_words += alpha as usize;
+            self.word_chars += if ascii {
+                word.len()
+            } else {
+                text[first..last_end].chars().count()
+            };
+            if word.len() <= 4 {
+                for (k, stop) in STOP_WORDS.iter().enumerate() {
+                    if word.eq_ignore_ascii_case(stop.as_bytes()) {
+                        self.stop_mask |= 1 << k;
+                    }
+                }
+            }
+        }
+        norm.text = String::from_utf8(out).expect("ASCII bytes and whole chars are UTF-8");
+    }
+
+    /// Moves the normalized words out, to travel with their document.
+    pub fn take_normalized(&mut self) -> Derived<NormalizedWords> {
+        Derived::new(std::mem::take(&mut self.normalized))
+    }
+}
+
+/// The char starting at byte `i` of `text`.
+#[inline]
+fn char_at(text: &str, i: usize) -> char {
+    text[i..].chars().next().expect("a char starts here")
+}
+
+/// The document's normalized words if they were made with `cfg`'s rules (by the quality filter's
+/// pass), so a dedup stage can use them as they are.
+pub fn normalized<'d>(doc: &'d Document, cfg: &NormalizeConfig) -> Option<&'d NormalizedWords> {
+    doc.words.get().filter(|w| w.rules == cfg.rules())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::{normalize, normalize_words_into};
+
+    /// The definitions the pass must agree with, char by char.
+    fn reference(text: &str, cfg: &NormalizeConfig) -> Words {
+        let mut w = Words::default();
+        for token in text.split_whitespace() {
+            let word = token.trim_matches(|c: char| !c.is_alphanumeric());
+            if word.is_empty() {
+                continue;
+            }
+            let at = word.as_ptr() as usize - text.as_ptr() as usize;
+            w.spans.push((at as u32, word.len() as u32));
+            w.alpha_words += word.chars().any(char::is_alphabetic) as usize;
+            w.word_chars += word.chars().count();
+            for (k, stop) in STOP_WORDS.iter().enumerate() {
+                if word.eq_ignore_ascii_case(stop) {
+                    w.stop_mask |= 1 << k;
+                }
+            }
+        }
+        let mut starts = Vec::new();
+        normalize_words_into(text, cfg, &mut w.normalized.text, &mut starts);
+        w.normalized.starts = starts.into_iter().map(|s| s as u32).collect();
+        w.normalized.rules = cfg.rules();
+        w
+    }
+
+    fn assert_same(text: &str, cfg: &NormalizeConfig) {
+        let mut got = Words::default();
+        got.scan(text, cfg);
+        let want = reference(text, cfg);
+        let what = format!("{text:?} {cfg:?}");
+        assert_eq!(got.spans, want.spans, "spans of {what}");
+        assert_eq!(
+            (got.alpha_words, got.word_chars, got.stop_mask),
+            (want.alpha_words, want.word_chars, want.stop_mask),
+            "counts of {what}"
+        );
+        assert_eq!(got.normalized.text, want.normalized.text, "{what}");
+        assert_eq!(got.normalized.text, normalize(text, cfg), "{what}");
+        assert_eq!(got.normalized.starts, want.normalized.starts, "{what}");
+    }
+
+    #[test]
+    fn agrees_with_the_char_definitions_under_every_rule() {
+        let every_ascii: String = (0u8..128).map(char::from).collect();
+        let texts = [
+            "  Hello,\n\n  World!  The cat -- and THE dog... (with) 'quotes' be-to",
+            "Caf\u{e9} \u{c9}T\u{c9}\u{a0}2024\u{2014}x \u{130}stanbul \u{1F600}! \u{2167}x",
+            "tab\tvt\u{b}ff\u{c}cr\r\u{85}nel\u{3000}ideographic\u{2028}sep",
+            "a ! b\u{ff01}c d_e-f 'q' \u{feff}z \u{0663}\u{0664} \u{00bd}",
+            "--- *** ... \u{2026} \u{00b7}",
+            "",
+            "   ",
+            every_ascii.as_str(),
+        ];
+        for lowercase in [false, true] {
+            for strip_punctuation in [false, true] {
+                for fold_digits in [false, true] {
+                    let cfg = NormalizeConfig {
+                        lowercase,
+                        strip_punctuation,
+                        fold_digits,
+                    };
+                    for text in texts {
+                        assert_same(text, &cfg);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn agrees_on_the_sample() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/data/web/sample.jsonl"
+        );
+        let data = std::fs::read_to_string(path).expect("the tests' sample");
+        for line in data.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_same(v["text"].as_str().unwrap(), &NormalizeConfig::default());
+        }
+    }
+
+    #[test]
+    fn words_of_the_normalized_text() {
+        let mut w = Words::default();
+        w.scan("The  cat's -- HAT.", &NormalizeConfig::default());
+        let words: Vec<&str> = w.normalized.words().collect();
+        assert_eq!(words, ["the", "cats", "hat"]);
+        w.scan(" -- ", &NormalizeConfig::default());
+        assert_eq!(w.normalized.words().count(), 0);
+    }
+}
