@@ -166,6 +166,20 @@ fn number_word(w: &str) -> Option<&'static str> {
     })
 }
 
+/// Base of the window keys' polynomial hash (odd, so powers of it are invertible mod 2^64: two
+/// windows of distinct words collide only as often as random 64-bit values).
+const BASE: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// murmur3's 64-bit finalizer over a window's polynomial hash, its length and a family seed.
+fn window_key(poly: u64, len: usize, family: u64) -> u64 {
+    let mut h = poly ^ family ^ (len as u64).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
 /// Seed of the fragment keys' hash family.
 const FRAGMENT_SEED: u64 = 0x6672_6167_6d65_6e74;
 /// Marks a probed window as a fragment (in its length field).
@@ -176,6 +190,9 @@ const FRAGMENT: u16 = 0x8000;
 struct Words {
     norm: String,
     starts: Vec<usize>,
+    /// `prefix[i]`: the polynomial hash of words `0..i` (each word's xxh3, base [`BASE`]), so a
+    /// window's key costs a multiply and a subtraction instead of hashing its bytes.
+    prefix: Vec<u64>,
     /// Scratch for the dash and word passes.
     scratch: String,
     spare_starts: Vec<usize>,
@@ -229,6 +246,14 @@ impl Words {
             normalize_words_into(text, &NORMALIZE, &mut self.norm, &mut self.starts);
         }
         self.canonicalize();
+        self.prefix.clear();
+        self.prefix.push(0);
+        let mut h = 0u64;
+        for i in 0..self.starts.len() {
+            let word = self.window(i, 1);
+            h = h.wrapping_mul(BASE).wrapping_add(xxh3_64(word.as_bytes()));
+            self.prefix.push(h);
+        }
     }
 
     /// The clitic and number-word pass, in place: the text is rebuilt from the first word that
@@ -291,14 +316,31 @@ impl Words {
         &self.norm[self.starts[pos]..end]
     }
 
-    /// A window's key: the xxh3 of its normalized text.
+    /// The polynomial hash of `len` words from word `pos` (`BASE^len` is `pow`).
+    fn poly(&self, pos: usize, len: usize, pow: u64) -> u64 {
+        self.prefix[pos + len].wrapping_sub(self.prefix[pos].wrapping_mul(pow))
+    }
+
+    /// A window's key: a function of its words alone (so a whole short item and a window of the
+    /// same words agree), mixed so that its bits spread over buckets and owners.
     fn key(&self, pos: usize, len: usize) -> u64 {
-        xxh3_64(self.window(pos, len).as_bytes())
+        window_key(self.poly(pos, len, BASE.wrapping_pow(len as u32)), len, 0)
     }
 
     /// A fragment's key: another hash family, so fragments never answer a window lookup.
     fn fragment_key(&self, pos: usize, len: usize) -> u64 {
-        xxhash_rust::xxh3::xxh3_64_with_seed(self.window(pos, len).as_bytes(), FRAGMENT_SEED)
+        window_key(
+            self.poly(pos, len, BASE.wrapping_pow(len as u32)),
+            len,
+            FRAGMENT_SEED,
+        )
+    }
+
+    /// Every window key of `len` words, in text order.
+    fn keys(&self, len: usize, family: u64) -> impl Iterator<Item = (usize, u64)> + '_ {
+        let pow = BASE.wrapping_pow(len as u32);
+        self.positions(len)
+            .map(move |pos| (pos, window_key(self.poly(pos, len, pow), len, family)))
     }
 }
 
@@ -725,8 +767,8 @@ pub fn find_overlap(text: &str, index: &NgramIndex) -> Option<Overlap> {
     words.fill(text);
     let mut best: Option<(u32, std::cmp::Reverse<u16>, u32)> = None;
     for &len in &index.lengths {
-        for pos in words.positions(len) {
-            if let Some(item) = index.lookup(words.key(pos, len)) {
+        for (pos, key) in words.keys(len, 0) {
+            if let Some(item) = index.lookup(key) {
                 let hit = (pos as u32, std::cmp::Reverse(len as u16), item);
                 if best.is_none_or(|b| hit < b) {
                     best = Some(hit);
@@ -919,14 +961,12 @@ where
         text(&record, &mut buf);
         words.fill(&buf);
         for &len in &lengths {
-            for pos in words.positions(len) {
-                let key = words.key(pos, len);
+            for (pos, key) in words.keys(len, 0) {
                 by_owner[owner_of(key, peers)].push((key, pos as u32, len as u16));
             }
         }
         if fragment_len > 0 {
-            for pos in words.positions(fragment_len) {
-                let key = words.fragment_key(pos, fragment_len);
+            for (pos, key) in words.keys(fragment_len, FRAGMENT_SEED) {
                 by_owner[owner_of(key, peers)].push((
                     key,
                     pos as u32,

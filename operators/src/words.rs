@@ -73,6 +73,10 @@ impl Words {
         let norm = &mut self.normalized;
         norm.rules = cfg.rules();
         norm.starts.clear();
+        // The buffers leave with each document (`take_normalized`): size them once, not by
+        // doubling (a word takes about six bytes of prose).
+        norm.starts.reserve(text.len() / 4 + 8);
+        self.spans.reserve(text.len() / 4 + 8);
         // Bytes are pushed to a Vec and the String rebuilt at the end: every push is ASCII or a
         // whole encoded char, so the result is UTF-8 (checked, at GB/s).
         let mut out = std::mem::take(&mut norm.text).into_bytes();
