@@ -551,7 +551,8 @@ fn owner_of(key: u64, peers: usize) -> usize {
 }
 
 /// One worker's share of the benchmark keys: sorted keys and their items in two arrays (12 bytes
-/// an entry), with a directory on the keys' top bits so a lookup searches a handful of entries.
+/// an entry), with a directory on the keys' top bits so a lookup searches a handful of entries,
+/// behind a filter that turns most absent keys away (about 15 bytes an entry in all).
 #[derive(Debug)]
 struct Table {
     keys: Vec<u64>,
@@ -559,6 +560,11 @@ struct Table {
     /// `dir[b]..dir[b + 1]`: the entries whose top `bits` bits are `b`.
     dir: Vec<u32>,
     bits: u32,
+    /// A blocked Bloom filter over the keys, a byte an entry: two bits in one 64-bit word per
+    /// key. Almost every window of a record is in no benchmark; the filter answers those from a
+    /// few MB that stay in cache (about 5 % pass it by chance) instead of two reads into the
+    /// arrays.
+    filter: Vec<u64>,
 }
 
 impl Table {
@@ -575,12 +581,25 @@ impl Table {
             dir.push(at as u32);
         }
         dir.push(keys.len() as u32);
+        let mut filter = vec![0u64; (keys.len() / 8).max(1).next_power_of_two()];
+        for &key in &keys {
+            let (word, mask) = Self::filter_bits(key, filter.len());
+            filter[word] |= mask;
+        }
         Table {
             keys,
             items,
             dir,
             bits,
+            filter,
         }
+    }
+
+    /// A key's filter word (from its low bits) and its two bits there (from its middle bits;
+    /// the directory uses the top ones). Keys are well mixed, so the bits are independent.
+    fn filter_bits(key: u64, words: usize) -> (usize, u64) {
+        let word = key as usize & (words - 1);
+        (word, 1 << ((key >> 32) & 63) | 1 << ((key >> 40) & 63))
     }
 
     fn bucket(key: u64, bits: u32) -> usize {
@@ -592,6 +611,10 @@ impl Table {
     }
 
     fn get(&self, key: u64) -> Option<u32> {
+        let (word, mask) = Self::filter_bits(key, self.filter.len());
+        if self.filter[word] & mask != mask {
+            return None;
+        }
         let b = Self::bucket(key, self.bits);
         let (lo, hi) = (self.dir[b] as usize, self.dir[b + 1] as usize);
         self.keys[lo..hi]
@@ -601,7 +624,10 @@ impl Table {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.keys.capacity() * 8 + self.items.capacity() * 4 + self.dir.capacity() * 4
+        self.keys.capacity() * 8
+            + self.items.capacity() * 4
+            + self.dir.capacity() * 4
+            + self.filter.capacity() * 8
     }
 }
 
