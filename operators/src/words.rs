@@ -31,7 +31,72 @@ pub struct Words {
     pub stop_mask: u8,
     /// The text normalized, with where each word starts.
     pub normalized: NormalizedWords,
+    /// The Unicode properties of the non-ASCII characters met lately.
+    chars: CharCache,
 }
+
+/// The properties the pass asks of a non-ASCII character, remembered in a small direct-mapped
+/// table: web text repeats few of them (curly quotes, dashes, accented letters), and each
+/// `char` lookup is a search in Unicode's tables.
+#[derive(Debug)]
+struct CharCache {
+    entries: Box<[(char, u8); 256]>,
+}
+
+const IS_WHITESPACE: u8 = 1;
+const IS_ALPHANUMERIC: u8 = 2;
+const IS_ALPHABETIC: u8 = 4;
+/// `to_lowercase` is the character itself.
+const OWN_LOWERCASE: u8 = 8;
+
+impl Default for CharCache {
+    fn default() -> Self {
+        // ASCII NUL never reaches the cache, so it marks an empty entry.
+        CharCache {
+            entries: Box::new([('\0', 0); 256]),
+        }
+    }
+}
+
+impl CharCache {
+    #[inline]
+    fn get(&mut self, c: char) -> u8 {
+        let entry = &mut self.entries[c as usize & 255];
+        if entry.0 != c {
+            let mut lower = c.to_lowercase();
+            let own = lower.next() == Some(c) && lower.next().is_none();
+            let flags = c.is_whitespace() as u8 * IS_WHITESPACE
+                | c.is_alphanumeric() as u8 * IS_ALPHANUMERIC
+                | c.is_alphabetic() as u8 * IS_ALPHABETIC
+                | own as u8 * OWN_LOWERCASE;
+            *entry = (c, flags);
+        }
+        entry.1
+    }
+}
+
+/// A word of up to four bytes as a number, ASCII letters lowercased; words never hold a NUL, so
+/// words of different lengths never meet.
+const fn packed(word: &[u8]) -> u32 {
+    let mut key = 0u32;
+    let mut i = 0;
+    while i < word.len() {
+        key = key << 8 | word[i].to_ascii_lowercase() as u32;
+        i += 1;
+    }
+    key
+}
+
+/// [`STOP_WORDS`] packed.
+const STOP_KEYS: [u32; 8] = {
+    let mut keys = [0u32; 8];
+    let mut k = 0;
+    while k < 8 {
+        keys[k] = packed(STOP_WORDS[k].as_bytes());
+        k += 1;
+    }
+    keys
+};
 
 const WHITESPACE: u8 = 0;
 const LETTER: u8 = 1;
@@ -57,6 +122,30 @@ static ASCII_CLASS: [u8; 128] = {
     }
     t
 };
+
+/// Bytes that normalization keeps as they are, for each (lowercase, fold_digits): 2 for a letter,
+/// 1 for a digit, 0 for every other byte. Runs of them (most of prose) are copied whole.
+static VERBATIM: [[u8; 256]; 4] = [
+    verbatim(false, false),
+    verbatim(false, true),
+    verbatim(true, false),
+    verbatim(true, true),
+];
+
+const fn verbatim(lowercase: bool, fold_digits: bool) -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        if c.is_ascii_lowercase() || (!lowercase && c.is_ascii_uppercase()) {
+            t[b] = 2;
+        } else if c.is_ascii_digit() && !fold_digits {
+            t[b] = 1;
+        }
+        b += 1;
+    }
+    t
+}
 
 impl NormalizeConfig {
     /// The rules as bits, recorded in [`NormalizedWords::rules`].
@@ -84,6 +173,7 @@ impl Words {
         out.reserve(text.len());
         let bytes = text.as_bytes();
         let n = bytes.len();
+        let verbatim = &VERBATIM[(cfg.lowercase as usize) << 1 | cfg.fold_digits as usize];
         let mut i = 0;
         loop {
             // Whitespace before a token.
@@ -96,7 +186,7 @@ impl Words {
                     i += 1;
                 } else {
                     let c = char_at(text, i);
-                    if !c.is_whitespace() {
+                    if self.chars.get(c) & IS_WHITESPACE == 0 {
                         break;
                     }
                     i += c.len_utf8();
@@ -115,6 +205,18 @@ impl Words {
             let (mut alpha, mut ascii) = (false, true);
             while i < n {
                 let b = bytes[i];
+                if verbatim[b as usize] != 0 {
+                    let (start, mut kinds) = (i, 0);
+                    while i < n && verbatim[bytes[i] as usize] != 0 {
+                        kinds |= verbatim[bytes[i] as usize];
+                        i += 1;
+                    }
+                    out.extend_from_slice(&bytes[start..i]);
+                    first = first.min(start);
+                    last_end = i;
+                    alpha |= kinds & 2 != 0;
+                    continue;
+                }
                 if b < 128 {
                     match ASCII_CLASS[b as usize] {
                         WHITESPACE => break,
@@ -139,25 +241,26 @@ impl Words {
                     continue;
                 }
                 let c = char_at(text, i);
-                if c.is_whitespace() {
+                let flags = self.chars.get(c);
+                if flags & IS_WHITESPACE != 0 {
                     break;
                 }
                 ascii = false;
                 let len = c.len_utf8();
-                let alphanumeric = c.is_alphanumeric();
+                let alphanumeric = flags & IS_ALPHANUMERIC != 0;
                 if alphanumeric {
                     first = first.min(i);
                     last_end = i + len;
-                    alpha |= c.is_alphabetic();
+                    alpha |= flags & IS_ALPHABETIC != 0;
                 }
                 if alphanumeric || !cfg.strip_punctuation {
                     let mut buf = [0u8; 4];
-                    if cfg.lowercase {
+                    if flags & OWN_LOWERCASE != 0 || !cfg.lowercase {
+                        out.extend_from_slice(&bytes[i..i + len]);
+                    } else {
                         for lower in c.to_lowercase() {
                             out.extend_from_slice(lower.encode_utf8(&mut buf).as_bytes());
                         }
-                    } else {
-                        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
                     }
                 }
                 i += len;
@@ -179,10 +282,9 @@ impl Words {
                 text[first..last_end].chars().count()
             };
             if word.len() <= 4 {
-                for (k, stop) in STOP_WORDS.iter().enumerate() {
-                    if word.eq_ignore_ascii_case(stop.as_bytes()) {
-                        self.stop_mask |= 1 << k;
-                    }
+                let key = packed(word);
+                for (k, &stop) in STOP_KEYS.iter().enumerate() {
+                    self.stop_mask |= ((key == stop) as u8) << k;
                 }
             }
         }
@@ -262,6 +364,9 @@ mod tests {
             "tab\tvt\u{b}ff\u{c}cr\r\u{85}nel\u{3000}ideographic\u{2028}sep",
             "a ! b\u{ff01}c d_e-f 'q' \u{feff}z \u{0663}\u{0664} \u{00bd}",
             "--- *** ... \u{2026} \u{00b7}",
+            // Characters sharing a slot of the property cache (same low byte): a thin space
+            // and letters, upper and lower case.
+            "a\u{2009}\u{109}\u{108}\u{2009}\u{e9}\u{1e9}\u{1e8} \u{c9}\u{2c9}x\u{2009}\u{109}",
             "",
             "   ",
             every_ascii.as_str(),
