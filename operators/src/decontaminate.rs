@@ -1227,6 +1227,46 @@ mod tests {
     }
 
     #[test]
+    fn the_table_finds_every_key_and_its_filter_turns_most_others_away() {
+        let keys: Vec<u64> = (0..20_000u64).map(|i| window_key(i, 13, 0)).collect();
+        let mut entries: Vec<(u64, u32)> = keys.iter().map(|&k| (k, k as u32)).collect();
+        entries.sort_unstable();
+        let (sorted, items): (Vec<u64>, Vec<u32>) = entries.into_iter().unzip();
+        let table = Table::new(sorted, items);
+        for &k in &keys {
+            assert_eq!(table.get(k), Some(k as u32));
+        }
+        let absent = (20_000..120_000u64).map(|i| window_key(i, 13, 0));
+        let passed = absent
+            .filter(|&k| {
+                let (word, mask) = Table::filter_bits(k, table.filter.len());
+                table.filter[word] & mask == mask
+            })
+            .count();
+        // Two bits of 64 in a word holding about 8 keys: about 5 % by chance.
+        assert!(
+            passed < 10_000,
+            "{passed} of 100000 absent keys passed the filter"
+        );
+    }
+
+    #[test]
+    fn window_keys_are_the_words_not_their_place() {
+        let mut a = Words::default();
+        a.fill("one two three four five six seven eight nine");
+        let mut b = Words::default();
+        b.fill("zero nine one two three four five six seven eight nine");
+        // "one .. eight" (8 words) at 0 in a and at 2 in b.
+        assert_eq!(a.key(0, 8), b.key(2, 8));
+        assert_ne!(a.key(0, 8), a.key(1, 8));
+        assert_ne!(a.key(0, 8), a.key(0, 7));
+        assert_ne!(a.key(0, 8), a.fragment_key(0, 8));
+        let all: Vec<(usize, u64)> = b.keys(8, 0).collect();
+        assert_eq!(all.len(), 4);
+        assert!(all.iter().all(|&(pos, key)| key == b.key(pos, 8)));
+    }
+
+    #[test]
     fn config_is_validated() {
         assert!(cfg(13, 8).validate().is_ok());
         assert!(cfg(13, 14).validate().is_err());

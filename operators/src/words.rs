@@ -400,6 +400,86 @@ mod tests {
         }
     }
 
+    /// A document carrying normalized words that are not its text's: what a stage reads shows
+    /// whether it used the carried words or normalized the text again.
+    fn carrying(id: &str, text: &str, carried: &str, cfg: &NormalizeConfig) -> Document {
+        let mut doc = crate::testing::document(id, text);
+        let mut w = Words::default();
+        w.scan(carried, cfg);
+        doc.words = w.take_normalized();
+        doc
+    }
+
+    #[test]
+    fn the_quality_filter_leaves_the_words_for_dedup() {
+        use crate::quality_filter::{QualityFilter, QualityFilterConfig};
+        use crate::testing::{document, run_stage};
+        let text = "The river rises in the hills to the north of the town, and it runs for many \
+            miles through farms and forests before it reaches the sea. In the spring the water \
+            is high and fast, and the fishermen wait for the summer, when it is slow and clear.";
+        let (passed, _) = run_stage(vec![document("d", text)], |docs| {
+            docs.quality_filter(QualityFilterConfig {
+                min_words: 1,
+                ..Default::default()
+            })
+        });
+        let cfg = NormalizeConfig::default();
+        let words = normalized(&passed[0], &cfg).expect("the filter's pass left the words");
+        assert_eq!(words.text, normalize(text, &cfg));
+        // Made with other rules, they are not offered.
+        let other = NormalizeConfig {
+            fold_digits: true,
+            ..cfg
+        };
+        assert!(normalized(&passed[0], &other).is_none());
+    }
+
+    #[test]
+    fn exact_dedup_keys_on_the_carried_words_and_only_under_their_rules() {
+        use crate::exact_dedup::{ExactDedup, ExactDedupConfig};
+        use crate::testing::run_stage;
+        let cfg = NormalizeConfig::default();
+        // Different texts carrying the same words: the stage must see one text twice.
+        let input = vec![
+            carrying("a", "first text", "same words", &cfg),
+            carrying("b", "second text", "same words", &cfg),
+        ];
+        let (_, copies) = run_stage(input, |d| d.exact_dedup(ExactDedupConfig::default()));
+        assert_eq!(copies.len(), 1, "the carried words were not used");
+        // Words made under other rules are ignored: the texts differ, nothing is a copy.
+        let other = NormalizeConfig {
+            lowercase: false,
+            ..cfg
+        };
+        let input = vec![
+            carrying("a", "first text", "same words", &other),
+            carrying("b", "second text", "same words", &other),
+        ];
+        let (kept, _) = run_stage(input, |d| d.exact_dedup(ExactDedupConfig::default()));
+        assert_eq!(kept.len(), 2);
+    }
+
+    #[test]
+    fn near_dedup_signs_the_carried_words() {
+        use crate::minhash::{MinHasher, NearDedupConfig};
+        let near = NearDedupConfig::default();
+        let mut hasher = MinHasher::new(&near);
+        let text = "Rivers carry water from the hills down to the sea through valleys and plains.";
+        let other =
+            "A recipe for bread with flour, water, salt and yeast, baked for an hour or so.";
+        let (mut from_text, mut from_words) = (Vec::new(), Vec::new());
+        hasher.signature_into(text, &mut from_text);
+        let doc = carrying("d", other, text, &near.normalize);
+        hasher.signature_of(&doc, &mut from_words);
+        assert_eq!(from_words, from_text, "the carried words were not used");
+        // Without words (or with another rule's), the document's own text is signed.
+        let bare = crate::testing::document("d", other);
+        let mut own = Vec::new();
+        hasher.signature_into(other, &mut own);
+        hasher.signature_of(&bare, &mut from_words);
+        assert_eq!(from_words, own);
+    }
+
     #[test]
     fn words_of_the_normalized_text() {
         let mut w = Words::default();
