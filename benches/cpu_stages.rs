@@ -98,7 +98,7 @@ fn build_corpus(path: &Path, copies: usize) -> (usize, u64) {
                     .map(|(j, w)| {
                         let r = mix(((copy as u64) << 48) ^ ((i as u64) << 24) ^ j as u64);
                         let plain = !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase());
-                        if plain && r % 7 == 0 {
+                        if plain && r.is_multiple_of(7) {
                             vocab[(r >> 8) as usize % vocab.len()]
                         } else {
                             w
@@ -346,8 +346,7 @@ fn rensa(corpus: &Path, bytes: u64) -> Option<f64> {
     let secs = v["seconds"].as_f64()?;
     let mbps = bytes as f64 / 1e6 / secs;
     println!(
-        "\nrensa {} MinHash signatures only (112 permutations, 5-word shingles): {secs:.2} s, {mbps:.1} MB/s of the corpus",
-        "(Rust core, Python shingling)"
+        "\nrensa (Rust core, Python shingling) MinHash signatures only (112 permutations, 5-word shingles): {secs:.2} s, {mbps:.1} MB/s of the corpus"
     );
     Some(mbps)
 }

@@ -65,10 +65,11 @@ impl CharCache {
         if entry.0 != c {
             let mut lower = c.to_lowercase();
             let own = lower.next() == Some(c) && lower.next().is_none();
-            let flags = c.is_whitespace() as u8 * IS_WHITESPACE
-                | c.is_alphanumeric() as u8 * IS_ALPHANUMERIC
-                | c.is_alphabetic() as u8 * IS_ALPHABETIC
-                | own as u8 * OWN_LOWERCASE;
+            let flag = |has: bool, bit: u8| if has { bit } else { 0 };
+            let flags = flag(c.is_whitespace(), IS_WHITESPACE)
+                | flag(c.is_alphanumeric(), IS_ALPHANUMERIC)
+                | flag(c.is_alphabetic(), IS_ALPHABETIC)
+                | flag(own, OWN_LOWERCASE);
             *entry = (c, flags);
         }
         entry.1
