@@ -33,6 +33,120 @@ pub struct Words {
     pub normalized: NormalizedWords,
     /// The Unicode properties of the non-ASCII characters met lately.
     chars: CharCache,
+    masks: Masks,
+    /// Scratch for the normalized text and its word starts.
+    buf: Vec<u8>,
+    starts: Vec<u32>,
+}
+
+/// One bit per byte of the text, for each class the scan asks about, 64 bytes a word.
+#[derive(Debug, Default)]
+struct Masks {
+    words: [Vec<u64>; 4],
+}
+
+impl Masks {
+    const WHITESPACE: usize = 0;
+    const NON_ASCII: usize = 1;
+    /// Bytes normalization keeps as they are ([`VERBATIM`]).
+    const VERBATIM: usize = 2;
+    const LETTER: usize = 3;
+
+    /// Classifies every byte: 16 at a time with SSE2 (part of every x86-64 CPU), byte by
+    /// byte elsewhere and for the tail.
+    fn build(&mut self, bytes: &[u8], cfg: &NormalizeConfig) {
+        let chunks = bytes.len().div_ceil(64);
+        for m in &mut self.words {
+            m.clear();
+            m.resize(chunks, 0);
+        }
+        let (lowercase, fold_digits) = (cfg.lowercase, cfg.fold_digits);
+        #[cfg(target_arch = "x86_64")]
+        let done = {
+            let whole = bytes.len() / 16 * 16;
+            for at in (0..whole).step_by(16) {
+                let block: &[u8; 16] = bytes[at..at + 16].try_into().expect("16 bytes");
+                let [ws, hi, verbatim, letter] = sse2::classify(block, lowercase, fold_digits);
+                let (w, shift) = (at / 64, at % 64);
+                self.words[Self::WHITESPACE][w] |= u64::from(ws) << shift;
+                self.words[Self::NON_ASCII][w] |= u64::from(hi) << shift;
+                self.words[Self::VERBATIM][w] |= u64::from(verbatim) << shift;
+                self.words[Self::LETTER][w] |= u64::from(letter) << shift;
+            }
+            whole
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = 0;
+        for (at, &b) in bytes.iter().enumerate().skip(done) {
+            let [ws, hi, verbatim, letter] = classify(b, lowercase, fold_digits);
+            let (w, bit) = (at / 64, 1u64 << (at % 64));
+            for (class, is) in [ws, hi, verbatim, letter].into_iter().enumerate() {
+                if is {
+                    self.words[class][w] |= bit;
+                }
+            }
+        }
+    }
+
+    /// The first byte at or after `at` whose bit in `class` is `set`; past the end if none.
+    #[inline]
+    fn next(&self, class: usize, at: usize, set: bool) -> usize {
+        let words = &self.words[class];
+        let mut w = at / 64;
+        let flip = if set { 0 } else { u64::MAX };
+        let Some(&first) = words.get(w) else {
+            return at;
+        };
+        let mut bits = (first ^ flip) >> (at % 64);
+        if bits != 0 {
+            return at + bits.trailing_zeros() as usize;
+        }
+        loop {
+            w += 1;
+            match words.get(w) {
+                None => return w * 64,
+                Some(&word) => {
+                    bits = word ^ flip;
+                    if bits != 0 {
+                        return w * 64 + bits.trailing_zeros() as usize;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether any byte of `from..to` has its bit in `class` (`set`), or lacks it.
+    #[inline]
+    fn any_is(&self, class: usize, from: usize, to: usize, set: bool) -> bool {
+        if from >= to {
+            return false;
+        }
+        let words = &self.words[class];
+        let flip = if set { 0 } else { u64::MAX };
+        let (first, last) = (from / 64, (to - 1) / 64);
+        (first..=last).any(|w| {
+            let mut bits = words[w] ^ flip;
+            if w == first {
+                bits &= u64::MAX << (from % 64);
+            }
+            if w == last {
+                bits &= u64::MAX >> (63 - (to - 1) % 64);
+            }
+            bits != 0
+        })
+    }
+
+    /// Whether any byte of `from..to` has its bit in `class`.
+    #[inline]
+    fn any(&self, class: usize, from: usize, to: usize) -> bool {
+        self.any_is(class, from, to, true)
+    }
+
+    /// Whether every byte of `from..to` has its bit in `class`.
+    #[inline]
+    fn all(&self, class: usize, from: usize, to: usize) -> bool {
+        !self.any_is(class, from, to, false)
+    }
 }
 
 /// The properties the pass asks of a non-ASCII character, remembered in a small direct-mapped
@@ -73,6 +187,55 @@ impl CharCache {
             *entry = (c, flags);
         }
         entry.1
+    }
+}
+
+/// A byte's classes: ASCII whitespace, non-ASCII, kept as it is by normalization (a lowercase
+/// letter; an uppercase one when case is kept; a digit unless digits are folded), ASCII letter.
+fn classify(b: u8, lowercase: bool, fold_digits: bool) -> [bool; 4] {
+    let lower = b.is_ascii_lowercase();
+    let upper = b.is_ascii_uppercase();
+    [
+        matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r'),
+        b >= 0x80,
+        lower || (upper && !lowercase) || (b.is_ascii_digit() && !fold_digits),
+        lower || upper,
+    ]
+}
+
+/// [`classify`] for 16 bytes at once, as four 16-bit masks.
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use std::arch::x86_64::*;
+
+    /// Bytes of `v` in `lo..=hi` (as unsigned bytes).
+    #[inline(always)]
+    fn within(v: __m128i, lo: u8, hi: u8) -> __m128i {
+        // SAFETY (all intrinsics here): SSE2 is part of the x86-64 baseline.
+        unsafe {
+            let shifted = _mm_sub_epi8(v, _mm_set1_epi8(lo as i8));
+            let span = _mm_set1_epi8((hi - lo) as i8);
+            _mm_cmpeq_epi8(_mm_min_epu8(shifted, span), shifted)
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn classify(block: &[u8; 16], lowercase: bool, fold_digits: bool) -> [u16; 4] {
+        // SAFETY: `block` is 16 readable bytes; SSE2 is part of the x86-64 baseline.
+        unsafe {
+            let v = _mm_loadu_si128(block.as_ptr().cast());
+            let mask = |m: __m128i| _mm_movemask_epi8(m) as u16;
+            let ws = _mm_or_si128(
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(b' ' as i8)),
+                within(v, 0x09, 0x0d),
+            );
+            let lower = mask(within(v, b'a', b'z'));
+            let upper = mask(within(v, b'A', b'Z'));
+            let digit = mask(within(v, b'0', b'9'));
+            let verbatim =
+                lower | if lowercase { 0 } else { upper } | if fold_digits { 0 } else { digit };
+            [mask(ws), mask(v), verbatim, lower | upper]
+        }
     }
 }
 
@@ -124,30 +287,6 @@ static ASCII_CLASS: [u8; 128] = {
     t
 };
 
-/// Bytes that normalization keeps as they are, for each (lowercase, fold_digits): 2 for a letter,
-/// 1 for a digit, 0 for every other byte. Runs of them (most of prose) are copied whole.
-static VERBATIM: [[u8; 256]; 4] = [
-    verbatim(false, false),
-    verbatim(false, true),
-    verbatim(true, false),
-    verbatim(true, true),
-];
-
-const fn verbatim(lowercase: bool, fold_digits: bool) -> [u8; 256] {
-    let mut t = [0u8; 256];
-    let mut b = 0;
-    while b < 128 {
-        let c = b as u8;
-        if c.is_ascii_lowercase() || (!lowercase && c.is_ascii_uppercase()) {
-            t[b] = 2;
-        } else if c.is_ascii_digit() && !fold_digits {
-            t[b] = 1;
-        }
-        b += 1;
-    }
-    t
-}
-
 impl NormalizeConfig {
     /// The rules as bits, recorded in [`NormalizedWords::rules`].
     pub fn rules(&self) -> u8 {
@@ -157,119 +296,151 @@ impl NormalizeConfig {
 
 impl Words {
     /// Scans `text`: the filter's words and counts, and the text normalized per `cfg`.
+    ///
+    /// First one branch-free pass classifies every byte into bitmaps (ASCII whitespace,
+    /// non-ASCII, kept as it is, letter), 64 bytes a word. Tokens are then found from the
+    /// bitmaps; a token of bytes kept as they are (most of prose: lowercase letters and digits)
+    /// is copied whole, other ASCII tokens go byte by byte, and a token with a non-ASCII byte
+    /// goes char by char through the Unicode properties.
     pub fn scan(&mut self, text: &str, cfg: &NormalizeConfig) {
         self.spans.clear();
         (self.alpha_words, self.word_chars, self.stop_mask) = (0, 0, 0);
-        let norm = &mut self.normalized;
-        norm.rules = cfg.rules();
-        norm.starts.clear();
-        // The buffers leave with each document (`take_normalized`): size them once, not by
-        // doubling (a word takes about six bytes of prose).
-        norm.starts.reserve(text.len() / 4 + 8);
-        self.spans.reserve(text.len() / 4 + 8);
-        // Bytes are pushed to a Vec and the String rebuilt at the end: every push is ASCII or a
-        // whole encoded char, so the result is UTF-8 (checked, at GB/s).
-        let mut out = std::mem::take(&mut norm.text).into_bytes();
-        out.clear();
-        out.reserve(text.len());
         let bytes = text.as_bytes();
         let n = bytes.len();
-        let verbatim = &VERBATIM[(cfg.lowercase as usize) << 1 | cfg.fold_digits as usize];
+        self.masks.build(bytes, cfg);
+        // Words are written to reused scratch buffers and copied out at the end at their exact
+        // size: the normalized words travel with the document, and should not carry slack.
+        let starts = &mut self.starts;
+        starts.clear();
+        self.spans.reserve(n / 4 + 8);
+        // Written by index into a buffer sized for the worst case: lowercasing grows a
+        // character by at most half (U+0130 'İ', two bytes, is "i̇", three), a space replaces
+        // at least one byte of whitespace, and 16-byte copies may run past a token's end.
+        let out = &mut self.buf;
+        if out.len() < n + n / 2 + 64 {
+            out.resize(n + n / 2 + 64, 0);
+        }
+        let mut j = 0;
+        let masks = &self.masks;
         let mut i = 0;
-        loop {
-            // Whitespace before a token.
-            while i < n {
-                let b = bytes[i];
-                if b < 128 {
-                    if ASCII_CLASS[b as usize] != WHITESPACE {
-                        break;
-                    }
-                    i += 1;
-                } else {
-                    let c = char_at(text, i);
-                    if self.chars.get(c) & IS_WHITESPACE == 0 {
-                        break;
-                    }
-                    i += c.len_utf8();
-                }
-            }
+        while i < n {
+            i = masks.next(Masks::WHITESPACE, i, false);
             if i >= n {
                 break;
             }
-            // One token: up to the next whitespace.
-            let mark = out.len();
-            if !out.is_empty() {
-                out.push(b' ');
-            }
-            let word_start = out.len();
-            let (mut first, mut last_end) = (usize::MAX, 0);
-            let (mut alpha, mut ascii) = (false, true);
-            while i < n {
-                let b = bytes[i];
-                if verbatim[b as usize] != 0 {
-                    let (start, mut kinds) = (i, 0);
-                    while i < n && verbatim[bytes[i] as usize] != 0 {
-                        kinds |= verbatim[bytes[i] as usize];
-                        i += 1;
-                    }
-                    out.extend_from_slice(&bytes[start..i]);
-                    first = first.min(start);
-                    last_end = i;
-                    alpha |= kinds & 2 != 0;
+            if bytes[i] >= 0x80 {
+                let c = char_at(text, i);
+                if self.chars.get(c) & IS_WHITESPACE != 0 {
+                    i += c.len_utf8();
                     continue;
                 }
-                if b < 128 {
+            }
+            // A token runs to the next whitespace: ASCII from the bitmap, or any other the
+            // char-by-char path finds.
+            let end = masks.next(Masks::WHITESPACE, i, true).min(n);
+            let mark = j;
+            if j > 0 {
+                out[j] = b' ';
+                j += 1;
+            }
+            let word_start = j;
+            let (mut first, mut last_end) = (usize::MAX, 0);
+            let (mut alpha, mut ascii) = (false, true);
+            if masks.all(Masks::VERBATIM, i, end) {
+                let len = end - i;
+                if len <= 16 && i + 16 <= n {
+                    out[j..j + 16].copy_from_slice(&bytes[i..i + 16]);
+                } else {
+                    out[j..j + len].copy_from_slice(&bytes[i..end]);
+                }
+                j += len;
+                (first, last_end) = (i, end);
+                alpha = masks.any(Masks::LETTER, i, end);
+                i = end;
+            } else if !masks.any(Masks::NON_ASCII, i, end) {
+                for (at, &b) in bytes.iter().enumerate().take(end).skip(i) {
                     match ASCII_CLASS[b as usize] {
-                        WHITESPACE => break,
                         LETTER => {
-                            first = first.min(i);
-                            last_end = i + 1;
+                            first = first.min(at);
+                            last_end = at + 1;
                             alpha = true;
-                            out.push(if cfg.lowercase { b | 0x20 } else { b });
+                            out[j] = if cfg.lowercase { b | 0x20 } else { b };
+                            j += 1;
                         }
                         DIGIT => {
-                            first = first.min(i);
-                            last_end = i + 1;
-                            out.push(if cfg.fold_digits { b'0' } else { b });
+                            first = first.min(at);
+                            last_end = at + 1;
+                            out[j] = if cfg.fold_digits { b'0' } else { b };
+                            j += 1;
                         }
                         _ => {
                             if !cfg.strip_punctuation {
-                                out.push(b);
+                                out[j] = b;
+                                j += 1;
                             }
                         }
                     }
-                    i += 1;
-                    continue;
                 }
-                let c = char_at(text, i);
-                let flags = self.chars.get(c);
-                if flags & IS_WHITESPACE != 0 {
-                    break;
-                }
+                i = end;
+            } else {
                 ascii = false;
-                let len = c.len_utf8();
-                let alphanumeric = flags & IS_ALPHANUMERIC != 0;
-                if alphanumeric {
-                    first = first.min(i);
-                    last_end = i + len;
-                    alpha |= flags & IS_ALPHABETIC != 0;
-                }
-                if alphanumeric || !cfg.strip_punctuation {
-                    let mut buf = [0u8; 4];
-                    if flags & OWN_LOWERCASE != 0 || !cfg.lowercase {
-                        out.extend_from_slice(&bytes[i..i + len]);
-                    } else {
-                        for lower in c.to_lowercase() {
-                            out.extend_from_slice(lower.encode_utf8(&mut buf).as_bytes());
+                while i < n {
+                    let b = bytes[i];
+                    if b < 128 {
+                        match ASCII_CLASS[b as usize] {
+                            WHITESPACE => break,
+                            LETTER => {
+                                first = first.min(i);
+                                last_end = i + 1;
+                                alpha = true;
+                                out[j] = if cfg.lowercase { b | 0x20 } else { b };
+                                j += 1;
+                            }
+                            DIGIT => {
+                                first = first.min(i);
+                                last_end = i + 1;
+                                out[j] = if cfg.fold_digits { b'0' } else { b };
+                                j += 1;
+                            }
+                            _ => {
+                                if !cfg.strip_punctuation {
+                                    out[j] = b;
+                                    j += 1;
+                                }
+                            }
+                        }
+                        i += 1;
+                        continue;
+                    }
+                    let c = char_at(text, i);
+                    let flags = self.chars.get(c);
+                    if flags & IS_WHITESPACE != 0 {
+                        break;
+                    }
+                    let len = c.len_utf8();
+                    let alphanumeric = flags & IS_ALPHANUMERIC != 0;
+                    if alphanumeric {
+                        first = first.min(i);
+                        last_end = i + len;
+                        alpha |= flags & IS_ALPHABETIC != 0;
+                    }
+                    if alphanumeric || !cfg.strip_punctuation {
+                        if flags & OWN_LOWERCASE != 0 || !cfg.lowercase {
+                            out[j..j + len].copy_from_slice(&bytes[i..i + len]);
+                            j += len;
+                        } else {
+                            for lower in c.to_lowercase() {
+                                j += lower.encode_utf8(&mut out[j..]).len();
+                            }
                         }
                     }
+                    i += len;
                 }
-                i += len;
             }
-            if out.len() == word_start {
-                out.truncate(mark); // nothing of the token is kept: no word, no space
+            if j == word_start {
+                j = mark; // nothing of the token is kept: no word, no space
             } else {
-                norm.starts.push(word_start as u32);
+                starts.push(word_start as u32);
             }
             if first == usize::MAX {
                 continue; // a symbol-only token ("-", "|", "..."): not a word
@@ -284,12 +455,19 @@ impl Words {
             };
             if word.len() <= 4 {
                 let key = packed(word);
-                for (k, &stop) in STOP_KEYS.iter().enumerate() {
-                    self.stop_mask |= ((key == stop) as u8) << k;
+                if let Some(k) = STOP_KEYS.iter().position(|&stop| stop == key) {
+                    self.stop_mask |= 1 << k;
                 }
             }
         }
-        norm.text = String::from_utf8(out).expect("ASCII bytes and whole chars are UTF-8");
+        let norm = &mut self.normalized;
+        norm.rules = cfg.rules();
+        norm.text.clear();
+        norm.text.push_str(
+            std::str::from_utf8(&out[..j]).expect("ASCII bytes and whole chars are UTF-8"),
+        );
+        norm.starts.clear();
+        norm.starts.extend_from_slice(starts);
     }
 
     /// Moves the normalized words out, to travel with their document.
@@ -479,6 +657,45 @@ mod tests {
         hasher.signature_into(other, &mut own);
         hasher.signature_of(&bare, &mut from_words);
         assert_eq!(from_words, own);
+    }
+
+    #[test]
+    fn the_bitmaps_agree_with_the_byte_rules() {
+        // Every byte value at every position of a 16-byte block, across 64-bit words.
+        let bytes: Vec<u8> = (0..=255u8).chain(0..=255u8).chain([b'a'; 45]).collect();
+        for (lowercase, fold_digits) in [(false, false), (false, true), (true, false), (true, true)]
+        {
+            let cfg = NormalizeConfig {
+                lowercase,
+                fold_digits,
+                ..NormalizeConfig::default()
+            };
+            let mut m = Masks::default();
+            m.build(&bytes, &cfg);
+            for (at, &b) in bytes.iter().enumerate() {
+                let want = classify(b, lowercase, fold_digits);
+                for (class, &is) in want.iter().enumerate() {
+                    assert_eq!(
+                        m.any(class, at, at + 1),
+                        is,
+                        "byte {b:#x} at {at}, class {class}"
+                    );
+                }
+            }
+            // Ranges across word boundaries, against a plain scan.
+            for (from, to) in [(0, 0), (3, 70), (60, 130), (64, 128), (500, bytes.len())] {
+                for class in 0..4 {
+                    let plain = (from..to).filter(|&at| m.any(class, at, at + 1)).count();
+                    assert_eq!(m.any(class, from, to), plain > 0);
+                    assert_eq!(m.all(class, from, to), plain == to - from);
+                    let next = (from..bytes.len()).find(|&at| m.any(class, at, at + 1));
+                    assert_eq!(
+                        m.next(class, from, true).min(bytes.len()),
+                        next.unwrap_or(bytes.len())
+                    );
+                }
+            }
+        }
     }
 
     #[test]
