@@ -28,6 +28,7 @@ use crate::resume::{
     InputIdentity, PartialOutput, ProgressRecord, ResumeMode, settings_fingerprint,
 };
 use crate::runtime::RunControl;
+use webscale_rl_operators::lsh_index::IndexSync;
 
 /// Paths of a file-mode run.
 #[derive(Clone, Debug)]
@@ -89,9 +90,15 @@ pub fn run_files(
     let mut checkpoints = None;
     let mut skip_lines = 0;
     let (output, rejects_out) = if resumable {
-        // Its checkpoints must never be ahead of what the dedup indexes remember.
+        // Its checkpoints must never be ahead of what the dedup indexes remember: the indexes
+        // commit every epoch without syncing, and each checkpoint syncs them before it is
+        // stored. (The intervals are kept at 0, as before, so that a run started by an earlier
+        // build still resumes: they are part of the settings' fingerprint.)
         cfg.exact_dedup.sync_interval_ms = 0;
         cfg.near_dedup.sync_interval_ms = 0;
+        let index_sync = IndexSync::default();
+        cfg.exact_dedup.index_sync = Some(index_sync.clone());
+        cfg.near_dedup.index_sync = Some(index_sync.clone());
         let identity = InputIdentity::of(&run.input)?;
         let settings = settings_fingerprint(&cfg, &rejects, resources.llm.is_some());
         let record = match run.resume {
@@ -151,6 +158,7 @@ pub fn run_files(
             epoch_lines: cfg.source.epoch_records() as u64,
             interval: Duration::from_millis(cfg.source.checkpoint_ms),
             last: std::time::Instant::now(),
+            index_sync,
         });
         (Output::Jsonl(Box::new(outputs.0)), outputs.1)
     } else {
@@ -219,6 +227,9 @@ struct Checkpoints {
     /// `[source] checkpoint_ms`.
     interval: Duration,
     last: std::time::Instant,
+    /// The dedup indexes, synced before each record is stored: every epoch the record counts
+    /// is committed in them (the sinks see an epoch only after the dedup stages judged it).
+    index_sync: IndexSync,
 }
 
 impl Checkpoints {
@@ -248,6 +259,7 @@ impl Checkpoints {
         self.record.output.bytes = bytes(out)?;
         self.record.rejects.bytes = bytes(rej)?;
         self.record.lines_done = lines_done;
+        self.index_sync.sync_all()?;
         self.record.store(&self.record.output.path.clone())?;
         self.last = std::time::Instant::now();
         Ok(lines_done)

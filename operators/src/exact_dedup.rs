@@ -43,6 +43,9 @@ pub struct ExactDedupConfig {
     /// The index is fsynced at least this often; 0 = every epoch (a resumable file run: its
     /// checkpoints must never be ahead of what the index remembers).
     pub sync_interval_ms: u64,
+    /// Not a setting: set by a run that syncs the index itself ([`crate::lsh_index::IndexSync`]).
+    #[serde(skip)]
+    pub index_sync: Option<crate::lsh_index::IndexSync>,
 }
 
 impl Default for ExactDedupConfig {
@@ -54,6 +57,7 @@ impl Default for ExactDedupConfig {
             partitions: 32,
             max_documents: 100_000_000,
             sync_interval_ms: 5000,
+            index_sync: None,
         }
     }
 }
@@ -79,6 +83,7 @@ impl ExactDedupConfig {
             ttl: 0,
             sync_interval: Duration::from_millis(self.sync_interval_ms),
             cache_bytes: (16 << 20) / partitions as usize,
+            on_demand: self.index_sync.clone(),
         }
     }
 

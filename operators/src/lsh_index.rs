@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use redb::backends::InMemoryBackend;
 use redb::{Builder, Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::minhash::{MinHasher, NearDedupConfig, sketch_len};
 
@@ -130,6 +132,54 @@ pub fn check_layout(
     Ok(())
 }
 
+/// Durability on demand. Partitions opened with it commit every epoch without syncing, and
+/// whoever records progress that relies on them (a resumable file run, before it stores a
+/// checkpoint) calls [`IndexSync::sync_all`] first: one sync per partition per checkpoint
+/// instead of one per partition per epoch. The handle keeps every partition's database open
+/// until the last clone of it drops, so a worker that stops first (Ctrl-C) leaves its commits
+/// for the checkpoint that counts them; closing a database makes its commits durable.
+#[derive(Clone, Default)]
+pub struct IndexSync(Arc<Mutex<Vec<(Arc<Database>, Arc<AtomicBool>, String)>>>);
+
+impl IndexSync {
+    /// Makes every commit so far of every registered partition durable (an fsync each, for
+    /// those with commits since the last). Returns how many it synced.
+    pub fn sync_all(&self) -> Result<usize, IndexError> {
+        let partitions = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut synced = 0;
+        for (db, dirty, path) in partitions {
+            if dirty.swap(false, Ordering::AcqRel) {
+                let err = db_err(&path);
+                let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
+                set_durability(&mut txn, true).map_err(&err)?;
+                txn.commit().map_err(|e| err(e.into()))?;
+                synced += 1;
+            }
+        }
+        Ok(synced)
+    }
+
+    fn register(&self, db: Arc<Database>, path: String) -> Arc<AtomicBool> {
+        let dirty = Arc::new(AtomicBool::new(true));
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.push((db, dirty.clone(), path));
+        dirty
+    }
+}
+
+impl std::fmt::Debug for IndexSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IndexSync")
+    }
+}
+
+/// Handles compare equal: which one a run syncs through is not a setting.
+impl PartialEq for IndexSync {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// What a partition needs to know from the configuration.
 #[derive(Clone, Debug)]
 pub struct IndexParams {
@@ -146,6 +196,8 @@ pub struct IndexParams {
     pub ttl: u64,
     pub sync_interval: Duration,
     pub cache_bytes: usize,
+    /// Set: commits are never synced here, only through it ([`IndexSync`]).
+    pub on_demand: Option<IndexSync>,
 }
 
 impl IndexParams {
@@ -170,6 +222,7 @@ impl IndexParams {
             sync_interval: Duration::from_millis(cfg.sync_interval_ms),
             // The budget is per process, which holds every partition once over its workers.
             cache_bytes: (cfg.cache_mb << 20) / partitions as usize,
+            on_demand: cfg.index_sync.clone(),
         }
     }
 }
@@ -205,7 +258,9 @@ pub struct EpochStats {
 
 /// One partition of the index: its redb log and in-memory table.
 pub struct Partition {
-    db: Database,
+    db: Arc<Database>,
+    /// With [`IndexParams::on_demand`]: set at every commit, cleared by the sync.
+    on_demand: Option<Arc<AtomicBool>>,
     path: String,
     table: Slots,
     /// Record numbers in use: `oldest..next`.
@@ -252,6 +307,11 @@ impl Partition {
             }
         };
         check_meta(&db, &path, params, partition)?;
+        let db = Arc::new(db);
+        let on_demand = params
+            .on_demand
+            .as_ref()
+            .map(|sync| sync.register(db.clone(), path.clone()));
         let (table, oldest, next) = {
             let err = db_err(&path);
             let txn = db.begin_read().map_err(|e| err(e.into()))?;
@@ -270,6 +330,7 @@ impl Partition {
         };
         Ok(Partition {
             db,
+            on_demand,
             path,
             table,
             oldest,
@@ -303,8 +364,9 @@ impl Partition {
     ) -> Result<EpochStats, IndexError> {
         let path = self.path.clone();
         let err = db_err(&path);
-        let durable = self.params.sync_interval.is_zero()
-            || self.last_sync.elapsed() >= self.params.sync_interval;
+        let durable = self.on_demand.is_none()
+            && (self.params.sync_interval.is_zero()
+                || self.last_sync.elapsed() >= self.params.sync_interval);
         let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
         set_durability(&mut txn, durable).map_err(&err)?;
         let mut stats = EpochStats::default();
@@ -377,6 +439,8 @@ impl Partition {
         if durable {
             self.last_sync = Instant::now();
             self.dirty = false;
+        } else if let Some(dirty) = &self.on_demand {
+            dirty.store(true, Ordering::Release);
         } else {
             self.dirty = true;
         }
@@ -413,9 +477,10 @@ impl Partition {
         Ok(evicted)
     }
 
-    /// Makes every commit so far durable (an fsync), if any is not yet.
+    /// Makes every commit so far durable (an fsync), if any is not yet. A partition synced on
+    /// demand is left to its [`IndexSync`].
     pub fn sync(&mut self) -> Result<(), IndexError> {
-        if !self.dirty {
+        if !self.dirty || self.on_demand.is_some() {
             return Ok(());
         }
         let err = db_err(&self.path);
@@ -804,6 +869,33 @@ mod tests {
             })
             .is_ok()
         );
+    }
+
+    #[test]
+    fn partitions_synced_on_demand_sync_only_through_their_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = IndexSync::default();
+        let mut on_demand = params(Some(dir.path()));
+        on_demand.on_demand = Some(sync.clone());
+        {
+            let mut p = Partition::open(0, &on_demand).unwrap();
+            // Opening left the metadata commit to sync.
+            assert_eq!(sync.sync_all().unwrap(), 1);
+            assert_eq!(sync.sync_all().unwrap(), 0);
+            p.apply_epoch(5, &[query(key(1), 1, "first")], |_, _| {})
+                .unwrap();
+            // The epoch committed without syncing, and the partition's own sync leaves it be.
+            p.sync().unwrap();
+            assert_eq!(sync.sync_all().unwrap(), 1);
+            assert_eq!(sync.sync_all().unwrap(), 0);
+            p.apply_epoch(6, &[query(key(2), 2, "second")], |_, _| {})
+                .unwrap();
+        }
+        // The partition is gone, its database is not: the handle syncs it still.
+        assert_eq!(sync.sync_all().unwrap(), 1);
+        drop((sync, on_demand));
+        let p = Partition::open(0, &params(Some(dir.path()))).unwrap();
+        assert_eq!(p.entries(), 2, "what was synced is kept");
     }
 
     #[test]

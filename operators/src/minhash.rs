@@ -57,6 +57,9 @@ pub struct NearDedupConfig {
     pub sync_interval_ms: u64,
     /// Page cache of the persisted index, in MiB, shared by all partitions of a process.
     pub cache_mb: usize,
+    /// Not a setting: set by a run that syncs the index itself ([`crate::lsh_index::IndexSync`]).
+    #[serde(skip)]
+    pub index_sync: Option<crate::lsh_index::IndexSync>,
 }
 
 impl Default for NearDedupConfig {
@@ -75,6 +78,7 @@ impl Default for NearDedupConfig {
             ttl_hours: 0.0,
             sync_interval_ms: 5000,
             cache_mb: 64,
+            index_sync: None,
         }
     }
 }
