@@ -370,6 +370,7 @@ impl Partition {
         let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
         set_durability(&mut txn, durable).map_err(&err)?;
         let mut stats = EpochStats::default();
+        let mut record = Vec::with_capacity(RECORD_HEADER + self.params.sketch_len + 64);
         {
             let mut records = txn.open_table(RECORDS).map_err(|e| err(e.into()))?;
             if self.params.ttl > 0 && epoch > self.params.ttl {
@@ -418,7 +419,7 @@ impl Partition {
                 }
                 let number = self.next;
                 records
-                    .insert(number, encode(q, epoch).as_slice())
+                    .insert(number, encode_into(&mut record, q, epoch).as_slice())
                     .map_err(|e| err(e.into()))?;
                 self.table.insert(q.key, number);
                 self.next += 1;
@@ -565,8 +566,9 @@ fn set_durability(txn: &mut redb::WriteTransaction, durable: bool) -> Result<(),
     Ok(())
 }
 
-fn encode(q: &Query<'_>, epoch: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(RECORD_HEADER + q.sketch.len() + q.id.len());
+/// A record in `v` (cleared first; reused from one record to the next).
+fn encode_into<'v>(v: &'v mut Vec<u8>, q: &Query<'_>, epoch: u64) -> &'v Vec<u8> {
+    v.clear();
     v.extend_from_slice(&q.key.to_le_bytes());
     v.extend_from_slice(&q.origin.to_le_bytes());
     v.extend_from_slice(&epoch.to_le_bytes());
