@@ -17,6 +17,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::vec::Map;
 use webscale_rl_records::{AcceptedDocument, DeadLetter, Keyed, QaPair};
 
 use crate::export::ShardedWriter;
@@ -56,16 +57,19 @@ impl FileOutput {
         }
     }
 
-    pub fn write<R: FileRecord>(&mut self, record: R) -> anyhow::Result<()> {
-        match self {
-            FileOutput::Jsonl(out) => {
-                let line = serde_json::to_vec(&record).expect("records serialize to JSON");
-                out.write_record(&line)
+    pub fn write<R: FileRecord>(&mut self, record: Outgoing<R>) -> anyhow::Result<()> {
+        match (self, record) {
+            (FileOutput::Jsonl(out), Outgoing::Line { line, .. }) => out.write_record(&line),
+            (FileOutput::Jsonl(out), Outgoing::Record(record)) => {
+                out.write_record(&serde_json::to_vec(&record).expect("records serialize to JSON"))
             }
-            FileOutput::Shards(out) => match record.into_qa_pair() {
+            (FileOutput::Shards(out), Outgoing::Record(record)) => match record.into_qa_pair() {
                 Some(pair) => out.write(pair),
                 None => anyhow::bail!("shard outputs take QA pairs (run with an LLM)"),
             },
+            (FileOutput::Shards(_), Outgoing::Line { .. }) => {
+                anyhow::bail!("shard outputs take whole records, not JSON lines")
+            }
         }
     }
 
@@ -73,6 +77,36 @@ impl FileOutput {
         match self {
             FileOutput::Jsonl(out) => out.finish(),
             FileOutput::Shards(out) => out.finish().map(|_| ()),
+        }
+    }
+}
+
+/// A record on its way to worker 0. Bound for a JSONL file it is encoded on the worker that
+/// held it, so that every worker shares the encoding (worker 0 only writes the bytes); a shard
+/// output needs the record itself.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum Outgoing<R> {
+    Line { key: String, line: Vec<u8> },
+    Record(R),
+}
+
+impl<R: Keyed> Outgoing<R> {
+    /// `record` encoded as its JSON line when `encode`, else as it is.
+    pub fn new(record: R, encode: bool) -> Self {
+        if encode {
+            Outgoing::Line {
+                key: record.key().to_string(),
+                line: serde_json::to_vec(&record).expect("records serialize to JSON"),
+            }
+        } else {
+            Outgoing::Record(record)
+        }
+    }
+
+    fn key(&self) -> &str {
+        match self {
+            Outgoing::Line { key, .. } => key,
+            Outgoing::Record(record) => record.key(),
         }
     }
 }
@@ -89,6 +123,8 @@ pub type Written = Rc<Cell<u64>>;
 /// line (or offset) of the message it comes from. Both files therefore always hold exactly the
 /// epochs below [`Written`], which a checkpoint can name. A write error is kept in `error` and
 /// fails the run.
+/// `encode_records`: the output is JSONL, so records travel as their JSON lines ([`Outgoing`]);
+/// dead letters always do.
 pub fn file_sinks<R: FileRecord>(
     records: StreamVec<'_, u64, (i64, R)>,
     dead_letters: StreamVec<'_, u64, (i64, DeadLetter)>,
@@ -96,15 +132,18 @@ pub fn file_sinks<R: FileRecord>(
     rejects: SharedOutput,
     written: Written,
     error: Rc<RefCell<Option<String>>>,
+    encode_records: bool,
 ) {
     /// An epoch's records of both streams, each with its position.
-    type Held<R> = (Vec<(i64, R)>, Vec<(i64, DeadLetter)>);
+    type Held<R> = (Vec<(i64, Outgoing<R>)>, Vec<(i64, Outgoing<DeadLetter>)>);
     let mut epochs: BTreeMap<u64, Held<R>> = BTreeMap::new();
+    let records = records.map(move |(at, r)| (at, Outgoing::new(r, encode_records)));
+    let dead_letters = dead_letters.map(|(at, d)| (at, Outgoing::new(d, true)));
     let _: StreamVec<'_, u64, ()> = records
         .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
             dead_letters,
-            Exchange::new(|_: &(i64, R)| 0),
-            Exchange::new(|_: &(i64, DeadLetter)| 0),
+            Exchange::new(|_: &(i64, Outgoing<R>)| 0),
+            Exchange::new(|_: &(i64, Outgoing<DeadLetter>)| 0),
             "FileSinks",
             move |_cap, _info| {
                 move |(records_in, records_frontier), (dead_in, dead_frontier), _output| {
@@ -146,7 +185,7 @@ pub fn file_sinks<R: FileRecord>(
 /// Writes one epoch's records of one stream, in (position, key) order.
 fn write_epoch<R: FileRecord>(
     out: &SharedOutput,
-    mut records: Vec<(i64, R)>,
+    mut records: Vec<(i64, Outgoing<R>)>,
 ) -> anyhow::Result<()> {
     records.sort_by(|a, b| (a.0, a.1.key()).cmp(&(b.0, b.1.key())));
     let mut out = out.borrow_mut();

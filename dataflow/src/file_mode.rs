@@ -296,6 +296,8 @@ struct Sinks<'a> {
     funnel: &'a Funnel,
     error: &'a Rc<RefCell<Option<String>>>,
     durable: &'a ProbeHandle<u64>,
+    /// The main output is JSONL (not shards): records are encoded before they cross.
+    jsonl: bool,
 }
 
 impl Sinks<'_> {
@@ -321,6 +323,7 @@ impl Sinks<'_> {
             rejects.clone(),
             written.clone(),
             self.error.clone(),
+            self.jsonl,
         );
         written
     }
@@ -371,6 +374,7 @@ fn file_worker(
             funnel,
             error: &sink_error,
             durable: &durable,
+            jsonl: run.format.is_none(),
         };
         Ok(match outs.output {
             graph::Output::Documents(records) => {
