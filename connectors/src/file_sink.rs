@@ -124,62 +124,63 @@ pub type Written = Rc<Cell<u64>>;
 /// epochs below [`Written`], which a checkpoint can name. A write error is kept in `error` and
 /// fails the run.
 /// `encode_records`: the output is JSONL, so records travel as their JSON lines ([`Outgoing`]);
-/// dead letters always do.
-pub fn file_sinks<R: FileRecord>(
-    records: StreamVec<'_, u64, (i64, R)>,
-    dead_letters: StreamVec<'_, u64, (i64, DeadLetter)>,
+/// dead letters always do. The returned stream carries nothing; its frontier is that of what
+/// reached the sinks (a probe there costs no copy of the records, as one on a stream the sinks
+/// also read would).
+pub fn file_sinks<'s, R: FileRecord>(
+    records: StreamVec<'s, u64, (i64, R)>,
+    dead_letters: StreamVec<'s, u64, (i64, DeadLetter)>,
     out: SharedOutput,
     rejects: SharedOutput,
     written: Written,
     error: Rc<RefCell<Option<String>>>,
     encode_records: bool,
-) {
+) -> StreamVec<'s, u64, ()> {
     /// An epoch's records of both streams, each with its position.
     type Held<R> = (Vec<(i64, Outgoing<R>)>, Vec<(i64, Outgoing<DeadLetter>)>);
     let mut epochs: BTreeMap<u64, Held<R>> = BTreeMap::new();
     let records = records.map(move |(at, r)| (at, Outgoing::new(r, encode_records)));
     let dead_letters = dead_letters.map(|(at, d)| (at, Outgoing::new(d, true)));
-    let _: StreamVec<'_, u64, ()> = records
-        .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
-            dead_letters,
-            Exchange::new(|_: &(i64, Outgoing<R>)| 0),
-            Exchange::new(|_: &(i64, Outgoing<DeadLetter>)| 0),
-            "FileSinks",
-            move |_cap, _info| {
-                move |(records_in, records_frontier), (dead_in, dead_frontier), _output| {
-                    records_in.for_each(|cap, data| {
-                        let epoch = *cap.least().expect("a stamp has a time");
-                        epochs.entry(epoch).or_default().0.append(data);
-                    });
-                    dead_in.for_each(|cap, data| {
-                        let epoch = *cap.least().expect("a stamp has a time");
-                        epochs.entry(epoch).or_default().1.append(data);
-                    });
-                    while let Some(entry) = epochs.first_entry() {
-                        let epoch = entry.key();
-                        if records_frontier.less_equal(epoch) || dead_frontier.less_equal(epoch) {
-                            break;
-                        }
-                        let (records, dead) = entry.remove();
-                        if let Err(e) =
-                            write_epoch(&out, records).and_then(|()| write_epoch(&rejects, dead))
-                        {
-                            error.borrow_mut().get_or_insert_with(|| format!("{e:#}"));
-                            return;
-                        }
+    records.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+        dead_letters,
+        Exchange::new(|_: &(i64, Outgoing<R>)| 0),
+        Exchange::new(|_: &(i64, Outgoing<DeadLetter>)| 0),
+        "FileSinks",
+        move |_cap, _info| {
+            move |(records_in, records_frontier), (dead_in, dead_frontier), _output| {
+                records_in.for_each(|cap, data| {
+                    let epoch = *cap.least().expect("a stamp has a time");
+                    epochs.entry(epoch).or_default().0.append(data);
+                });
+                dead_in.for_each(|cap, data| {
+                    let epoch = *cap.least().expect("a stamp has a time");
+                    epochs.entry(epoch).or_default().1.append(data);
+                });
+                while let Some(entry) = epochs.first_entry() {
+                    let epoch = entry.key();
+                    if records_frontier.less_equal(epoch) || dead_frontier.less_equal(epoch) {
+                        break;
                     }
-                    let next = epochs
-                        .first_key_value()
-                        .map(|(e, _)| *e)
-                        .into_iter()
-                        .chain(records_frontier.frontier().iter().copied())
-                        .chain(dead_frontier.frontier().iter().copied())
-                        .min()
-                        .unwrap_or(u64::MAX);
-                    written.set(next);
+                    let (records, dead) = entry.remove();
+                    if let Err(e) =
+                        write_epoch(&out, records).and_then(|()| write_epoch(&rejects, dead))
+                    {
+                        error.borrow_mut().get_or_insert_with(|| format!("{e:#}"));
+                        return;
+                    }
                 }
-            },
-        );
+                let next = epochs
+                    .first_key_value()
+                    .map(|(e, _)| *e)
+                    .into_iter()
+                    .chain(records_frontier.frontier().iter().copied())
+                    .chain(dead_frontier.frontier().iter().copied())
+                    .min()
+                    .unwrap_or(u64::MAX);
+                written.set(next);
+            }
+        },
+    )
 }
 
 /// Writes one epoch's records of one stream, in (position, key) order.

@@ -313,8 +313,6 @@ impl Sinks<'_> {
         let records = count(records, self.funnel, EMITTED.0, EMITTED.1);
         let dead_letters = count(dead_letters, self.funnel, DEAD_LETTERED.0, DEAD_LETTERED.1)
             .map(|dead| (dead.offset, dead));
-        records.clone().probe_with(self.durable);
-        dead_letters.clone().probe_with(self.durable);
         let written = Written::default();
         file_sinks(
             records,
@@ -324,7 +322,8 @@ impl Sinks<'_> {
             written.clone(),
             self.error.clone(),
             self.jsonl,
-        );
+        )
+        .probe_with(self.durable);
         written
     }
 }
