@@ -14,6 +14,8 @@ use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
 use webscale_rl_dataflow::{Funnel, PipelineConfig};
 use webscale_rl_operators::benchmarks::BenchmarkSpec;
 use webscale_rl_operators::decontaminate::Benchmarks;
+use webscale_rl_operators::exact_dedup::ExactDedupConfig;
+use webscale_rl_operators::minhash::NearDedupConfig;
 
 use crate::cli::{Cli, ClusterArgs, PipelineArgs};
 use crate::llm_args::{CacheHome, LlmSetup};
@@ -171,6 +173,9 @@ pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<PipelineCon
     }
 }
 
+/// Partitions of each dedup index in a run's own state directory, unless the config sets others.
+const RUN_STATE_PARTITIONS: u32 = 8;
+
 /// Where the dedup stages keep their indexes unless `state_dir` says otherwise.
 enum StateHome {
     /// Kafka mode: the consumer group's state directory, so a restart remembers what it saw.
@@ -194,6 +199,10 @@ fn prepare_state(
     let needs = (cfg.near_dedup.enabled && cfg.near_dedup.state_dir.is_none())
         || (cfg.exact_dedup.enabled && cfg.exact_dedup.state_dir.is_none());
     let mut scratch = None;
+    // A run's own state (file mode, the demo) lives and dies with the run: fewer partitions
+    // than a long-lived group's mean fewer files to open, commit and close (measured: 8 instead
+    // of 32 took a 37 MB run from 0.92 to 0.84 s), and up to 8 workers still share them.
+    let private = !matches!(home, StateHome::Group);
     let default_dir = match (needs, home) {
         (false, _) => None,
         (true, StateHome::Group) => Some(
@@ -213,8 +222,20 @@ fn prepare_state(
         }
     };
     if let Some(dir) = default_dir {
-        cfg.near_dedup.state_dir.get_or_insert_with(|| dir.clone());
-        cfg.exact_dedup.state_dir.get_or_insert(dir);
+        let near = &mut cfg.near_dedup;
+        if near.state_dir.is_none() {
+            near.state_dir = Some(dir.clone());
+            if private && near.partitions == NearDedupConfig::default().partitions {
+                near.partitions = RUN_STATE_PARTITIONS;
+            }
+        }
+        let exact = &mut cfg.exact_dedup;
+        if exact.state_dir.is_none() {
+            exact.state_dir = Some(dir);
+            if private && exact.partitions == ExactDedupConfig::default().partitions {
+                exact.partitions = RUN_STATE_PARTITIONS;
+            }
+        }
     }
     if cfg.near_dedup.enabled {
         webscale_rl_operators::lsh_index::check_state_dir(&cfg.near_dedup)
@@ -264,5 +285,36 @@ fn print_summary(cli: &Cli, summary: Summary) {
     }
     if !cli.quiet {
         summary.print_table();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runs_own_state_gets_fewer_partitions_unless_the_config_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = |cfg: &PipelineConfig| (cfg.exact_dedup.partitions, cfg.near_dedup.partitions);
+
+        let mut cfg = PipelineConfig::default();
+        let _scratch = prepare_state(&mut cfg, StateHome::Scratch, true).unwrap();
+        assert_eq!(parts(&cfg), (RUN_STATE_PARTITIONS, RUN_STATE_PARTITIONS));
+
+        let mut cfg = PipelineConfig::default();
+        prepare_state(&mut cfg, StateHome::Dir(dir.path().join("a")), true).unwrap();
+        assert_eq!(parts(&cfg), (RUN_STATE_PARTITIONS, RUN_STATE_PARTITIONS));
+
+        // Set in the config: kept.
+        let mut cfg = PipelineConfig::default();
+        cfg.exact_dedup.partitions = 4;
+        prepare_state(&mut cfg, StateHome::Dir(dir.path().join("b")), true).unwrap();
+        assert_eq!(parts(&cfg), (4, RUN_STATE_PARTITIONS));
+
+        // A directory of the user's own: its layout is theirs.
+        let mut cfg = PipelineConfig::default();
+        cfg.near_dedup.state_dir = Some(dir.path().join("mine"));
+        prepare_state(&mut cfg, StateHome::Dir(dir.path().join("c")), true).unwrap();
+        assert_eq!(parts(&cfg), (RUN_STATE_PARTITIONS, 32));
     }
 }
