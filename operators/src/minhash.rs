@@ -552,6 +552,27 @@ fold_digits = false
     }
 
     #[test]
+    fn the_kernel_is_the_multiply_add_shift_hash() {
+        let mut state = 7u64;
+        let mul: Vec<u64> = (0..16).map(|_| splitmix64(&mut state) | 1).collect();
+        let add: Vec<u64> = (0..16).map(|_| splitmix64(&mut state)).collect();
+        let xs: Vec<u32> = (0..500)
+            .map(|_| splitmix64(&mut state) as u32)
+            .chain([0, 1, u32::MAX])
+            .collect();
+        let mut out = vec![0; 16];
+        min_hashes(&mul, &add, &xs, &mut out);
+        for i in 0..16 {
+            let direct = xs
+                .iter()
+                .map(|&x| (mul[i].wrapping_mul(x as u64).wrapping_add(add[i]) >> 32) as u32)
+                .min()
+                .unwrap();
+            assert_eq!(out[i], direct);
+        }
+    }
+
+    #[test]
     fn the_portable_kernel_agrees_with_the_dispatched_one() {
         let cfg = NearDedupConfig::default();
         let mut h = MinHasher::new(&cfg);
