@@ -121,8 +121,18 @@ impl Masks {
         if from >= to {
             return false;
         }
-        let words = &self.words[class];
         let flip = if set { 0 } else { u64::MAX };
+        let (w, off, len) = (from / 64, from % 64, to - from);
+        if off + len <= 64 {
+            // Within one word, as most tokens are: a shift and a mask.
+            let span = if len == 64 {
+                u64::MAX
+            } else {
+                (1u64 << len) - 1
+            };
+            return ((self.words[class][w] ^ flip) >> off) & span != 0;
+        }
+        let words = &self.words[class];
         let (first, last) = (from / 64, (to - 1) / 64);
         (first..=last).any(|w| {
             let mut bits = words[w] ^ flip;
