@@ -9,6 +9,10 @@ mod monitoring;
 mod replay;
 mod score;
 mod setup;
+
+// See Cargo.toml: allocation-heavy stages, many threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod shutdown;
 mod summary;
 
