@@ -436,8 +436,8 @@ pub struct Benchmarks {
     catalog: Arc<Catalog>,
     ngram: usize,
     fragments: FragmentRule,
-    /// Short-item lengths present, ascending.
-    short_lengths: Vec<usize>,
+    /// The short items by their first words: where a record's window can be one.
+    short: Arc<ShortItems>,
     /// (key, global item), sorted by key, one entry per key.
     entries: Vec<(u64, u32)>,
     /// The fragment keys likewise, kept apart: the document stage never probes them, and its
@@ -466,7 +466,7 @@ impl Benchmarks {
         };
         let mut entries: Vec<(u64, u32)> = Vec::new();
         let mut fragment_entries: Vec<(u64, u32)> = Vec::new();
-        let mut short = vec![false; n];
+        let mut short_prefixes: Vec<(u64, u16)> = Vec::new();
         let mut words = Words::default();
         for set in sets {
             catalog.names.push(set.name.clone());
@@ -495,7 +495,7 @@ impl Benchmarks {
                         }
                     } else if len >= cfg.min_item_tokens {
                         stats.whole_segments += 1;
-                        short[len] = true;
+                        short_prefixes.push((words.key(0, cfg.min_item_tokens), len as u16));
                         entries.push((words.key(0, len), global));
                     } else {
                         stats.skipped_segments += 1;
@@ -522,7 +522,7 @@ impl Benchmarks {
                 run_words: cfg.fragment_run_words,
                 share: cfg.fragment_share,
             },
-            short_lengths: (0..n).filter(|&l| short[l]).collect(),
+            short: Arc::new(ShortItems::new(cfg.min_item_tokens, short_prefixes)),
             entries,
             fragment_entries,
             stats,
@@ -631,6 +631,37 @@ impl Table {
     }
 }
 
+/// The short items (fewer words than `ngram`, matched only whole) by the key of their first
+/// `prefix` words (`min_item_tokens`, which every short item has), with the lengths of the items
+/// that start so. A record's window of a short length can only be such an item if its first
+/// words are such a prefix; so a record probes a short length only where its prefix is in this
+/// table, not at every word for every short length present. Shared by a process's workers.
+#[derive(Debug)]
+struct ShortItems {
+    prefix: usize,
+    /// Prefix key -> index into `lengths`.
+    table: Table,
+    lengths: Vec<Box<[u16]>>,
+}
+
+impl ShortItems {
+    fn new(prefix: usize, mut entries: Vec<(u64, u16)>) -> ShortItems {
+        entries.sort_unstable();
+        entries.dedup();
+        let (mut keys, mut groups, mut lengths) = (Vec::new(), Vec::new(), Vec::new());
+        for group in entries.chunk_by(|a, b| a.0 == b.0) {
+            keys.push(group[0].0);
+            groups.push(lengths.len() as u32);
+            lengths.push(group.iter().map(|e| e.1).collect::<Box<[u16]>>());
+        }
+        ShortItems {
+            prefix,
+            table: Table::new(keys, groups),
+            lengths,
+        }
+    }
+}
+
 /// Memory of one worker's index.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct IndexStats {
@@ -652,8 +683,7 @@ pub struct NgramIndex {
     peers: usize,
     ngram: usize,
     fragments: FragmentRule,
-    /// Window lengths to probe: `ngram` and every short-item length present.
-    lengths: Vec<usize>,
+    short: Arc<ShortItems>,
     /// Keys of all partitions: with none, every worker skips the stage alike.
     total_keys: usize,
     table: Arc<Table>,
@@ -677,18 +707,38 @@ impl NgramIndex {
             items.shrink_to_fit();
             Table::new(keys, items)
         };
-        let mut lengths = vec![benchmarks.ngram];
-        lengths.extend(&benchmarks.short_lengths);
         NgramIndex {
             worker,
             peers,
             ngram: benchmarks.ngram,
             fragments: benchmarks.fragments,
-            lengths,
+            short: benchmarks.short.clone(),
             total_keys: benchmarks.entries.len(),
             table: Arc::new(share(&benchmarks.entries)),
             fragment_table: Arc::new(share(&benchmarks.fragment_entries)),
             catalog: benchmarks.catalog.clone(),
+        }
+    }
+
+    /// Every window of `words` that can be an indexed key, as (first word, words, key): each
+    /// `ngram`-word window, and each window of a short item's length that starts with a short
+    /// item's first words.
+    fn windows(&self, words: &Words, mut each: impl FnMut(usize, usize, u64)) {
+        for (pos, key) in words.keys(self.ngram, 0) {
+            each(pos, self.ngram, key);
+        }
+        if self.short.lengths.is_empty() {
+            return;
+        }
+        for (pos, prefix) in words.keys(self.short.prefix, 0) {
+            if let Some(group) = self.short.table.get(prefix) {
+                for &len in self.short.lengths[group as usize].iter() {
+                    let len = len as usize;
+                    if pos + len <= words.len() {
+                        each(pos, len, words.key(pos, len));
+                    }
+                }
+            }
         }
     }
 
@@ -792,16 +842,14 @@ pub fn find_overlap(text: &str, index: &NgramIndex) -> Option<Overlap> {
     let mut words = Words::default();
     words.fill(text);
     let mut best: Option<(u32, std::cmp::Reverse<u16>, u32)> = None;
-    for &len in &index.lengths {
-        for (pos, key) in words.keys(len, 0) {
-            if let Some(item) = index.lookup(key) {
-                let hit = (pos as u32, std::cmp::Reverse(len as u16), item);
-                if best.is_none_or(|b| hit < b) {
-                    best = Some(hit);
-                }
+    index.windows(&words, |pos, len, key| {
+        if let Some(item) = index.lookup(key) {
+            let hit = (pos as u32, std::cmp::Reverse(len as u16), item);
+            if best.is_none_or(|b| hit < b) {
+                best = Some(hit);
             }
         }
-    }
+    });
     best.map(|(pos, len, item)| overlap(text, pos, len.0, item, index))
 }
 
@@ -973,7 +1021,7 @@ where
         return Verdicts::all_passed(records);
     }
 
-    let lengths = index.lengths.clone();
+    let probing = index.clone();
     let fragment_len = if fragments { index.fragments.ngram } else { 0 };
     let text = std::rc::Rc::new(text);
     let text_at_home = text.clone();
@@ -986,11 +1034,9 @@ where
         buf.clear();
         text(&record, &mut buf);
         words.fill(&buf);
-        for &len in &lengths {
-            for (pos, key) in words.keys(len, 0) {
-                by_owner[owner_of(key, peers)].push((key, pos as u32, len as u16));
-            }
-        }
+        probing.windows(&words, |pos, len, key| {
+            by_owner[owner_of(key, peers)].push((key, pos as u32, len as u16));
+        });
         if fragment_len > 0 {
             for (pos, key) in words.keys(fragment_len, FRAGMENT_SEED) {
                 by_owner[owner_of(key, peers)].push((
@@ -1206,6 +1252,30 @@ mod tests {
         // Part of a short item is not a match; an item under the floor never is.
         assert!(find_overlap("alpha beta gamma", &ix).is_none());
         assert!(find_overlap("a tiny item here", &ix).is_none());
+    }
+
+    #[test]
+    fn short_items_sharing_their_first_words_are_each_found_whole() {
+        // min_item_tokens 3: both short items start "red green blue".
+        let sets = [set(
+            "b",
+            &[
+                "red green blue sky",
+                "red green blue sea water",
+                "a b c d e f g h",
+            ],
+        )];
+        let ix = NgramIndex::build(&Benchmarks::from_sets(&sets, &cfg(8, 3)), 0, 1);
+        let o = find_overlap("on the red green blue sea water today", &ix).unwrap();
+        assert_eq!((o.item.as_str(), o.words, o.whole_item), ("b-1", 5, true));
+        let o = find_overlap("red green blue sky", &ix).unwrap();
+        assert_eq!((o.item.as_str(), o.words), ("b-0", 4));
+        // The shared first words alone, or followed by other words, are no item; a window
+        // running past the end is not probed.
+        assert!(find_overlap("the red green blue", &ix).is_none());
+        assert!(find_overlap("red green blue sun and red green blue sea", &ix).is_none());
+        // Long items are still found by their windows.
+        assert!(find_overlap("x a b c d e f g h y", &ix).is_some());
     }
 
     #[test]
