@@ -139,7 +139,10 @@ pub fn check_layout(
 /// until the last clone of it drops, so a worker that stops first (Ctrl-C) leaves its commits
 /// for the checkpoint that counts them; closing a database makes its commits durable.
 #[derive(Clone, Default)]
-pub struct IndexSync(Arc<Mutex<Vec<(Arc<Database>, Arc<AtomicBool>, String)>>>);
+pub struct IndexSync(Arc<Mutex<Vec<Registered>>>);
+
+/// A partition's database, whether it committed since the last sync, and its path (for errors).
+type Registered = (Arc<Database>, Arc<AtomicBool>, String);
 
 impl IndexSync {
     /// Makes every commit so far of every registered partition durable (an fsync each, for
