@@ -10,9 +10,6 @@ mod replay;
 mod score;
 mod setup;
 
-// See Cargo.toml: allocation-heavy stages, many threads.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod shutdown;
 mod summary;
 
@@ -27,6 +24,10 @@ use webscale_rl_dataflow::resume::{self, ResumeMode};
 
 use cli::{Cli, Command, RunArgs};
 use setup::{Mode, Setup};
+
+// mimalloc (see Cargo.toml): the stages allocate many short-lived buffers on several threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(help_for_bare_h(std::env::args_os().collect()));

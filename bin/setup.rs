@@ -81,7 +81,8 @@ impl Setup {
             } => (StateHome::Dir(dir.clone()), CacheHome::User),
             Mode::File { state_dir: None } | Mode::Demo => (StateHome::Scratch, CacheHome::User),
         };
-        let scratch = prepare_state(&mut cfg, state_home, cli.quiet)?;
+        let workers = args.cluster.workers * args.cluster.processes;
+        let scratch = prepare_state(&mut cfg, state_home, workers, cli.quiet)?;
         let llm = args
             .llm
             .setup(&mut cfg, mode == Mode::Demo, cache_home, cli.quiet)?;
@@ -173,7 +174,8 @@ pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<PipelineCon
     }
 }
 
-/// Partitions of each dedup index in a run's own state directory, unless the config sets others.
+/// Partitions of each dedup index in a run's own state directory (at least one per worker),
+/// unless the config sets others.
 const RUN_STATE_PARTITIONS: u32 = 8;
 
 /// Where the dedup stages keep their indexes unless `state_dir` says otherwise.
@@ -194,6 +196,7 @@ enum StateHome {
 fn prepare_state(
     cfg: &mut PipelineConfig,
     home: StateHome,
+    workers: usize,
     quiet: bool,
 ) -> anyhow::Result<Option<tempfile::TempDir>> {
     let needs = (cfg.near_dedup.enabled && cfg.near_dedup.state_dir.is_none())
@@ -201,8 +204,13 @@ fn prepare_state(
     let mut scratch = None;
     // A run's own state (file mode, the demo) lives and dies with the run: fewer partitions
     // than a long-lived group's mean fewer files to open, commit and close (measured: 8 instead
-    // of 32 took a 37 MB run from 0.92 to 0.84 s), and up to 8 workers still share them.
+    // of 32 took a 37 MB run from 0.92 to 0.84 s). One per worker at least, so that every
+    // worker owns some; a resumed run keeps the count its state was written with.
     let private = !matches!(home, StateHome::Group);
+    let run_partitions = |dir: &std::path::Path, name: &str| {
+        webscale_rl_operators::lsh_index::existing_partitions(dir, name)
+            .unwrap_or(RUN_STATE_PARTITIONS.max(workers as u32))
+    };
     let default_dir = match (needs, home) {
         (false, _) => None,
         (true, StateHome::Group) => Some(
@@ -224,17 +232,17 @@ fn prepare_state(
     if let Some(dir) = default_dir {
         let near = &mut cfg.near_dedup;
         if near.state_dir.is_none() {
-            near.state_dir = Some(dir.clone());
             if private && near.partitions == NearDedupConfig::default().partitions {
-                near.partitions = RUN_STATE_PARTITIONS;
+                near.partitions = run_partitions(&dir, "near_dedup");
             }
+            near.state_dir = Some(dir.clone());
         }
         let exact = &mut cfg.exact_dedup;
         if exact.state_dir.is_none() {
-            exact.state_dir = Some(dir);
             if private && exact.partitions == ExactDedupConfig::default().partitions {
-                exact.partitions = RUN_STATE_PARTITIONS;
+                exact.partitions = run_partitions(&dir, "exact_dedup");
             }
+            exact.state_dir = Some(dir);
         }
     }
     if cfg.near_dedup.enabled {
@@ -298,23 +306,38 @@ mod tests {
         let parts = |cfg: &PipelineConfig| (cfg.exact_dedup.partitions, cfg.near_dedup.partitions);
 
         let mut cfg = PipelineConfig::default();
-        let _scratch = prepare_state(&mut cfg, StateHome::Scratch, true).unwrap();
+        let _scratch = prepare_state(&mut cfg, StateHome::Scratch, 1, true).unwrap();
         assert_eq!(parts(&cfg), (RUN_STATE_PARTITIONS, RUN_STATE_PARTITIONS));
 
         let mut cfg = PipelineConfig::default();
-        prepare_state(&mut cfg, StateHome::Dir(dir.path().join("a")), true).unwrap();
+        prepare_state(&mut cfg, StateHome::Dir(dir.path().join("a")), 2, true).unwrap();
         assert_eq!(parts(&cfg), (RUN_STATE_PARTITIONS, RUN_STATE_PARTITIONS));
 
         // Set in the config: kept.
         let mut cfg = PipelineConfig::default();
         cfg.exact_dedup.partitions = 4;
-        prepare_state(&mut cfg, StateHome::Dir(dir.path().join("b")), true).unwrap();
+        prepare_state(&mut cfg, StateHome::Dir(dir.path().join("b")), 1, true).unwrap();
         assert_eq!(parts(&cfg), (4, RUN_STATE_PARTITIONS));
 
         // A directory of the user's own: its layout is theirs.
         let mut cfg = PipelineConfig::default();
         cfg.near_dedup.state_dir = Some(dir.path().join("mine"));
-        prepare_state(&mut cfg, StateHome::Dir(dir.path().join("c")), true).unwrap();
+        prepare_state(&mut cfg, StateHome::Dir(dir.path().join("c")), 1, true).unwrap();
         assert_eq!(parts(&cfg), (RUN_STATE_PARTITIONS, 32));
+
+        // More workers than that: one each.
+        let mut cfg = PipelineConfig::default();
+        prepare_state(&mut cfg, StateHome::Dir(dir.path().join("d")), 12, true).unwrap();
+        assert_eq!(parts(&cfg), (12, 12));
+
+        // Resuming a state written with another count (an earlier build's 32): kept.
+        let old = dir.path().join("e");
+        for name in ["exact_dedup", "near_dedup"] {
+            std::fs::create_dir_all(old.join(name)).unwrap();
+            std::fs::write(old.join(name).join("part-0003-of-0032.redb"), b"").unwrap();
+        }
+        let mut cfg = PipelineConfig::default();
+        prepare_state(&mut cfg, StateHome::Dir(old), 1, true).unwrap();
+        assert_eq!(parts(&cfg), (32, 32));
     }
 }

@@ -90,15 +90,21 @@ pub fn run_files(
     let mut checkpoints = None;
     let mut skip_lines = 0;
     let (output, rejects_out) = if resumable {
-        // Its checkpoints must never be ahead of what the dedup indexes remember: the indexes
-        // commit every epoch without syncing, and each checkpoint syncs them before it is
-        // stored. (The intervals are kept at 0, as before, so that a run started by an earlier
-        // build still resumes: they are part of the settings' fingerprint.)
+        // Its checkpoints must never be ahead of what the dedup indexes remember. In one
+        // process the indexes commit every epoch without syncing, and each checkpoint syncs them
+        // all before it is stored. Across processes worker 0 cannot reach the other processes'
+        // partitions, so there every epoch's commit is synced (interval 0, part of the settings'
+        // fingerprint as before, so a run started by an earlier build still resumes).
         cfg.exact_dedup.sync_interval_ms = 0;
         cfg.near_dedup.sync_interval_ms = 0;
         let index_sync = IndexSync::default();
-        cfg.exact_dedup.index_sync = Some(index_sync.clone());
-        cfg.near_dedup.index_sync = Some(index_sync.clone());
+        if !matches!(
+            timely_config.communication,
+            timely::CommunicationConfig::Cluster { .. }
+        ) {
+            cfg.exact_dedup.index_sync = Some(index_sync.clone());
+            cfg.near_dedup.index_sync = Some(index_sync.clone());
+        }
         let identity = InputIdentity::of(&run.input)?;
         let settings = settings_fingerprint(&cfg, &rejects, resources.llm.is_some());
         let record = match run.resume {

@@ -86,9 +86,9 @@ impl Default for DecontaminateConfig {
 impl DecontaminateConfig {
     /// Rejects settings the stage cannot honour.
     pub fn validate(&self) -> Result<(), String> {
-        if self.ngram == 0 || self.ngram > u16::MAX as usize {
+        if self.ngram == 0 || self.ngram > 1000 {
             return Err(format!(
-                "decontaminate.ngram must be in 1..=65535, got {}",
+                "decontaminate.ngram must be in 1..=1000, got {}",
                 self.ngram
             ));
         }
@@ -166,8 +166,10 @@ fn number_word(w: &str) -> Option<&'static str> {
     })
 }
 
-/// Base of the window keys' polynomial hash (odd, so powers of it are invertible mod 2^64: two
-/// windows of distinct words collide only as often as random 64-bit values).
+/// Base of the window keys' polynomial hash (odd, so powers of it are invertible mod 2^64). For
+/// windows of random word hashes two distinct windows collide as rarely as random 64-bit values;
+/// structured ones (a Thue–Morse sequence of two words and its complement) collide from 1,024
+/// words on, which is why `ngram` is capped at 1,000.
 const BASE: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// murmur3's 64-bit finalizer over a window's polynomial hash, its length and a family seed.
@@ -595,11 +597,13 @@ impl Table {
         }
     }
 
-    /// A key's filter word (from its low bits) and its two bits there (from its middle bits;
-    /// the directory uses the top ones). Keys are well mixed, so the bits are independent.
+    /// A key's filter word and its two bits there, from bits no other rule fixes: `owner_of`
+    /// takes `key % workers`, which with a power-of-two worker count fixes a worker's keys' low
+    /// bits (a filter word from those would leave most words unused), and the directory uses the
+    /// top ones. Keys are well mixed, so these bits are independent.
     fn filter_bits(key: u64, words: usize) -> (usize, u64) {
-        let word = key as usize & (words - 1);
-        (word, 1 << ((key >> 32) & 63) | 1 << ((key >> 40) & 63))
+        let word = (key >> 8) as usize & (words - 1);
+        (word, 1 << ((key >> 40) & 63) | 1 << ((key >> 46) & 63))
     }
 
     fn bucket(key: u64, bits: u32) -> usize {
@@ -1297,6 +1301,35 @@ mod tests {
     }
 
     #[test]
+    fn a_workers_filter_turns_most_absent_keys_away_whatever_the_worker_count() {
+        let all: Vec<u64> = (0..40_000u64).map(|i| window_key(i, 13, 0)).collect();
+        for peers in [1, 2, 4, 8] {
+            let mut keys: Vec<u64> = all
+                .iter()
+                .copied()
+                .filter(|&k| owner_of(k, peers) == 0)
+                .collect();
+            keys.sort_unstable();
+            let table = Table::new(keys.clone(), vec![0; keys.len()]);
+            // Absent keys this worker would be asked about: those it owns.
+            let absent = (40_000..400_000u64)
+                .map(|i| window_key(i, 13, 0))
+                .filter(|&k| owner_of(k, peers) == 0);
+            let (mut asked, mut passed) = (0, 0);
+            for k in absent {
+                let (word, mask) = Table::filter_bits(k, table.filter.len());
+                asked += 1;
+                passed += (table.filter[word] & mask == mask) as usize;
+            }
+            let rate = passed as f64 / asked as f64;
+            assert!(
+                rate < 0.10,
+                "{peers} workers: {rate:.3} of absent keys pass the filter"
+            );
+        }
+    }
+
+    #[test]
     fn the_table_finds_every_key_and_its_filter_turns_most_others_away() {
         let keys: Vec<u64> = (0..20_000u64).map(|i| window_key(i, 13, 0)).collect();
         let mut entries: Vec<(u64, u32)> = keys.iter().map(|&k| (k, k as u32)).collect();
@@ -1341,6 +1374,9 @@ mod tests {
         assert!(cfg(13, 8).validate().is_ok());
         assert!(cfg(13, 14).validate().is_err());
         assert!(cfg(0, 0).validate().is_err());
+        // Longer windows could meet structured collisions of the polynomial keys.
+        assert!(cfg(1000, 8).validate().is_ok());
+        assert!(cfg(1001, 8).validate().unwrap_err().contains("1..=1000"));
         let parsed: DecontaminateConfig =
             serde_json::from_str(r#"{"benchmarks": [{"path": "x.jsonl"}]}"#).unwrap();
         assert_eq!(parsed.ngram, 13);

@@ -101,6 +101,23 @@ pub fn check_state_dir(cfg: &NearDedupConfig) -> Result<(), IndexError> {
     check_layout(cfg.state_dir.as_deref(), "near_dedup", cfg.partitions)
 }
 
+/// The partition count an index under `<state_dir>/<name>/` was written with, if it holds one.
+pub fn existing_partitions(state_dir: &Path, name: &str) -> Option<u32> {
+    std::fs::read_dir(state_dir.join(name))
+        .ok()?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            let name = name.to_str()?;
+            name.strip_prefix("part-")?
+                .strip_suffix(".redb")?
+                .split_once("-of-")?
+                .1
+                .parse()
+                .ok()
+        })
+        .next()
+}
+
 /// [`check_state_dir`] for any index kept in partitions under `<state_dir>/<name>/`.
 pub fn check_layout(
     state_dir: Option<&Path>,
@@ -151,11 +168,20 @@ impl IndexSync {
         let partitions = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut synced = 0;
         for (db, dirty, path) in partitions {
+            // Cleared before the commit: a commit made meanwhile sets it again for the next.
             if dirty.swap(false, Ordering::AcqRel) {
                 let err = db_err(&path);
-                let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
-                set_durability(&mut txn, true).map_err(&err)?;
-                txn.commit().map_err(|e| err(e.into()))?;
+                let synced_now = db
+                    .begin_write()
+                    .map_err(|e| err(e.into()))
+                    .and_then(|mut txn| {
+                        set_durability(&mut txn, true).map_err(&err)?;
+                        txn.commit().map_err(|e| err(e.into()))
+                    });
+                if let Err(e) = synced_now {
+                    dirty.store(true, Ordering::Release);
+                    return Err(e);
+                }
                 synced += 1;
             }
         }

@@ -563,7 +563,7 @@ fn check_ngrams(text: &str, cfg: &QualityFilterConfig, s: &mut Scratch) -> Resul
     let tightest = enabled.map(|l| l.2).fold(f64::INFINITY, f64::min);
     let top_upto = top
         .iter()
-        .filter(|l| l.2 < 1.0 && l.0 <= reach)
+        .filter(|l| is_on(l.2) && l.0 <= reach)
         .map(|l| l.0)
         .max()
         .unwrap_or(0);
@@ -630,7 +630,7 @@ fn check_ngrams(text: &str, cfg: &QualityFilterConfig, s: &mut Scratch) -> Resul
         }
 
         if let Some(&(size, rule, max)) = top.iter().find(|l| l.0 == n)
-            && max < 1.0
+            && is_on(max)
             && size <= reach
         {
             // The most frequent n-gram, the earliest among equals (as Python's
@@ -775,6 +775,12 @@ impl Numbering {
             at = (at + 1) & mask;
         }
     }
+}
+
+/// Whether a top-n-gram rule with this maximum fraction is on: below 1.0, or NaN (which the
+/// rules have always counted as on; the comparison that fires it is then never true).
+fn is_on(max: f64) -> bool {
+    max < 1.0 || max.is_nan()
 }
 
 /// Extends an n-gram's hash by the hash of its next word. Order-sensitive and, for fixed one

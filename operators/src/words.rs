@@ -249,8 +249,8 @@ mod sse2 {
     }
 }
 
-/// A word of up to four bytes as a number, ASCII letters lowercased; words never hold a NUL, so
-/// words of different lengths never meet.
+/// A word of up to four bytes as a number, ASCII letters lowercased. A word starts with a letter
+/// or digit (never a NUL byte), so words of different lengths never meet.
 const fn packed(word: &[u8]) -> u32 {
     let mut key = 0u32;
     let mut i = 0;
@@ -472,6 +472,7 @@ impl Words {
         }
         let norm = &mut self.normalized;
         norm.rules = cfg.rules();
+        norm.source_len = n;
         norm.text.clear();
         norm.text.push_str(
             std::str::from_utf8(&out[..j]).expect("ASCII bytes and whole chars are UTF-8"),
@@ -492,10 +493,12 @@ fn char_at(text: &str, i: usize) -> char {
     text[i..].chars().next().expect("a char starts here")
 }
 
-/// The document's normalized words if they were made with `cfg`'s rules (by the quality filter's
-/// pass), so a dedup stage can use them as they are.
+/// The document's normalized words if they were made with `cfg`'s rules from its present text
+/// (by the quality filter's pass), so a dedup stage can use them as they are.
 pub fn normalized<'d>(doc: &'d Document, cfg: &NormalizeConfig) -> Option<&'d NormalizedWords> {
-    doc.words.get().filter(|w| w.rules == cfg.rules())
+    doc.words
+        .get()
+        .filter(|w| w.rules == cfg.rules() && w.source_len == doc.text.len())
 }
 
 #[cfg(test)]
@@ -525,6 +528,7 @@ mod tests {
         normalize_words_into(text, cfg, &mut w.normalized.text, &mut starts);
         w.normalized.starts = starts.into_iter().map(|s| s as u32).collect();
         w.normalized.rules = cfg.rules();
+        w.normalized.source_len = text.len();
         w
     }
 
@@ -595,6 +599,7 @@ mod tests {
         let mut doc = crate::testing::document(id, text);
         let mut w = Words::default();
         w.scan(carried, cfg);
+        w.normalized.source_len = text.len(); // as if made from this text
         doc.words = w.take_normalized();
         doc
     }
@@ -621,6 +626,10 @@ mod tests {
             ..cfg
         };
         assert!(normalized(&passed[0], &other).is_none());
+        // Nor once the text has changed under them.
+        let mut edited = passed[0].clone();
+        edited.text.push_str(" And more.");
+        assert!(normalized(&edited, &cfg).is_none());
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub struct NormalizedWords {
     /// The normalization rules that made `text` (their bits), so that a stage configured with
     /// other rules does not use it.
     pub rules: u8,
+    /// The byte length of the text it was made from: a stage that changed the document's text
+    /// since leaves words that no longer match it, and they are not used.
+    pub source_len: usize,
     pub text: String,
     /// Byte offset in `text` of each word (words are separated by one space).
     pub starts: Vec<u32>,
