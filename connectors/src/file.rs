@@ -314,13 +314,21 @@ impl Encoder {
 }
 
 enum Sink {
-    Stdout(BufWriter<io::Stdout>),
+    /// Standard output, or a path that is no regular file (`/dev/null`, a named pipe): written
+    /// as it is, never renamed over.
+    Stream(BufWriter<Box<dyn Write + Send>>),
     File {
         /// `None` only for the moment of a checkpoint, which replaces it.
         encoder: Option<Encoder>,
         partial: PathBuf,
         target: PathBuf,
     },
+}
+
+/// Whether `path` exists and is neither a regular file nor a directory: a device, a named pipe,
+/// a socket. Such an output is written in place, and a run writing to one cannot be resumed.
+pub fn is_special_file(path: &str) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
 }
 
 /// A JSONL output: a file written atomically (plain, or compressed by its `.gz` / `.zst`
@@ -355,18 +363,29 @@ impl JsonlOutput {
     /// same directory (replacing one left there) and appears at `path` only on
     /// [`JsonlOutput::finish`].
     pub fn create(path: &str) -> anyhow::Result<JsonlOutput> {
-        if path == "-" {
-            return Ok(JsonlOutput {
-                path: path.to_string(),
-                sink: Some(Sink::Stdout(BufWriter::with_capacity(
-                    READ_BUFFER_BYTES,
-                    io::stdout(),
-                ))),
-                records: 0,
-                checkpointed: false,
-            });
-        }
-        Self::open_file(path, None)
+        let stream: Box<dyn Write + Send> = if path == "-" {
+            Box::new(io::stdout())
+        } else if is_special_file(path) {
+            // Written in place: the atomic rename of a regular output would replace the
+            // device or pipe itself (as root, `/dev/null` with a regular file).
+            Box::new(
+                OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| create_error(path, Path::new(path), e))?,
+            )
+        } else {
+            return Self::open_file(path, None);
+        };
+        Ok(JsonlOutput {
+            path: path.to_string(),
+            sink: Some(Sink::Stream(BufWriter::with_capacity(
+                READ_BUFFER_BYTES,
+                stream,
+            ))),
+            records: 0,
+            checkpointed: false,
+        })
     }
 
     /// Reopens the partial file of an output at `path` after an interruption: cut back to `len`
@@ -446,7 +465,7 @@ impl JsonlOutput {
             |e: io::Error| anyhow::anyhow!("cannot write output file '{path}': {}", io_reason(&e));
         match self.sink.as_mut() {
             None => bail!("output '{}' is already finished", self.path),
-            Some(Sink::Stdout(w)) => {
+            Some(Sink::Stream(w)) => {
                 w.flush().map_err(fail)?;
                 Ok(0)
             }
@@ -470,7 +489,7 @@ impl JsonlOutput {
             "a JSONL record must not contain a newline"
         );
         let w: &mut dyn Write = match self.sink.as_mut() {
-            Some(Sink::Stdout(w)) => w,
+            Some(Sink::Stream(w)) => w,
             Some(Sink::File {
                 encoder: Some(encoder),
                 ..
@@ -502,7 +521,7 @@ impl JsonlOutput {
         };
         match self.sink.take() {
             None => Ok(()),
-            Some(Sink::Stdout(mut w)) => w.flush().map_err(|e| fail("flush", e)),
+            Some(Sink::Stream(mut w)) => w.flush().map_err(|e| fail("flush", e)),
             Some(Sink::File {
                 encoder,
                 partial,
@@ -730,6 +749,33 @@ fn thousands(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_named_pipe_is_written_in_place_not_renamed_over() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("out.jsonl");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if !made.is_ok_and(|s| s.success()) {
+            eprintln!("mkfifo is not available: skipped");
+            return;
+        }
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+        };
+        let path = fifo.to_str().unwrap();
+        assert!(is_special_file(path));
+        let mut out = JsonlOutput::create(path).unwrap();
+        out.write_record(br#"{"id":"a"}"#).unwrap();
+        assert_eq!(out.checkpoint().unwrap(), 0, "nothing to resume from");
+        out.finish().unwrap();
+        // Checked before waiting for the reader, which never wakes if the pipe was replaced.
+        let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+        assert!(kind.is_fifo(), "the pipe was replaced: {kind:?}");
+        assert!(!partial_path(&fifo).exists());
+        assert_eq!(reader.join().unwrap(), "{\"id\":\"a\"}\n");
+    }
 
     const SAMPLE: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -102,11 +102,14 @@ pub fn state_dir(output: &str) -> PathBuf {
 /// be read again — nor identified without consuming what the run reads), to JSONL files (not
 /// stdout or shard directories).
 pub fn resumable(input: &str, output: &str, rejects: &str, shards: bool) -> bool {
+    use webscale_rl_connectors::file::is_special_file;
     input != "-"
         && output != "-"
         && rejects != "-"
         && !shards
         && std::fs::metadata(input).is_ok_and(|m| m.is_file())
+        && !is_special_file(output)
+        && !is_special_file(rejects)
 }
 
 /// A fingerprint of what decides the run's outputs: the pipeline settings (less where state and
@@ -229,6 +232,9 @@ mod tests {
         // A device or pipe (`/dev/stdin`, `<(zcat ...)`): read once, never identified by hashing
         // what the run is about to read.
         assert!(!resumable("/dev/null", "out.jsonl", "rejects.jsonl", false));
+        // Nor one writing to a device: it is written in place, not renamed into.
+        assert!(!resumable(input, "/dev/null", "rejects.jsonl", false));
+        assert!(!resumable(input, "out.jsonl", "/dev/null", false));
         assert!(!resumable(
             dir.path().to_str().unwrap(),
             "out.jsonl",
