@@ -539,8 +539,8 @@ impl LineStats {
 ///
 /// Only n-grams that can repeat are counted. An n-gram occurring twice has both of its
 /// (n-1)-gram halves occurring twice, so the n-grams counted at each size are those whose two
-/// halves repeated at the size below: in prose, a few in ten for 3-grams and fewer after. A
-/// unique n-gram can neither be the most frequent repeated one nor add to a duplicate measure,
+/// halves repeated at the size below (how many that is in prose was not measured; the whole
+/// rewrite took the rules from 0.40 to 0.30 s on the CPU-stages corpus). A unique n-gram can neither be the most frequent repeated one nor add to a duplicate measure,
 /// so the verdicts are those of counting every n-gram.
 fn check_ngrams(text: &str, cfg: &QualityFilterConfig, s: &mut Scratch) -> Result<(), Rejection> {
     let top = cfg.top_ngram_limits();

@@ -367,33 +367,9 @@ impl Words {
                 (first, last_end) = (i, end);
                 alpha = masks.any(Masks::LETTER, i, end);
                 i = end;
-            } else if !masks.any(Masks::NON_ASCII, i, end) {
-                for (at, &b) in bytes.iter().enumerate().take(end).skip(i) {
-                    match ASCII_CLASS[b as usize] {
-                        LETTER => {
-                            first = first.min(at);
-                            last_end = at + 1;
-                            alpha = true;
-                            out[j] = if cfg.lowercase { b | 0x20 } else { b };
-                            j += 1;
-                        }
-                        DIGIT => {
-                            first = first.min(at);
-                            last_end = at + 1;
-                            out[j] = if cfg.fold_digits { b'0' } else { b };
-                            j += 1;
-                        }
-                        _ => {
-                            if !cfg.strip_punctuation {
-                                out[j] = b;
-                                j += 1;
-                            }
-                        }
-                    }
-                }
-                i = end;
             } else {
-                ascii = false;
+                // Byte by byte: ASCII through the table, other chars through their Unicode
+                // properties, to the next whitespace of either kind.
                 while i < n {
                     let b = bytes[i];
                     if b < 128 {
@@ -427,6 +403,7 @@ impl Words {
                     if flags & IS_WHITESPACE != 0 {
                         break;
                     }
+                    ascii = false;
                     let len = c.len_utf8();
                     let alphanumeric = flags & IS_ALPHANUMERIC != 0;
                     if alphanumeric {
