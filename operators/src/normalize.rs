@@ -98,20 +98,24 @@ fn normalize_with(
     }
 }
 
-const OTHER: u8 = 0;
-const WHITESPACE: u8 = 1;
-const ALPHANUMERIC: u8 = 2;
+// Byte classes, shared with the one pass over the text (`crate::words`).
+pub(crate) const WHITESPACE: u8 = 0;
+pub(crate) const LETTER: u8 = 1;
+pub(crate) const DIGIT: u8 = 2;
+pub(crate) const OTHER: u8 = 3;
 
-/// `char::is_whitespace` / `char::is_alphanumeric` for every ASCII byte.
-static ASCII_CLASS: [u8; 128] = {
+/// The class of every ASCII byte: `char::is_whitespace`, `is_alphabetic`, `is_numeric`.
+pub(crate) static ASCII_CLASS: [u8; 128] = {
     let mut t = [OTHER; 128];
     let mut b = 0;
     while b < 128 {
         let c = b as u8;
         t[b] = if matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r') {
             WHITESPACE
-        } else if c.is_ascii_alphanumeric() {
-            ALPHANUMERIC
+        } else if c.is_ascii_alphabetic() {
+            LETTER
+        } else if c.is_ascii_digit() {
+            DIGIT
         } else {
             OTHER
         };

@@ -12,7 +12,7 @@
 
 use webscale_rl_records::{Derived, Document, NormalizedWords};
 
-use crate::normalize::NormalizeConfig;
+use crate::normalize::{ASCII_CLASS, DIGIT, LETTER, NormalizeConfig, WHITESPACE};
 
 /// Gopher's stop words; the quality filter wants `min_stop_words` distinct ones.
 pub const STOP_WORDS: [&str; 8] = ["the", "be", "to", "of", "and", "that", "have", "with"];
@@ -270,31 +270,6 @@ const STOP_KEYS: [u32; 8] = {
         k += 1;
     }
     keys
-};
-
-const WHITESPACE: u8 = 0;
-const LETTER: u8 = 1;
-const DIGIT: u8 = 2;
-const OTHER: u8 = 3;
-
-/// The class of every ASCII byte: `char::is_whitespace`, `is_alphabetic`, `is_numeric`.
-static ASCII_CLASS: [u8; 128] = {
-    let mut t = [OTHER; 128];
-    let mut b = 0;
-    while b < 128 {
-        let c = b as u8;
-        t[b] = if matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r') {
-            WHITESPACE
-        } else if c.is_ascii_alphabetic() {
-            LETTER
-        } else if c.is_ascii_digit() {
-            DIGIT
-        } else {
-            OTHER
-        };
-        b += 1;
-    }
-    t
 };
 
 impl NormalizeConfig {
