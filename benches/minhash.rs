@@ -199,7 +199,7 @@ fn index_footprint(docs: u64) {
     };
     let params = IndexParams::new(&cfg);
     let opening = Instant::now();
-    let mut parts: Vec<Partition> = (0..cfg.partitions)
+    let mut parts: Vec<Partition> = (0..cfg.partitions())
         .map(|p| Partition::open(p, &params).expect("open partition"))
         .collect();
     let opened = opening.elapsed();
@@ -214,7 +214,7 @@ fn index_footprint(docs: u64) {
         for (i, id) in chunk.iter().enumerate() {
             for _ in 0..cfg.bands {
                 let key = mix(&mut state);
-                per_part[partition_of(key, cfg.partitions) as usize].push(Query {
+                per_part[partition_of(key, cfg.partitions()) as usize].push(Query {
                     key,
                     origin: (epoch * 5_000 + i) as u64,
                     id,
@@ -237,7 +237,7 @@ fn index_footprint(docs: u64) {
     let entries: u64 = parts.iter().map(Partition::entries).sum();
     let reopening = Instant::now();
     drop(parts);
-    let parts: Vec<Partition> = (0..cfg.partitions)
+    let parts: Vec<Partition> = (0..cfg.partitions())
         .map(|p| Partition::open(p, &params).expect("reopen partition"))
         .collect();
     let reopened = reopening.elapsed();
@@ -252,7 +252,7 @@ fn index_footprint(docs: u64) {
          (the key table; redb's cache is capped at cache_mb = {} MiB), disk {:.0} bytes/document; \
          insert {:.0} docs/s on one core; create {:.0} ms, final sync {:.0} ms, reopen (rebuilds \
          the table) {:.0} ms",
-        cfg.partitions,
+        cfg.partitions(),
         memory as f64 / docs as f64,
         cfg.cache_mb,
         disk as f64 / docs as f64,

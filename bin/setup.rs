@@ -14,8 +14,6 @@ use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
 use webscale_rl_dataflow::{Funnel, PipelineConfig};
 use webscale_rl_operators::benchmarks::BenchmarkSpec;
 use webscale_rl_operators::decontaminate::Benchmarks;
-use webscale_rl_operators::exact_dedup::ExactDedupConfig;
-use webscale_rl_operators::minhash::NearDedupConfig;
 
 use crate::cli::{Cli, ClusterArgs, PipelineArgs};
 use crate::llm_args::{CacheHome, LlmSetup};
@@ -232,15 +230,15 @@ fn prepare_state(
     if let Some(dir) = default_dir {
         let near = &mut cfg.near_dedup;
         if near.state_dir.is_none() {
-            if private && near.partitions == NearDedupConfig::default().partitions {
-                near.partitions = run_partitions(&dir, "near_dedup");
+            if private && near.partitions.is_none() {
+                near.partitions = Some(run_partitions(&dir, "near_dedup"));
             }
             near.state_dir = Some(dir.clone());
         }
         let exact = &mut cfg.exact_dedup;
         if exact.state_dir.is_none() {
-            if private && exact.partitions == ExactDedupConfig::default().partitions {
-                exact.partitions = run_partitions(&dir, "exact_dedup");
+            if private && exact.partitions.is_none() {
+                exact.partitions = Some(run_partitions(&dir, "exact_dedup"));
             }
             exact.state_dir = Some(dir);
         }
@@ -303,7 +301,8 @@ mod tests {
     #[test]
     fn a_runs_own_state_gets_fewer_partitions_unless_the_config_says() {
         let dir = tempfile::tempdir().unwrap();
-        let parts = |cfg: &PipelineConfig| (cfg.exact_dedup.partitions, cfg.near_dedup.partitions);
+        let parts =
+            |cfg: &PipelineConfig| (cfg.exact_dedup.partitions(), cfg.near_dedup.partitions());
 
         let mut cfg = PipelineConfig::default();
         let _scratch = prepare_state(&mut cfg, StateHome::Scratch, 1, true).unwrap();
@@ -313,11 +312,12 @@ mod tests {
         prepare_state(&mut cfg, StateHome::Dir(dir.path().join("a")), 2, true).unwrap();
         assert_eq!(parts(&cfg), (RUN_STATE_PARTITIONS, RUN_STATE_PARTITIONS));
 
-        // Set in the config: kept.
+        // Set in the config: kept, the default's value too.
         let mut cfg = PipelineConfig::default();
-        cfg.exact_dedup.partitions = 4;
+        cfg.exact_dedup.partitions = Some(4);
+        cfg.near_dedup.partitions = Some(32);
         prepare_state(&mut cfg, StateHome::Dir(dir.path().join("b")), 1, true).unwrap();
-        assert_eq!(parts(&cfg), (4, RUN_STATE_PARTITIONS));
+        assert_eq!(parts(&cfg), (4, 32));
 
         // A directory of the user's own: its layout is theirs.
         let mut cfg = PipelineConfig::default();

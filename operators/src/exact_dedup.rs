@@ -20,7 +20,9 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::vec::Map;
 
 use crate::epoch::EpochStash;
-use crate::lsh_index::{IndexParams, MAX_KEYS_PER_PARTITION, Query, open_owned, partition_of};
+use crate::lsh_index::{
+    DEFAULT_PARTITIONS, IndexParams, MAX_KEYS_PER_PARTITION, Query, open_owned, partition_of,
+};
 use crate::normalize::{NormalizeConfig, content_hash};
 use crate::verdicts::{Epoch, Verdicts, judge};
 use crate::words::normalized;
@@ -35,8 +37,9 @@ pub struct ExactDedupConfig {
     /// Where the first-seen index lives (`<state_dir>/exact_dedup/`); unset: in memory. The engine
     /// sets a default (see the README) so that memory stays bounded and a restart remembers.
     pub state_dir: Option<PathBuf>,
-    /// Index files, each owned by one worker; fixed for a `state_dir`.
-    pub partitions: u32,
+    /// Index files, each owned by one worker; fixed for a `state_dir`. Unset:
+    /// [`DEFAULT_PARTITIONS`], except for a run's own state, which the engine sizes (README).
+    pub partitions: Option<u32>,
     /// Documents remembered (in total), the oldest forgotten first; 0 = as many as the index
     /// holds (16.7 M per partition).
     pub max_documents: u64,
@@ -54,7 +57,7 @@ impl Default for ExactDedupConfig {
             enabled: true,
             normalize: NormalizeConfig::default(),
             state_dir: None,
-            partitions: 32,
+            partitions: None,
             max_documents: 100_000_000,
             sync_interval_ms: 5000,
             index_sync: None,
@@ -63,8 +66,13 @@ impl Default for ExactDedupConfig {
 }
 
 impl ExactDedupConfig {
+    /// The partition count: [`ExactDedupConfig::partitions`], or [`DEFAULT_PARTITIONS`].
+    pub fn partitions(&self) -> u32 {
+        self.partitions.unwrap_or(DEFAULT_PARTITIONS)
+    }
+
     fn index_params(&self) -> IndexParams {
-        let partitions = self.partitions.max(1);
+        let partitions = self.partitions().max(1);
         let max_keys = match self.max_documents {
             0 => MAX_KEYS_PER_PARTITION,
             n => n.div_ceil(partitions as u64).min(MAX_KEYS_PER_PARTITION),
@@ -89,10 +97,10 @@ impl ExactDedupConfig {
 
     /// A bad setting or a `state_dir` written with other partitions, before workers start.
     pub fn check(&self) -> Result<(), String> {
-        if self.partitions == 0 {
+        if self.partitions() == 0 {
             return Err("exact_dedup.partitions must be at least 1".into());
         }
-        crate::lsh_index::check_layout(self.state_dir.as_deref(), "exact_dedup", self.partitions)
+        crate::lsh_index::check_layout(self.state_dir.as_deref(), "exact_dedup", self.partitions())
             .map_err(|e| e.to_string())
     }
 }
@@ -327,7 +335,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = ExactDedupConfig {
             state_dir: Some(dir.path().to_path_buf()),
-            partitions: 4,
+            partitions: Some(4),
             ..Default::default()
         };
         cfg.check().unwrap();
@@ -348,7 +356,7 @@ mod tests {
         );
         // Another partition count on the same directory: a clear error before starting.
         let other = ExactDedupConfig {
-            partitions: 8,
+            partitions: Some(8),
             ..cfg
         };
         assert!(other.check().unwrap_err().contains("partitions"));

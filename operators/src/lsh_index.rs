@@ -71,6 +71,10 @@ pub enum IndexError {
     },
 }
 
+/// Index files per dedup stage when the config does not say: enough for a long-lived state
+/// directory to be shared by up to 32 workers, and reopened by any number of them.
+pub const DEFAULT_PARTITIONS: u32 = 32;
+
 /// The partition a band key belongs to: its high 32 bits scaled to `0..partitions`.
 pub fn partition_of(key: u64, partitions: u32) -> u32 {
     (((key >> 32) * partitions as u64) >> 32) as u32
@@ -110,7 +114,7 @@ pub fn open_owned(params: &IndexParams, worker: u32, peers: u32) -> (Vec<usize>,
 /// hold partitions written with another partition count.
 pub fn check_state_dir(cfg: &NearDedupConfig) -> Result<(), IndexError> {
     cfg.validate().map_err(IndexError::Layout)?;
-    check_layout(cfg.state_dir.as_deref(), "near_dedup", cfg.partitions)
+    check_layout(cfg.state_dir.as_deref(), "near_dedup", cfg.partitions())
 }
 
 /// The partition count an index under `<state_dir>/<name>/` was written with, if it holds one.
@@ -243,7 +247,7 @@ pub struct IndexParams {
 
 impl IndexParams {
     pub fn new(cfg: &NearDedupConfig) -> Self {
-        let partitions = cfg.partitions.max(1);
+        let partitions = cfg.partitions().max(1);
         let max_keys = if cfg.max_documents == 0 {
             MAX_KEYS_PER_PARTITION
         } else {
@@ -980,7 +984,7 @@ mod tests {
     fn params(dir: Option<&Path>) -> IndexParams {
         let cfg = NearDedupConfig {
             state_dir: dir.map(Path::to_path_buf),
-            partitions: 1,
+            partitions: Some(1),
             ..NearDedupConfig::default()
         };
         IndexParams::new(&cfg)
@@ -1104,13 +1108,13 @@ mod tests {
         ));
         let cfg = NearDedupConfig {
             state_dir: Some(dir.path().to_path_buf()),
-            partitions: 2,
+            partitions: Some(2),
             ..NearDedupConfig::default()
         };
         assert!(check_state_dir(&cfg).is_err());
         assert!(
             check_state_dir(&NearDedupConfig {
-                partitions: 1,
+                partitions: Some(1),
                 ..cfg
             })
             .is_ok()

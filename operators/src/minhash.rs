@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
+use crate::lsh_index::DEFAULT_PARTITIONS;
 use crate::normalize::{NormalizeConfig, normalize_into, normalize_words_into};
 use crate::words::normalized;
 use webscale_rl_records::Document;
@@ -47,8 +48,9 @@ pub struct NearDedupConfig {
     /// Where the index persists (`<state_dir>/near_dedup/`); unset keeps it in memory only.
     pub state_dir: Option<PathBuf>,
     /// The index is split into this many files, each owned by one worker; fixed for the lifetime
-    /// of a `state_dir`. More partitions than workers lets any worker count share them.
-    pub partitions: u32,
+    /// of a `state_dir`. More partitions than workers lets any worker count share them. Unset:
+    /// [`DEFAULT_PARTITIONS`], except for a run's own state, which the engine sizes (README).
+    pub partitions: Option<u32>,
     /// Cap on indexed documents (enforced per partition, oldest first); 0 = unbounded.
     pub max_documents: u64,
     /// Index entries older than this (in epoch time, i.e. wall-clock) expire; 0 = never.
@@ -73,7 +75,7 @@ impl Default for NearDedupConfig {
             seed: 0x5eed_0f1e_a54a_11d5,
             verify_jaccard: 0.7,
             state_dir: None,
-            partitions: 32,
+            partitions: None,
             max_documents: 20_000_000,
             ttl_hours: 0.0,
             sync_interval_ms: 5000,
@@ -84,6 +86,11 @@ impl Default for NearDedupConfig {
 }
 
 impl NearDedupConfig {
+    /// The partition count: [`NearDedupConfig::partitions`], or [`DEFAULT_PARTITIONS`].
+    pub fn partitions(&self) -> u32 {
+        self.partitions.unwrap_or(DEFAULT_PARTITIONS)
+    }
+
     /// Hash functions in a signature.
     pub fn num_hashes(&self) -> usize {
         self.bands * self.rows
@@ -114,7 +121,7 @@ impl NearDedupConfig {
         if !(0.0..=1.0).contains(&self.verify_jaccard) {
             return Err("near_dedup.verify_jaccard must be within 0..=1".into());
         }
-        if self.partitions == 0 || self.partitions > 4096 {
+        if !(1..=4096).contains(&self.partitions()) {
             return Err("near_dedup.partitions must be within 1..=4096".into());
         }
         if !(self.ttl_hours >= 0.0 && self.ttl_hours.is_finite()) {
@@ -507,7 +514,7 @@ rows = 8                   # signature values per band
 seed = 0x5eed0f1ea54a11d5  # hash functions; changing it invalidates a persisted index
 verify_jaccard = 0.7       # a band collision counts if the estimated Jaccard reaches this; 0 = plain LSH
 # state_dir = "/var/lib/webscale-rl"  # index under <state_dir>/near_dedup/; the engine's default: see the README
-partitions = 32            # index files, each owned by one worker; fixed for a state_dir
+# partitions = 32          # index files, each owned by one worker; fixed for a state_dir (unset: README)
 max_documents = 20000000   # cap on indexed documents, oldest evicted first (bounds memory); 0 = the index's limit
 ttl_hours = 0.0            # index entries older than this expire (epochs are wall-clock ms); 0 = never
 sync_interval_ms = 5000    # the index is fsynced at least this often; 0 = every epoch

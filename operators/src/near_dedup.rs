@@ -133,7 +133,7 @@ fn near_dedup<'s>(
     let scope = docs.scope();
     let worker = scope.index() as u32;
     let peers = scope.peers() as u32;
-    let partitions = cfg.partitions;
+    let partitions = cfg.partitions();
 
     let mut hasher = MinHasher::new(&cfg);
     let mut sig = Vec::new();

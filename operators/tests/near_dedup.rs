@@ -325,7 +325,7 @@ fn restart_catches_copies_seen_before() {
     let files = std::fs::read_dir(dir.path().join("near_dedup"))
         .unwrap()
         .count();
-    assert_eq!(files, cfg.partitions as usize);
+    assert_eq!(files, cfg.partitions() as usize);
 
     // Another process lifetime, another worker count, a later day.
     let (id5, text5) = &originals[5];
