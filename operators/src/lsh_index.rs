@@ -628,16 +628,22 @@ impl Partition {
         stats: &mut EpochStats,
         mut evict: impl FnMut(&[u8]) -> bool,
     ) -> Result<u64, redb::Error> {
-        // Pending records become the oldest only once stored.
-        self.flush(chunks, stats)?;
         let mut evicted = 0;
         let mut chunk = Vec::new();
         while self.oldest < self.next {
-            let start = match chunks.first()? {
-                Some((start, value)) => {
-                    chunk.clear();
-                    chunk.extend_from_slice(value.value());
-                    start.value()
+            let first = chunks.first()?.map(|(start, value)| {
+                chunk.clear();
+                chunk.extend_from_slice(value.value());
+                start.value()
+            });
+            let start = match first {
+                Some(start) => start,
+                // Pending records are evicted once stored. Only then: a partition at its key
+                // limit evicts one key per insert, and flushing each time would store chunks
+                // of one record.
+                None if !self.pending_at.is_empty() => {
+                    self.flush(chunks, stats)?;
+                    continue;
                 }
                 None => break,
             };
