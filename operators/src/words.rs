@@ -564,7 +564,7 @@ pub fn normalized<'d>(doc: &'d Document, cfg: &NormalizeConfig) -> Option<&'d No
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::normalize::{normalize, normalize_words_into};
+    use crate::normalize::{normalize, reference};
 
     /// The definitions the pass must agree with, char by char.
     fn reference(text: &str, cfg: &NormalizeConfig) -> Words {
@@ -584,8 +584,8 @@ mod tests {
                 }
             }
         }
-        let mut starts = Vec::new();
-        normalize_words_into(text, cfg, &mut w.normalized.text, &mut starts);
+        let (normalized, starts) = reference::words(text, cfg);
+        w.normalized.text = normalized;
         w.normalized.starts = starts.into_iter().map(|s| s as u32).collect();
         w.normalized.rules = cfg.rules();
         w.normalized.source_len = text.len();
