@@ -203,10 +203,13 @@ fn prepare_state(
     // A run's own state (file mode, the demo) lives and dies with the run: fewer partitions
     // than a long-lived group's mean fewer files to open, commit and close (measured: 8 instead
     // of 32 took a 37 MB run from 0.92 to 0.84 s). One per worker at least, so that every
-    // worker owns some; a resumed run keeps the count its state was written with.
+    // worker owns some, unless the config sets a count. A resumed run keeps the count its state
+    // was written with, whatever the config says now: the count changes no verdict, and an
+    // earlier build chose it differently.
     let private = !matches!(home, StateHome::Group);
-    let run_partitions = |dir: &std::path::Path, name: &str| {
+    let run_partitions = |dir: &std::path::Path, name: &str, configured: Option<u32>| {
         webscale_rl_operators::lsh_index::existing_partitions(dir, name)
+            .or(configured)
             .unwrap_or(RUN_STATE_PARTITIONS.max(workers as u32))
     };
     let default_dir = match (needs, home) {
@@ -230,15 +233,15 @@ fn prepare_state(
     if let Some(dir) = default_dir {
         let near = &mut cfg.near_dedup;
         if near.state_dir.is_none() {
-            if private && near.partitions.is_none() {
-                near.partitions = Some(run_partitions(&dir, "near_dedup"));
+            if private {
+                near.partitions = Some(run_partitions(&dir, "near_dedup", near.partitions));
             }
             near.state_dir = Some(dir.clone());
         }
         let exact = &mut cfg.exact_dedup;
         if exact.state_dir.is_none() {
-            if private && exact.partitions.is_none() {
-                exact.partitions = Some(run_partitions(&dir, "exact_dedup"));
+            if private {
+                exact.partitions = Some(run_partitions(&dir, "exact_dedup", exact.partitions));
             }
             exact.state_dir = Some(dir);
         }
@@ -337,7 +340,18 @@ mod tests {
             std::fs::write(old.join(name).join("part-0003-of-0032.redb"), b"").unwrap();
         }
         let mut cfg = PipelineConfig::default();
-        prepare_state(&mut cfg, StateHome::Dir(old), 1, true).unwrap();
+        prepare_state(&mut cfg, StateHome::Dir(old.clone()), 1, true).unwrap();
         assert_eq!(parts(&cfg), (32, 32));
+
+        // Even over a count the config sets: the earlier build turned a configured 32 into 8.
+        let eight = dir.path().join("f");
+        for name in ["exact_dedup", "near_dedup"] {
+            std::fs::create_dir_all(eight.join(name)).unwrap();
+            std::fs::write(eight.join(name).join("part-0001-of-0008.redb"), b"").unwrap();
+        }
+        let mut cfg = PipelineConfig::default();
+        cfg.near_dedup.partitions = Some(32);
+        prepare_state(&mut cfg, StateHome::Dir(eight), 1, true).unwrap();
+        assert_eq!(parts(&cfg), (8, 8));
     }
 }

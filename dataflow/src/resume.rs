@@ -118,6 +118,10 @@ pub fn settings_fingerprint(cfg: &PipelineConfig, rejects: &str, with_llm: bool)
     let mut cfg = cfg.clone();
     cfg.exact_dedup.state_dir = None;
     cfg.near_dedup.state_dir = None;
+    // The count in use, never "unset": an earlier build wrote the number (32 by default), so a
+    // run it started still resumes.
+    cfg.exact_dedup.partitions = Some(cfg.exact_dedup.partitions());
+    cfg.near_dedup.partitions = Some(cfg.near_dedup.partitions());
     cfg.source.checkpoint_ms = 0;
     if let Some(llm) = cfg.llm.as_mut() {
         llm.cache_path = None;
@@ -241,6 +245,19 @@ mod tests {
             "r.jsonl",
             false
         ));
+    }
+
+    #[test]
+    fn an_unset_partition_count_fingerprints_as_the_count_in_use() {
+        let unset = PipelineConfig::default();
+        let mut set = PipelineConfig::default();
+        set.near_dedup.partitions = Some(32);
+        set.exact_dedup.partitions = Some(32);
+        let print = |cfg: &PipelineConfig| settings_fingerprint(cfg, "r", false);
+        // As an earlier build, whose default was the number 32, fingerprinted it.
+        assert_eq!(print(&unset), print(&set));
+        set.near_dedup.partitions = Some(8);
+        assert_ne!(print(&unset), print(&set));
     }
 
     #[test]
