@@ -301,6 +301,16 @@ fn print_summary(cli: &Cli, summary: Summary) {
 mod tests {
     use super::*;
 
+    /// A state directory as a run with `partitions` per index leaves it (one file each suffices).
+    fn state_written_with(dir: &std::path::Path, partitions: u32) -> std::path::PathBuf {
+        for name in ["exact_dedup", "near_dedup"] {
+            let file = format!("part-0000-of-{partitions:04}.redb");
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            std::fs::write(dir.join(name).join(file), b"").unwrap();
+        }
+        dir.to_path_buf()
+    }
+
     #[test]
     fn a_runs_own_state_gets_fewer_partitions_unless_the_config_says() {
         let dir = tempfile::tempdir().unwrap();
@@ -334,21 +344,13 @@ mod tests {
         assert_eq!(parts(&cfg), (12, 12));
 
         // Resuming a state written with another count (an earlier build's 32): kept.
-        let old = dir.path().join("e");
-        for name in ["exact_dedup", "near_dedup"] {
-            std::fs::create_dir_all(old.join(name)).unwrap();
-            std::fs::write(old.join(name).join("part-0003-of-0032.redb"), b"").unwrap();
-        }
+        let old = state_written_with(&dir.path().join("e"), 32);
         let mut cfg = PipelineConfig::default();
-        prepare_state(&mut cfg, StateHome::Dir(old.clone()), 1, true).unwrap();
+        prepare_state(&mut cfg, StateHome::Dir(old), 1, true).unwrap();
         assert_eq!(parts(&cfg), (32, 32));
 
         // Even over a count the config sets: the earlier build turned a configured 32 into 8.
-        let eight = dir.path().join("f");
-        for name in ["exact_dedup", "near_dedup"] {
-            std::fs::create_dir_all(eight.join(name)).unwrap();
-            std::fs::write(eight.join(name).join("part-0001-of-0008.redb"), b"").unwrap();
-        }
+        let eight = state_written_with(&dir.path().join("f"), 8);
         let mut cfg = PipelineConfig::default();
         cfg.near_dedup.partitions = Some(32);
         prepare_state(&mut cfg, StateHome::Dir(eight), 1, true).unwrap();

@@ -405,13 +405,7 @@ impl Partition {
                 // recorded `oldest` never lies ahead of records written later.
                 _ => (recorded, recorded),
             };
-            let mut table = Slots::with_capacity((next - oldest) as usize);
-            for_each_record(&chunks, oldest, |number, record| {
-                if let Some(key) = record_key(record) {
-                    table.insert(key, number);
-                }
-            })
-            .map_err(&err)?;
+            let table = stored_keys(&chunks, oldest, next - oldest).map_err(&err)?;
             (table, oldest, next)
         };
         Ok(Partition {
@@ -608,12 +602,7 @@ impl Partition {
     /// The table rebuilt for the keys of `oldest..next`, sized for them (the log holds the keys
     /// the table does not).
     fn rebuild_table(&mut self, chunks: &Chunks<'_>) -> Result<(), redb::Error> {
-        let mut table = Slots::with_capacity(self.entries() as usize);
-        for_each_record(chunks, self.oldest, |number, record| {
-            if let Some(key) = record_key(record) {
-                table.insert(key, number);
-            }
-        })?;
+        let mut table = stored_keys(chunks, self.oldest, self.entries())?;
         let pending_start = self.next - self.pending_at.len() as u64;
         for (i, &at) in self.pending_at.iter().enumerate() {
             if let Some(key) = le_u64(&self.pending[at as usize..], 0) {
@@ -707,12 +696,13 @@ impl Drop for Partition {
     }
 }
 
-/// Calls `f(number, record)` for every stored record numbered `from` or later, in order.
-fn for_each_record(
+/// The table of the stored records numbered `from` or later, sized for `keys` of them.
+fn stored_keys(
     chunks: &impl ReadableTable<u64, &'static [u8]>,
     from: u64,
-    mut f: impl FnMut(u64, &[u8]),
-) -> Result<(), redb::Error> {
+    keys: u64,
+) -> Result<Slots, redb::Error> {
+    let mut table = Slots::with_capacity(keys as usize);
     // The chunk holding `from` starts at or before it.
     let first = match chunks.range(..=from)?.next_back() {
         Some(entry) => entry?.0.value(),
@@ -722,12 +712,12 @@ fn for_each_record(
         let (start, chunk) = entry?;
         for (i, record) in chunk_records(chunk.value()).enumerate() {
             let number = start.value() + i as u64;
-            if number >= from {
-                f(number, record);
+            if let Some(key) = record_key(record).filter(|_| number >= from) {
+                table.insert(key, number);
             }
         }
     }
-    Ok(())
+    Ok(table)
 }
 
 /// Rewrites format 2's log (one redb entry per record) as chunks, in the caller's transaction.

@@ -564,7 +564,7 @@ pub fn normalized<'d>(doc: &'d Document, cfg: &NormalizeConfig) -> Option<&'d No
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::normalize::reference;
+    use crate::normalize::reference::{self, every_rule_set};
 
     /// The definitions the pass must agree with, char by char.
     fn reference(text: &str, cfg: &NormalizeConfig) -> Words {
@@ -628,18 +628,9 @@ mod tests {
             "   ",
             every_ascii.as_str(),
         ];
-        for lowercase in [false, true] {
-            for strip_punctuation in [false, true] {
-                for fold_digits in [false, true] {
-                    let cfg = NormalizeConfig {
-                        lowercase,
-                        strip_punctuation,
-                        fold_digits,
-                    };
-                    for text in texts {
-                        assert_same(text, &cfg);
-                    }
-                }
+        for cfg in every_rule_set() {
+            for text in texts {
+                assert_same(text, &cfg);
             }
         }
     }
@@ -670,17 +661,8 @@ mod tests {
                     "{}{token} and some more words to follow it, {token}",
                     " ".repeat(shift)
                 );
-                for lowercase in [false, true] {
-                    for strip_punctuation in [false, true] {
-                        for fold_digits in [false, true] {
-                            let cfg = NormalizeConfig {
-                                lowercase,
-                                strip_punctuation,
-                                fold_digits,
-                            };
-                            assert_same(&text, &cfg);
-                        }
-                    }
+                for cfg in every_rule_set() {
+                    assert_same(&text, &cfg);
                 }
             }
         }
