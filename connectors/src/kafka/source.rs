@@ -31,7 +31,7 @@ pub struct SourceConfig {
     /// An epoch closes after this many milliseconds...
     pub epoch_ms: u64,
     /// ...or after this many records read by one worker, whichever comes first. An epoch is the
-    /// unit of offset commits. Unset: 5,000, or 16 with the LLM stages (see
+    /// unit of offset commits. Unset: [`CPU_EPOCH_RECORDS`], or 16 with the LLM stages (see
     /// [`SourceConfig::resolve`]).
     pub epoch_max_records: Option<usize>,
     /// Most messages read in one activation, so a busy topic cannot starve other operators.
@@ -40,25 +40,37 @@ pub struct SourceConfig {
     pub idle_poll_ms: u64,
     /// Flow control: a worker stops reading while this many of its records are not yet durable.
     /// With the LLM stages this is also what a crash can cost: at most this many documents per
-    /// worker of LLM work to redo (less what the response cache kept). Unset: 20,000, or 64 with
-    /// the LLM stages.
+    /// worker of LLM work to redo (less what the response cache kept). Unset:
+    /// [`CPU_IN_FLIGHT_DOCS`], or 64 with the LLM stages.
     pub max_in_flight_docs: Option<usize>,
     /// File mode: how often (milliseconds) a resumable run records its progress. Each record
     /// ends a compressed frame and syncs two files; an interruption costs about this much work.
     pub checkpoint_ms: u64,
 }
 
+/// Records per epoch and worker without the LLM stages. Small enough that the stages that wait
+/// for a whole epoch (dedup, the file sink) start on it while the next is read, and that little
+/// is held. With [`CPU_IN_FLIGHT_DOCS`], against the former 5,000 and 20,000: 1 worker 0.74 →
+/// 0.66 s and 2 workers 0.55 → 0.40 s on the 37 MB bench corpus (BENCHMARKS.md, "Third round").
+pub const CPU_EPOCH_RECORDS: usize = 1_000;
+
+/// Read-ahead per worker without the LLM stages: a few epochs, about half a second of a worker's
+/// work. More only holds more documents: every one in flight is memory the process touches fresh,
+/// and fresh pages cost a fault and zeroing each.
+pub const CPU_IN_FLIGHT_DOCS: usize = 5_000;
+
 impl SourceConfig {
     /// Fills the unset limits with the defaults of the run's kind. Without the LLM the CPU
-    /// stages take thousands of documents a second, and large epochs keep per-epoch work
-    /// small. With it a document takes seconds: small epochs and a short read-ahead let the
-    /// committed offsets follow the documents as they finish, instead of waiting for a whole
-    /// backlog read into one epoch (a crash then redoes a few dozen documents, not all of them).
+    /// stages take thousands of documents a second: epochs of [`CPU_EPOCH_RECORDS`] keep the
+    /// stages pipelined and what is held small. With it a document takes seconds: small epochs
+    /// and a short read-ahead let the committed offsets follow the documents as they finish,
+    /// instead of waiting for a whole backlog read into one epoch (a crash then redoes a few
+    /// dozen documents, not all of them).
     pub fn resolve(&mut self, llm_stages: bool) {
         let (epoch, in_flight) = if llm_stages {
             (16, 64)
         } else {
-            (5_000, 20_000)
+            (CPU_EPOCH_RECORDS, CPU_IN_FLIGHT_DOCS)
         };
         self.epoch_max_records.get_or_insert(epoch);
         self.max_in_flight_docs.get_or_insert(in_flight);
@@ -66,12 +78,12 @@ impl SourceConfig {
 
     /// Records per epoch and worker ([`SourceConfig::epoch_max_records`], resolved).
     pub fn epoch_records(&self) -> usize {
-        self.epoch_max_records.unwrap_or(5_000).max(1)
+        self.epoch_max_records.unwrap_or(CPU_EPOCH_RECORDS).max(1)
     }
 
     /// Read-ahead per worker ([`SourceConfig::max_in_flight_docs`], resolved).
     pub fn in_flight_docs(&self) -> usize {
-        self.max_in_flight_docs.unwrap_or(20_000).max(1)
+        self.max_in_flight_docs.unwrap_or(CPU_IN_FLIGHT_DOCS).max(1)
     }
 }
 
@@ -347,7 +359,7 @@ mod tests {
     fn limits_default_by_the_kind_of_run_and_keep_what_is_set() {
         let mut cpu = SourceConfig::default();
         cpu.resolve(false);
-        assert_eq!((cpu.epoch_records(), cpu.in_flight_docs()), (5_000, 20_000));
+        assert_eq!((cpu.epoch_records(), cpu.in_flight_docs()), (1_000, 5_000));
         let mut llm = SourceConfig::default();
         llm.resolve(true);
         assert_eq!((llm.epoch_records(), llm.in_flight_docs()), (16, 64));
