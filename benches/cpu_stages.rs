@@ -1,7 +1,9 @@
 //! Throughput of the CPU stages, whole process: `webscale-rl run --no-llm` (parse, quality filter,
 //! exact dedup, near dedup; with `--benchmarks`, decontamination too) on a corpus of 30+ MB built
-//! from the shared sample, at 1 and 2 workers; then the per-stage split, measured in this process
-//! on the same documents; then rensa's MinHash signatures alone on the same texts
+//! from the shared sample, at 1 and 2 workers; then the split of a run by stage (`run
+//! --operator-times`, timed inside the real process at 1 and 2 workers); then the per-step split,
+//! measured in this process on the same documents; then rensa's MinHash signatures alone on the
+//! same texts
 //! (`benches/rensa_minhash.py`, when `pip install rensa` has been run).
 //!
 //! ```text
@@ -153,13 +155,42 @@ fn verdicts(output: &Path, rejects: &Path) -> Verdicts {
     }
 }
 
-/// One whole-process run; its wall time (seconds), user+system CPU time, and its verdicts.
+/// One whole-process run; its wall time (seconds) and its verdicts.
 fn run_engine(
     corpus: &Path,
     dir: &Path,
     workers: usize,
     benchmarks: Option<&Path>,
 ) -> (f64, Verdicts) {
+    let (secs, _) = run_process(corpus, dir, workers, benchmarks, &[]);
+    (
+        secs,
+        verdicts(&dir.join("out.jsonl"), &dir.join("rejects.jsonl")),
+    )
+}
+
+/// The split of a whole-process run by stage, as `run --operator-times` prints it: timed inside
+/// the real run (one more run, untimed here), so it shows what the per-step split below cannot,
+/// reading, the sinks and the waits included.
+fn operator_split(corpus: &Path, dir: &Path, workers: usize, benchmarks: Option<&Path>) {
+    let (_, stderr) = run_process(corpus, dir, workers, benchmarks, &["--operator-times"]);
+    let table: Vec<&str> = stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("operator times:"))
+        .take_while(|l| l.starts_with("operator times:") || l.starts_with('|'))
+        .collect();
+    assert!(!table.is_empty(), "no operator times in: {stderr}");
+    println!("\n{}", table.join("\n"));
+}
+
+/// Runs the engine over `corpus` with `extra` flags; its wall time and its standard error.
+fn run_process(
+    corpus: &Path,
+    dir: &Path,
+    workers: usize,
+    benchmarks: Option<&Path>,
+    extra: &[&str],
+) -> (f64, String) {
     let (output, rejects) = (dir.join("out.jsonl"), dir.join("rejects.jsonl"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_webscale-rl"));
     cmd.args(["run", "--no-llm", "--quiet", "--restart", "-w"])
@@ -173,11 +204,17 @@ fn run_engine(
     if let Some(b) = benchmarks {
         cmd.arg("--benchmarks").arg(b);
     }
+    cmd.args(extra).stderr(std::process::Stdio::piped());
     let started = Instant::now();
-    let status = cmd.status().expect("starting webscale-rl");
+    let out = cmd.output().expect("starting webscale-rl");
     let secs = started.elapsed().as_secs_f64();
-    assert!(status.success(), "webscale-rl run failed: {status}");
-    (secs, verdicts(&output, &rejects))
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "webscale-rl run failed: {}: {stderr}",
+        out.status
+    );
+    (secs, stderr)
 }
 
 /// The documents of the corpus, parsed once, for the per-stage split.
@@ -404,6 +441,9 @@ fn main() {
         "verdicts: {} passed, {} rejected, digest {:016x} (the same at 1 and 2 workers)",
         v.passed, v.rejected, v.digest
     );
+    for workers in [1, 2] {
+        operator_split(&corpus, &dir, workers, benchmarks);
+    }
     stage_split(&corpus, bytes, args.runs, benchmarks);
     if let Some(r) = rensa(&corpus, bytes) {
         println!(

@@ -79,6 +79,10 @@ pub struct PipelineArgs {
     /// Default: 127.0.0.1:9898 in Kafka mode and the demo, off in file mode.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
+    /// At the end, print each dataflow operator's busy time (summed over the workers) on stderr,
+    /// even with --quiet: where a run's time goes, stage by stage.
+    #[arg(long)]
+    pub operator_times: bool,
     #[command(flatten)]
     pub llm: crate::llm_args::LlmArgs,
     #[command(flatten)]

@@ -10,6 +10,7 @@ use anyhow::Context;
 use webscale_rl_dataflow::file_mode::{FileRun, run_files};
 use webscale_rl_dataflow::graph::Resources;
 use webscale_rl_dataflow::http::MetricsServer;
+use webscale_rl_dataflow::operator_times::{OperatorTimes, table};
 use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
 use webscale_rl_dataflow::{Funnel, PipelineConfig};
 use webscale_rl_operators::benchmarks::BenchmarkSpec;
@@ -87,6 +88,7 @@ impl Setup {
         let resources = Resources {
             llm: llm.as_ref().map(|l| l.service()),
             benchmarks: load_benchmarks(&mut cfg, &args.benchmarks, cli.quiet)?,
+            operator_times: args.operator_times.then(OperatorTimes::default),
         };
         let funnel = Funnel::default();
         let metrics = crate::monitoring::start(
@@ -161,6 +163,13 @@ impl Setup {
             _ => summary.of_process(self.cluster.process, self.cluster.processes),
         };
         print_summary(cli, summary);
+        if let Some(times) = &self.resources.operator_times {
+            let workers = self.cluster.workers;
+            eprint!(
+                "{}",
+                table(&times.totals(), workers, self.started.elapsed())
+            );
+        }
     }
 }
 

@@ -130,6 +130,49 @@ fn stdin_to_stdout_with_explicit_rejects_file() {
     assert_eq!(outputs + rejected, 100);
 }
 
+#[test]
+fn operator_times_split_a_two_worker_run_by_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let lines = sample_lines();
+    std::fs::write(&input, lines[..200].join(&b'\n')).unwrap();
+    let out = crate::support::engine()
+        .args([
+            "run",
+            "--no-llm",
+            "--quiet",
+            "--operator-times",
+            "-w",
+            "2",
+            "--input",
+        ])
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("out.jsonl"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("operator times: 2 worker(s)"), "{stderr}");
+    // One row per stage (however many operators it built), then the source and the sinks.
+    for row in [
+        "parse",
+        "quality_filter",
+        "exact_dedup",
+        "near_dedup",
+        "file sink (encode, write)",
+        "FileSource",
+    ] {
+        let rows = stderr
+            .lines()
+            .filter(|l| l.starts_with(&format!("| {row} |")));
+        assert_eq!(rows.count(), 1, "{row}: {stderr}");
+    }
+    let written = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    let rejected = std::fs::read_to_string(dir.path().join("out.rejects.jsonl")).unwrap();
+    assert_eq!(written.lines().count() + rejected.lines().count(), 200);
+}
+
 /// The records of a JSONL output without `created_at` (the wall clock of whichever run wrote
 /// them), as text: what two runs over the same input must agree on, line for line.
 fn lines_without_clock(path: &std::path::Path) -> Vec<String> {

@@ -284,7 +284,9 @@ fn sigterm_drains_flushes_commits_and_exits_zero() {
     let config = slow_config(dir.path());
     let kafka = Kafka::start(2, "e2e-sigterm");
     let produced = kafka.produce_lines(sample_lines()) as i64;
-    let child = engine(&kafka, &config, &[]).spawn().unwrap();
+    let child = engine(&kafka, &config, &["--operator-times"])
+        .spawn()
+        .unwrap();
     wait_for_outputs(&kafka, 20);
     let pid = child.id().to_string();
     assert!(
@@ -302,6 +304,10 @@ fn sigterm_drains_flushes_commits_and_exits_zero() {
         String::from_utf8_lossy(&out.stderr)
     );
     let summary: Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    // A stopped service still says where its time went.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("operator times:"), "{stderr}");
+    assert!(stderr.contains("| near_dedup |"), "{stderr}");
     let consumed = summary["consumed"].as_i64().unwrap();
     let committed: i64 = kafka.committed().values().sum();
     assert!(

@@ -137,6 +137,7 @@ fn run_with(s: &Setup, group: &str, tweak: impl Fn(&mut PipelineConfig)) -> Funn
         Resources {
             llm: Some(backend.service()),
             benchmarks: s.benchmarks.clone(),
+            ..Default::default()
         },
     )
     .unwrap();

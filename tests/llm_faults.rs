@@ -271,6 +271,7 @@ fn kafka_run_with(
                 Resources {
                     llm: Some(service),
                     benchmarks: None,
+                    ..Default::default()
                 },
             )
         })

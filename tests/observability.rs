@@ -133,6 +133,7 @@ fn metrics_count_exactly_the_records_written() {
         Resources {
             llm: Some(backend.service()),
             benchmarks: None,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -24,6 +24,7 @@ use webscale_rl_records::DeadLetter;
 use crate::config::PipelineConfig;
 use crate::funnel::{DEAD_LETTERED, EMITTED, Funnel};
 use crate::graph::{self, Resources, count};
+use crate::operator_times::{OperatorTimes, labelled};
 use crate::resume::{
     InputIdentity, PartialOutput, ProgressRecord, ResumeMode, settings_fingerprint,
 };
@@ -304,6 +305,7 @@ struct Sinks<'a> {
     durable: &'a ProbeHandle<u64>,
     /// The main output is JSONL (not shards): records are encoded before they cross.
     jsonl: bool,
+    times: Option<&'a OperatorTimes>,
 }
 
 impl Sinks<'_> {
@@ -316,21 +318,24 @@ impl Sinks<'_> {
         out: &SharedOutput,
         rejects: &SharedOutput,
     ) -> Written {
-        let records = count(records, self.funnel, EMITTED.0, EMITTED.1);
-        let dead_letters = count(dead_letters, self.funnel, DEAD_LETTERED.0, DEAD_LETTERED.1)
-            .map(|dead| (dead.offset, dead));
-        let written = Written::default();
-        file_sinks(
-            records,
-            dead_letters,
-            out.clone(),
-            rejects.clone(),
-            written.clone(),
-            self.error.clone(),
-            self.jsonl,
-        )
-        .probe_with(self.durable);
-        written
+        let worker = records.scope().worker();
+        labelled(self.times, worker, "file sink (encode, write)", || {
+            let records = count(records, self.funnel, EMITTED.0, EMITTED.1);
+            let dead_letters = count(dead_letters, self.funnel, DEAD_LETTERED.0, DEAD_LETTERED.1)
+                .map(|dead| (dead.offset, dead));
+            let written = Written::default();
+            file_sinks(
+                records,
+                dead_letters,
+                out.clone(),
+                rejects.clone(),
+                written.clone(),
+                self.error.clone(),
+                self.jsonl,
+            )
+            .probe_with(self.durable);
+            written
+        })
     }
 }
 
@@ -364,6 +369,9 @@ fn file_worker(
         skip_lines,
     };
     let is_reader = input.is_some();
+    if let Some(times) = &resources.operator_times {
+        times.register(worker);
+    }
     let written = worker.dataflow::<u64, _, _>(|scope| -> anyhow::Result<Written> {
         let messages = file_source(
             scope,
@@ -380,6 +388,7 @@ fn file_worker(
             error: &sink_error,
             durable: &durable,
             jsonl: run.format.is_none(),
+            times: resources.operator_times.as_ref(),
         };
         Ok(match outs.output {
             graph::Output::Documents(records) => {

@@ -33,6 +33,7 @@ use webscale_rl_records::{
 
 use crate::config::PipelineConfig;
 use crate::funnel::{CONSUMED, Funnel, QA_PAIRS};
+use crate::operator_times::{OperatorTimes, labelled};
 
 /// What the pipeline emits: the surviving documents (no LLM) or the QA pairs, each with the
 /// position of its message in the input (Kafka offset, file line), by which the file sink orders
@@ -70,6 +71,8 @@ pub struct Resources {
     pub llm: Option<Arc<dyn LlmService>>,
     /// Benchmark test sets for decontamination; each worker indexes its share.
     pub benchmarks: Option<Arc<Benchmarks>>,
+    /// Set by `--operator-times`: every worker logs its operators' busy time here.
+    pub operator_times: Option<crate::operator_times::OperatorTimes>,
 }
 
 /// Wires stages one way: a stage switched off in the config passes its input through; a stage's
@@ -81,6 +84,8 @@ struct Stages<'s, 'c> {
     rejected: Vec<StreamVec<'s, u64, DeadLetter>>,
     /// Rejections of single QA pairs, which go through accounting rather than straight out.
     pair_failures: Vec<StreamVec<'s, u64, DeadLetter>>,
+    /// `--operator-times`: each stage's operators are labelled with its name.
+    times: Option<OperatorTimes>,
 }
 
 impl<'s> Stages<'s, '_> {
@@ -94,7 +99,19 @@ impl<'s> Stages<'s, '_> {
         if !self.cfg.enabled(stage) {
             return records;
         }
-        self.keep(stage.as_str(), build(records))
+        let verdicts = self.build(stage.as_str(), records, build);
+        self.keep(stage.as_str(), verdicts)
+    }
+
+    /// `build(input)`, its operators labelled as `stage`'s in the operator times.
+    fn build<I: 'static, T>(
+        &self,
+        stage: &str,
+        input: StreamVec<'s, u64, I>,
+        build: impl FnOnce(StreamVec<'s, u64, I>) -> T,
+    ) -> T {
+        let worker = input.scope().worker();
+        labelled(self.times.as_ref(), worker, stage, || build(input))
     }
 
     /// Counts what passed under `funnel_stage` and collects the rejections.
@@ -133,9 +150,13 @@ pub fn build<'s>(
         funnel: funnel.clone(),
         rejected: Vec::new(),
         pair_failures: Vec::new(),
+        times: resources.operator_times.clone(),
     };
 
-    let docs = stages.keep(Stage::Parse.as_str(), messages.parse(cfg.parse.clone()));
+    let parsed = stages.build(Stage::Parse.as_str(), messages, |m| {
+        m.parse(cfg.parse.clone())
+    });
+    let docs = stages.keep(Stage::Parse.as_str(), parsed);
     let docs = stages.filter(Stage::QualityFilter, docs, |d| {
         d.quality_filter(cfg.quality_filter.clone())
     });
@@ -200,7 +221,9 @@ fn qa_stages<'s>(
     let merged = cfg.enabled(Stage::LlmFilter) && cfg.classify.with_filter;
     let docs = match cfg.enabled(Stage::LlmFilter) && !merged {
         true => {
-            let verdicts = docs.llm_filter(cfg.llm_filter.clone(), llm.clone())?;
+            let verdicts = stages.build(Stage::LlmFilter.as_str(), docs, |d| {
+                d.llm_filter(cfg.llm_filter.clone(), llm.clone())
+            })?;
             stages.keep(Stage::LlmFilter.as_str(), verdicts)
         }
         false => docs,
@@ -209,7 +232,9 @@ fn qa_stages<'s>(
         with_filter: merged,
         ..cfg.classify.clone()
     };
-    let mut classified = docs.classify(classify, llm.clone())?;
+    let mut classified = stages.build(Stage::Classify.as_str(), docs, |d| {
+        d.classify(classify, llm.clone())
+    })?;
     if merged {
         // The funnel as with two calls: what classification passed or rejected for its own
         // reasons had passed the filter.
@@ -232,12 +257,17 @@ fn qa_stages<'s>(
     let classified = stages.keep(Stage::Classify.as_str(), classified);
     // From here on a rejection concerns one pair, not its document: they are collected apart,
     // and accounting decides which documents are left without a pair.
-    let candidates = classified.generate(cfg.generate.clone(), llm.clone())?;
+    let candidates = stages.build(Stage::Generate.as_str(), classified, |c| {
+        c.generate(cfg.generate.clone(), llm.clone())
+    })?;
     let candidates = stages.keep_pairs(Stage::Generate.as_str(), candidates);
-    let verified = candidates.verify(cfg.verify.clone(), llm)?;
+    let verified = stages.build(Stage::Verify.as_str(), candidates, |c| {
+        c.verify(cfg.verify.clone(), llm)
+    })?;
     let mut verified = stages.keep_pairs(Stage::Verify.as_str(), verified);
     if let Some(index) = index {
-        verified = stages.keep_pairs("decontaminate_qa", verified.decontaminate(index));
+        let clean = stages.build("decontaminate_qa", verified, |v| v.decontaminate(index));
+        verified = stages.keep_pairs("decontaminate_qa", clean);
     }
     let scope = verified.scope();
     let outcomes = verified

@@ -14,6 +14,7 @@ pub mod http;
 pub mod live;
 pub mod llm_service;
 pub mod metrics;
+pub mod operator_times;
 pub mod resume;
 pub mod runtime;
 pub mod state;

@@ -175,6 +175,9 @@ fn kafka_worker(
     let dead_letter = Arc::new(KafkaSink::new(&cfg.kafka, &cfg.kafka.dead_letter_topic)?);
     let progress = Rc::new(RefCell::new(SourceProgress::default()));
     let durable = ProbeHandle::new();
+    if let Some(times) = &resources.operator_times {
+        times.register(worker);
+    }
 
     worker.dataflow::<u64, _, _>(|scope| -> anyhow::Result<()> {
         let messages = kafka_source(
