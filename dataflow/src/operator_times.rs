@@ -249,13 +249,18 @@ pub fn rows(totals: &[OperatorTime]) -> Vec<Row> {
 pub fn table(totals: &[OperatorTime], workers: usize, wall: Duration) -> String {
     let rows = rows(totals);
     let wall_s = wall.as_secs_f64().max(f64::MIN_POSITIVE);
-    let scheduled: Duration = rows.iter().map(Row::total).sum();
+    let mut per_worker = Vec::new();
+    for row in &rows {
+        add(&mut per_worker, &row.busy);
+    }
+    let per_worker: Vec<String> = per_worker
+        .iter()
+        .map(|d| format!("{:.3}", d.as_secs_f64()))
+        .collect();
     let mut out = format!(
-        "operator times: {workers} worker(s), {:.3} s wall; operators scheduled {:.3} of {:.3} \
-         worker-seconds\n",
+        "operator times: {workers} worker(s), {:.3} s wall; seconds in operators per worker: {}\n",
         wall.as_secs_f64(),
-        scheduled.as_secs_f64(),
-        wall.as_secs_f64() * workers.max(1) as f64,
+        per_worker.join(", "),
     );
     out.push_str(
         "| stage or operator | seconds, all workers | busiest worker | its share of the wall time | activations |\n",
