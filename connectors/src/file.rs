@@ -27,6 +27,10 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 16 << 20;
 /// Size of the buffer lines are read from.
 const READ_BUFFER_BYTES: usize = 256 << 10;
 
+/// An output file's bytes handed to the kernel between two starts of their writeback
+/// ([`Encoder::start_writeback`]).
+const WRITEBACK_BYTES: u64 = 8 << 20;
+
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
@@ -302,6 +306,32 @@ impl Encoder {
         }
     }
 
+    /// Starts writing the file's dirty pages to disk, without waiting for them. A checkpoint
+    /// and [`JsonlOutput::finish`] sync the file, and each then waits for every byte the kernel
+    /// still holds: at the end of a run, for the whole output (35 MB took 22 ms, with the
+    /// workers done and waiting). Started as the output grows, most of it is on disk by then,
+    /// written while the stages worked. Advisory: whether it started is returned, and a failure
+    /// is left to the sync to report. Linux only; elsewhere the sync does it all.
+    fn start_writeback(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let file = match self {
+                Encoder::Plain(w) => w.get_ref(),
+                Encoder::Gzip(w) => w.get_ref().get_ref(),
+                Encoder::Zstd(w) => w.get_ref().get_ref(),
+            };
+            // SAFETY: a plain syscall on an open descriptor; offset 0 and length 0 cover the
+            // whole file, and SYNC_FILE_RANGE_WRITE only starts the writeback.
+            let started = unsafe {
+                libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+            };
+            started == 0
+        }
+        #[cfg(not(target_os = "linux"))]
+        false
+    }
+
     /// Ends the compressed stream and returns the file with every byte handed to it.
     fn finish(self) -> io::Result<File> {
         let buffered = match self {
@@ -347,6 +377,10 @@ pub struct JsonlOutput {
     /// A checkpoint was taken: the partial file is state to resume from, kept when the output is
     /// dropped unfinished. Without one it is removed.
     checkpointed: bool,
+    /// Record bytes written since the file's writeback was last started, and how many times it
+    /// started.
+    since_writeback: u64,
+    writebacks: u64,
 }
 
 impl std::fmt::Debug for JsonlOutput {
@@ -385,6 +419,8 @@ impl JsonlOutput {
             ))),
             records: 0,
             checkpointed: false,
+            since_writeback: 0,
+            writebacks: 0,
         })
     }
 
@@ -453,6 +489,8 @@ impl JsonlOutput {
             }),
             records: 0,
             checkpointed: resume_at.is_some(),
+            since_writeback: 0,
+            writebacks: 0,
         })
     }
 
@@ -493,7 +531,15 @@ impl JsonlOutput {
             Some(Sink::File {
                 encoder: Some(encoder),
                 ..
-            }) => encoder.writer(),
+            }) => {
+                self.since_writeback += json_bytes.len() as u64 + 1;
+                if self.since_writeback >= WRITEBACK_BYTES {
+                    // What the buffer holds reaches the kernel later, and the next start takes it.
+                    self.writebacks += u64::from(encoder.start_writeback());
+                    self.since_writeback = 0;
+                }
+                encoder.writer()
+            }
             _ => bail!("output '{}' is already finished", self.path),
         };
         w.write_all(json_bytes)
@@ -501,6 +547,12 @@ impl JsonlOutput {
             .map_err(|e| anyhow::anyhow!("cannot write to '{}': {}", self.path, io_reason(&e)))?;
         self.records += 1;
         Ok(())
+    }
+
+    /// How many times the file's writeback was started ahead of a sync: one per
+    /// [`WRITEBACK_BYTES`] of records written (Linux; 0 elsewhere).
+    pub fn writebacks_started(&self) -> u64 {
+        self.writebacks
     }
 
     /// Records written so far.
@@ -1120,6 +1172,33 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["out.jsonl.zst".to_string()]);
+    }
+
+    #[test]
+    fn a_growing_output_starts_its_writeback_every_few_megabytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = format!("{{\"text\":\"{}\"}}", "x".repeat(1000));
+        let per_writeback = WRITEBACK_BYTES.div_ceil(record.len() as u64 + 1);
+        for name in ["out.jsonl", "out.jsonl.zst"] {
+            let path = dir.path().join(name);
+            let mut out = JsonlOutput::create(path.to_str().unwrap()).unwrap();
+            for _ in 0..2 * per_writeback + 10 {
+                out.write_record(record.as_bytes()).unwrap();
+            }
+            // Each start is a syscall that succeeded (one with a bad argument would not count).
+            assert_eq!(out.writebacks_started(), 2, "{name}");
+            out.finish().unwrap();
+            let mut back = JsonlInput::open(path.to_str().unwrap()).unwrap();
+            assert_eq!(
+                read_all(&mut back).len() as u64,
+                2 * per_writeback + 10,
+                "{name}"
+            );
+        }
+        // Standard output has no file to write back.
+        let mut out = JsonlOutput::create("-").unwrap();
+        out.write_record(b"{}").unwrap();
+        assert_eq!(out.writebacks_started(), 0);
     }
 
     #[test]
