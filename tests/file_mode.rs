@@ -173,6 +173,45 @@ fn operator_times_split_a_two_worker_run_by_stage() {
     assert_eq!(written.lines().count() + rejected.lines().count(), 200);
 }
 
+#[test]
+fn a_finished_run_closes_its_indexes_without_syncing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, sample_lines()[..50].join(&b'\n')).unwrap();
+    let output = dir.path().join("out.jsonl");
+    let out = crate::support::engine()
+        .env("RUST_LOG", "webscale_rl_dataflow::file_mode=debug")
+        .env("NO_COLOR", "1")
+        .args(["run", "--no-llm", "--quiet", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // Its outputs were in place before the indexes closed, and their state is gone: the syncs
+    // of the closes were skipped (redb syncs a database as it closes it).
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("closed without syncing"))
+        .unwrap_or_else(|| panic!("no discard in: {stderr}"));
+    let skipped: u64 = line
+        .split("syncs_skipped=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in: {line}"));
+    assert!(skipped > 0, "{line}");
+    assert!(!dir.path().join("out.jsonl.state").exists());
+    let written = std::fs::read_to_string(&output).unwrap().lines().count();
+    let rejected = std::fs::read_to_string(dir.path().join("out.rejects.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(written + rejected, 50);
+}
+
 /// The records of a JSONL output without `created_at` (the wall clock of whichever run wrote
 /// them), as text: what two runs over the same input must agree on, line for line.
 fn lines_without_clock(path: &std::path::Path) -> Vec<String> {

@@ -89,6 +89,7 @@ pub fn run_files(
     let resumable =
         crate::resume::resumable(&run.input, &run.output, &rejects, run.format.is_some());
     let mut checkpoints = None;
+    let mut index_sync_of_run = None;
     let mut skip_lines = 0;
     let (output, rejects_out) = if resumable {
         // Its checkpoints must never be ahead of what the dedup indexes remember. In one
@@ -99,6 +100,7 @@ pub fn run_files(
         cfg.exact_dedup.sync_interval_ms = 0;
         cfg.near_dedup.sync_interval_ms = 0;
         let index_sync = IndexSync::default();
+        index_sync_of_run = Some(index_sync.clone());
         if !matches!(
             timely_config.communication,
             timely::CommunicationConfig::Cluster { .. }
@@ -217,6 +219,14 @@ pub fn run_files(
     }
     if resumable {
         // Done: the outputs are in place; the record and the dedup state are of no more use.
+        if let Some(sync) = index_sync_of_run {
+            // The workers' partitions are gone: their databases close here, before their files.
+            sync.release();
+            tracing::debug!(
+                syncs_skipped = sync.syncs_skipped(),
+                "the run's dedup state is removed; its indexes closed without syncing"
+            );
+        }
         let _ = std::fs::remove_file(crate::resume::record_path(&output_path));
         let _ = std::fs::remove_dir_all(crate::resume::state_dir(&output_path));
     }
@@ -460,6 +470,11 @@ fn file_worker(
         if let Some(writer) = shared.borrow_mut().take() {
             writer.finish()?;
         }
+    }
+    if let Some(c) = &checkpoints {
+        // The outputs are in place, and the run removes its state when the workers are done:
+        // the indexes, which close after this, need not wait for the disk.
+        c.index_sync.discard();
     }
     Ok(())
 }
