@@ -143,6 +143,9 @@ pub fn run_files(
             None => {
                 // Whatever an earlier run left (partial files, dedup state) is not ours.
                 crate::resume::discard(&run.output, &rejects)?;
+                // Until the first checkpoint a crash starts over from nothing, so the new
+                // indexes need not wait for the disk before it.
+                index_sync.skip_syncs_until_checkpoint();
                 (
                     JsonlOutput::create(&run.output)?,
                     JsonlOutput::create(&rejects)?,
