@@ -173,43 +173,61 @@ fn operator_times_split_a_two_worker_run_by_stage() {
     assert_eq!(written.lines().count() + rejected.lines().count(), 200);
 }
 
-#[test]
-fn a_finished_run_closes_its_indexes_without_syncing_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.jsonl");
+/// Runs 50 sample lines into `dir/out.jsonl` with `config`, checks every line is accounted for,
+/// and returns how many index syncs the run skipped (its debug log says).
+fn index_syncs_skipped(dir: &std::path::Path, config: &str) -> u64 {
+    let input = dir.join("in.jsonl");
     std::fs::write(&input, sample_lines()[..50].join(&b'\n')).unwrap();
-    let output = dir.path().join("out.jsonl");
+    let config_path = dir.join("pipeline.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let output = dir.join("out.jsonl");
     let out = crate::support::engine()
         .env("RUST_LOG", "webscale_rl_dataflow::file_mode=debug")
         .env("NO_COLOR", "1")
-        .args(["run", "--no-llm", "--quiet", "--input"])
+        .args(["run", "--no-llm", "--quiet", "--config"])
+        .arg(&config_path)
+        .arg("--input")
         .arg(&input)
         .arg("--output")
         .arg(&output)
         .output()
         .unwrap();
     assert!(out.status.success());
-    // Its outputs were in place before the indexes closed, and their state is gone: the syncs
-    // of the closes were skipped (redb syncs a database as it closes it).
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("closed without syncing"))
-        .unwrap_or_else(|| panic!("no discard in: {stderr}"));
-    let skipped: u64 = line
-        .split("syncs_skipped=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count in: {line}"));
-    assert!(skipped > 0, "{line}");
-    assert!(!dir.path().join("out.jsonl.state").exists());
     let written = std::fs::read_to_string(&output).unwrap().lines().count();
-    let rejected = std::fs::read_to_string(dir.path().join("out.rejects.jsonl"))
+    let rejected = std::fs::read_to_string(dir.join("out.rejects.jsonl"))
         .unwrap()
         .lines()
         .count();
     assert_eq!(written + rejected, 50);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("the run is complete; its indexes are closed"))
+        .unwrap_or_else(|| panic!("no closing line in: {stderr}"));
+    line.split("syncs_skipped=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in: {line}"))
+}
+
+#[test]
+fn a_runs_own_index_state_waits_for_the_disk_only_between_checkpoints() {
+    // Its own state (`OUTPUT.state/`): created without syncs (a crash before the first
+    // checkpoint starts over and removes it), closed without syncs once the outputs are in
+    // place, then removed.
+    let dir = tempfile::tempdir().unwrap();
+    assert!(index_syncs_skipped(dir.path(), "") > 0);
+    assert!(!dir.path().join("out.jsonl.state").exists());
+    // A state directory of the config's outlives the run: every sync is made.
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.path().join("kept");
+    let config = format!(
+        "[exact_dedup]\nstate_dir = {kept:?}\n[near_dedup]\nstate_dir = {kept:?}\n",
+        kept = kept.to_str().unwrap()
+    );
+    assert_eq!(index_syncs_skipped(dir.path(), &config), 0);
+    assert!(kept.join("near_dedup").exists());
 }
 
 /// The records of a JSONL output without `created_at` (the wall clock of whichever run wrote

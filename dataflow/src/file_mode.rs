@@ -101,6 +101,15 @@ pub fn run_files(
         cfg.near_dedup.sync_interval_ms = 0;
         let index_sync = IndexSync::default();
         index_sync_of_run = Some(index_sync.clone());
+        // Only a state of the run's own (`OUTPUT.state/`) lives and dies with it: one in a
+        // `state_dir` of the config's is kept after the run, and syncs as usual.
+        let own = crate::resume::state_dir(&run.output);
+        let own_state = [
+            (cfg.exact_dedup.enabled, &cfg.exact_dedup.state_dir),
+            (cfg.near_dedup.enabled, &cfg.near_dedup.state_dir),
+        ]
+        .iter()
+        .all(|(enabled, dir)| !enabled || dir.as_deref() == Some(own.as_path()));
         if !matches!(
             timely_config.communication,
             timely::CommunicationConfig::Cluster { .. }
@@ -143,9 +152,11 @@ pub fn run_files(
             None => {
                 // Whatever an earlier run left (partial files, dedup state) is not ours.
                 crate::resume::discard(&run.output, &rejects)?;
-                // Until the first checkpoint a crash starts over from nothing, so the new
-                // indexes need not wait for the disk before it.
-                index_sync.skip_syncs_until_checkpoint();
+                // Until the first checkpoint a crash starts over from nothing (and removes
+                // the state), so the new indexes need not wait for the disk before it.
+                if own_state {
+                    index_sync.skip_syncs_until_checkpoint();
+                }
                 (
                     JsonlOutput::create(&run.output)?,
                     JsonlOutput::create(&rejects)?,
@@ -169,6 +180,7 @@ pub fn run_files(
             },
             epoch_lines: cfg.source.epoch_records() as u64,
             interval: Duration::from_millis(cfg.source.checkpoint_ms),
+            discard_state: own_state,
             last: std::time::Instant::now(),
             index_sync,
         });
@@ -227,7 +239,7 @@ pub fn run_files(
             sync.release();
             tracing::debug!(
                 syncs_skipped = sync.syncs_skipped(),
-                "the run's dedup state is removed; its indexes closed without syncing"
+                "the run is complete; its indexes are closed"
             );
         }
         let _ = std::fs::remove_file(crate::resume::record_path(&output_path));
@@ -250,6 +262,8 @@ struct Checkpoints {
     /// The dedup indexes, synced before each record is stored: every epoch the record counts
     /// is committed in them (the sinks see an epoch only after the dedup stages judged it).
     index_sync: IndexSync,
+    /// The state is the run's own, removed when it completes.
+    discard_state: bool,
 }
 
 impl Checkpoints {
@@ -474,7 +488,7 @@ fn file_worker(
             writer.finish()?;
         }
     }
-    if let Some(c) = &checkpoints {
+    if let Some(c) = checkpoints.as_ref().filter(|c| c.discard_state) {
         // The outputs are in place, and the run removes its state when the workers are done:
         // the indexes, which close after this, need not wait for the disk.
         c.index_sync.discard();

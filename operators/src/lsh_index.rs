@@ -176,15 +176,18 @@ pub fn check_layout(
 /// whoever records progress that relies on them (a resumable file run, before it stores a
 /// checkpoint) calls [`IndexSync::sync_all`] first: one sync per partition per checkpoint
 /// instead of one per partition per epoch. The handle keeps every partition's database open
-/// until the last clone of it drops, so a worker that stops first (Ctrl-C) leaves its commits
-/// for the checkpoint that counts them; closing a database makes its commits durable.
+/// until the last clone of it drops or [`IndexSync::release`], so a worker that stops first
+/// (Ctrl-C) leaves its commits for the checkpoint that counts them; closing a database makes its
+/// commits durable, unless its syncs are skipped (below).
 ///
-/// The files skip their syncs while nothing relies on them. A run that starts from nothing says
-/// so ([`IndexSync::skip_syncs_until_checkpoint`]): until its first checkpoint a crash starts it
-/// over and removes the state, and creating 16 partitions took 64 syncs, each file's growth more.
-/// A run that throws its state away at the end says so ([`IndexSync::discard`]): closing a
-/// database writes its pages and syncs them, and those syncs were a tenth of a short run's time
-/// (16 partitions, 64 syncs, about 0.05 s with every worker done and waiting).
+/// The files can skip their syncs while nothing relies on them, for a state that lives and dies
+/// with its run (a file run's own `OUTPUT.state/`, not a `state_dir` the config names). A run
+/// that starts from nothing says so ([`IndexSync::skip_syncs_until_checkpoint`]): until its
+/// first checkpoint a crash starts it over and removes the state, and creating 16 partitions
+/// took 64 syncs, each file's growth more. A run about to remove its state says so
+/// ([`IndexSync::discard`]): closing a database writes its pages and syncs them, and those syncs
+/// were a tenth of a short run's time (16 partitions, 64 syncs, about 0.05 s with every worker
+/// done and waiting).
 #[derive(Clone, Default)]
 pub struct IndexSync {
     partitions: Arc<Mutex<Vec<Registered>>>,
@@ -286,9 +289,10 @@ impl IndexSync {
         self.discard.state.store(DISCARDED, Ordering::Release);
     }
 
-    /// The run starts from nothing: until its first checkpoint ([`IndexSync::sync_all`]) a
-    /// crash starts it over and removes its state, so no partition file waits for the disk
-    /// before then. That first sync makes every commit durable, the skipped ones' too.
+    /// The run starts from nothing, and its state is its own: until its first checkpoint
+    /// ([`IndexSync::sync_all`]) a crash starts it over and removes the state, so no partition
+    /// file waits for the disk before then. That first sync makes every commit durable, the
+    /// skipped ones' too. Not for a state that outlives a crashed run.
     pub fn skip_syncs_until_checkpoint(&self) {
         self.discard
             .state
