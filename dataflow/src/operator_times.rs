@@ -253,8 +253,11 @@ pub fn table(totals: &[OperatorTime], workers: usize, wall: Duration) -> String 
     for row in &rows {
         add(&mut per_worker, &row.busy);
     }
+    // Indexed by the worker's global index: in a cluster, the other processes' workers are the
+    // zeros (every worker of this one runs operators).
     let per_worker: Vec<String> = per_worker
         .iter()
+        .filter(|d| !d.is_zero())
         .map(|d| format!("{:.3}", d.as_secs_f64()))
         .collect();
     let mut out = format!(
@@ -339,6 +342,18 @@ mod tests {
             table.contains("| near_dedup | 0.120 | 0.070 | 70.0 % | 2 |"),
             "{table}"
         );
+        // Worker 0: 10 + 50 + 25 + 15 (its progress tracking); worker 1: 70 + 15 + 5.
+        assert!(table.contains("per worker: 0.100, 0.090\n"), "{table}");
+        // A cluster's process sees only its own workers (here the second of two processes).
+        let theirs: Vec<OperatorTime> = totals
+            .iter()
+            .map(|op| OperatorTime {
+                busy: [vec![Duration::ZERO; 2], op.busy.clone()].concat(),
+                ..op.clone()
+            })
+            .collect();
+        let table = super::table(&theirs, 2, Duration::from_millis(100));
+        assert!(table.contains("per worker: 0.100, 0.090\n"), "{table}");
     }
 
     #[test]
