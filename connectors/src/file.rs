@@ -308,7 +308,7 @@ impl Encoder {
 
     /// Starts writing the file's dirty pages to disk, without waiting for them. A checkpoint
     /// and [`JsonlOutput::finish`] sync the file, and each then waits for every byte the kernel
-    /// still holds: at the end of a run, for the whole output (35 MB took 22 ms, with the
+    /// still holds: at the end of a run, for the whole output (35 MB took 16–18 ms, with the
     /// workers done and waiting). Started as the output grows, most of it is on disk by then,
     /// written while the stages worked. Advisory: whether it started is returned, and a failure
     /// is left to the sync to report. Linux only; elsewhere the sync does it all.
