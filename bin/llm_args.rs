@@ -159,6 +159,7 @@ impl LlmSetup {
                 .max_outage_secs
                 .or((!wait_forever).then_some(DEFAULT_FILE_MAX_OUTAGE_SECS))
                 .map(Duration::from_secs),
+            max_stall: (llm.max_stall_secs > 0).then(|| Duration::from_secs(llm.max_stall_secs)),
         })
     }
 }

@@ -114,6 +114,7 @@ impl Setup {
                 stop,
                 until_caught_up: mode == Mode::Demo,
                 llm: llm_watch,
+                abort: Default::default(),
             },
             mode,
             cluster: args.cluster.clone(),

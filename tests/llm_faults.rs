@@ -252,6 +252,7 @@ fn kafka_run_with(
         llm: Some(LlmWatch {
             health: backend.client.health().clone(),
             max_outage,
+            max_stall: None,
         }),
         ..Default::default()
     };

@@ -1053,3 +1053,101 @@ async fn cached_prompt_tokens_are_counted_and_priced() {
     let want = ((prompt - cached) as f64 * 1000.0 + cached as f64 * 100.0) / 1e6;
     assert!((s.cost - want).abs() < 1e-12, "{} vs {want}", s.cost);
 }
+
+/// A 429 whose `Retry-After` asks for years is cut to `llm.max_retry_after_secs`, not an hour
+/// of silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_retry_after_is_capped() {
+    let server = ScriptedServer::start().await.unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.max_retry_after_secs = 1;
+    let c = client(cfg);
+    server.push_reply(Reply::RateLimited {
+        retry_after: Some("999999999".to_owned()),
+    });
+    let t0 = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), c.chat_json("s", req("x")))
+        .await
+        .expect("answered after the capped wait, not after 999999999 s")
+        .unwrap();
+    assert_eq!(r.attempts, 2);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+/// An answer body past `llm.max_response_bytes` is refused while it is read (a 3 GiB answer
+/// once took 6 GB of memory and was retried forever): a document fault, ended at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_answer_is_refused_before_it_is_held() {
+    let server = ScriptedServer::start().await.unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.max_response_bytes = 64 * 1024;
+    let c = client(cfg);
+    server.push_reply(Reply::Content(format!(
+        "{{\"a\": \"{}\"}}",
+        "x".repeat(200 * 1024)
+    )));
+    let e = c.chat_json("s", req("big")).await.unwrap_err();
+    assert_eq!(e.kind(), "malformed_answer");
+    assert!(e.to_string().contains("max_response_bytes"), "{e}");
+    assert_eq!(server.requests(), 1, "refused, not retried");
+    // The next, normal answer is read as always.
+    c.chat_json("s", req("small")).await.unwrap();
+}
+
+/// The same document fault on `document_faults_before_outage` calls in a row is a fault of the
+/// configuration or the server: the outage detector pauses the input and the calls wait for an
+/// answer instead of being dead-lettered, one after another, with exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_document_fault_on_calls_in_a_row_is_an_outage() {
+    let server = ScriptedServer::start().await.unwrap();
+    let mut cfg = config(&[&server]);
+    cfg.document_faults_before_outage = 3;
+    cfg.outage_after_failures = 1;
+    let c = client(cfg);
+    c.health().mark_up();
+    for _ in 0..6 {
+        server.push_reply(Reply::Status(
+            400,
+            r#"{"error": {"message": "temperature must be at most 2"}}"#.to_owned(),
+        ));
+    }
+    // The first two are the documents' own faults, as far as anyone can tell.
+    for i in 0..2 {
+        let e = c
+            .chat_json("s", req(&format!("doc {i}")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), "client_error");
+        assert_eq!(e.fault(), Fault::Document);
+    }
+    assert!(c.health().is_up());
+    // The third makes it a pattern: retried (the 4 refusals left, then the answer), and the LLM
+    // side is down meanwhile.
+    let third = {
+        let c = c.clone();
+        tokio::spawn(async move { c.chat_json("s", req("doc 2")).await })
+    };
+    let t0 = Instant::now();
+    while c.health().is_up() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "no outage declared");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let why = c.health().status().describe();
+    assert!(why.contains("document_faults_before_outage"), "{why}");
+    let r = third
+        .await
+        .unwrap()
+        .expect("answered once the server is well");
+    assert!(r.attempts >= 5, "{}", r.attempts);
+    assert!(c.health().is_up(), "an answer ends the outage");
+    // The streak is over: a single 400 is the document's again.
+    server.push_reply(Reply::Status(400, "{}".to_owned()));
+    assert_eq!(
+        c.chat_json("s", req("doc 3")).await.unwrap_err().fault(),
+        Fault::Document
+    );
+}

@@ -72,6 +72,14 @@ impl PipelineConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.near_dedup.validate().map_err(anyhow::Error::msg)?;
         self.decontaminate.validate().map_err(anyhow::Error::msg)?;
+        for (section, call) in [
+            ("llm_filter", self.llm_filter.call()),
+            ("classify", self.classify.call()),
+            ("generate", self.generate.call()),
+            ("verify", self.verify.call()),
+        ] {
+            call.validate(section).map_err(anyhow::Error::msg)?;
+        }
         Ok(())
     }
 }
@@ -111,6 +119,25 @@ mod tests {
             cfg, defaults,
             "pipeline.toml drifted from the defaults in code"
         );
+    }
+
+    #[test]
+    fn stage_parameters_no_server_accepts_stop_the_load() {
+        // Each was a dead letter for every document, with exit 0, before it was checked here.
+        for (toml, names) in [
+            ("[generate]\ntemperature = nan\n", "[generate] temperature"),
+            ("[generate]\ntemperature = 5.0\n", "[generate] temperature"),
+            ("[classify]\ntemperature = -1.0\n", "[classify] temperature"),
+            ("[verify]\nmax_tokens = 0\n", "[verify] max_tokens"),
+            (
+                "[llm_filter]\ntemperature = inf\n",
+                "[llm_filter] temperature",
+            ),
+        ] {
+            let err = PipelineConfig::parse(toml).unwrap_err();
+            assert!(format!("{err:#}").contains(names), "{toml}: {err:#}");
+        }
+        PipelineConfig::parse("[generate]\ntemperature = 2.0\n").unwrap();
     }
 
     #[test]

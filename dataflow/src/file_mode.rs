@@ -205,33 +205,15 @@ pub fn run_files(
     // Handed to worker 0 only; the closure below runs on every worker thread.
     let worker0 = Arc::new(Mutex::new(Some((input, outputs, checkpoints))));
     let output_path = run.output.clone();
-    let guards = crate::cluster::with_stdout_on_stderr(|| {
-        timely::execute(timely_config, move |worker| {
-            let mine = if worker.index() == 0 {
-                worker0.lock().expect("worker 0 state").take()
-            } else {
-                None
-            };
-            let result = file_worker(worker, &cfg, mine, &run, &control, &funnel, &resources);
-            crate::runtime::abandon_on_error(worker, &result);
-            result.map_err(|e| format!("{e:#}"))
-        })
-    })
-    .map_err(|e| anyhow!("starting timely workers: {e}"))?;
-    let mut errors: Vec<String> = Vec::new();
-    for result in guards.join() {
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => errors.push(e),
-            Err(e) => errors.push(format!("worker panicked: {e}")),
-        }
-    }
-    if errors.iter().any(|e| e != STOPPED) {
-        errors.retain(|e| e != STOPPED);
-    }
-    if !errors.is_empty() {
-        return Err(anyhow!(errors.join("; ")));
-    }
+    let abort = control.abort.clone();
+    crate::workers::execute(timely_config, abort, &[STOPPED], move |worker| {
+        let mine = if worker.index() == 0 {
+            worker0.lock().expect("worker 0 state").take()
+        } else {
+            None
+        };
+        file_worker(worker, &cfg, mine, &run, &control, &funnel, &resources)
+    })?;
     if resumable {
         // Done: the outputs are in place; the record and the dedup state are of no more use.
         if let Some(sync) = index_sync_of_run {
@@ -438,8 +420,13 @@ fn file_worker(
         true => written.get() == u64::MAX,
         false => durable.done(),
     };
+    let mut watchdog = crate::runtime::Watchdog::new(control);
     while !finished(&durable) {
         worker.step_or_park(Some(Duration::from_millis(50)));
+        if control.abort.failed() {
+            // Another worker failed and says why (worker 0's checkpoints stay as last stored).
+            return Err(anyhow!(crate::workers::ABORTED));
+        }
         if let Some(e) = sink_error.borrow().as_ref() {
             return Err(anyhow!("writing output: {e}"));
         }
@@ -450,7 +437,9 @@ fn file_worker(
             let p = progress.borrow();
             bar.update(p.bytes_read, p.lines, funnel.get(EMITTED.0, EMITTED.1));
         }
-        let stop = control.llm_stop_reason();
+        let stop = control
+            .llm_stop_reason()
+            .or_else(|| watchdog.check(control, durable.with_frontier(|f| f.first().copied())));
         let interrupted = control.stop.load(std::sync::atomic::Ordering::Relaxed);
         if (interrupted || stop.is_some()) && !is_reader {
             // Every worker stops (and drops its dataflows): one left waiting for a frontier that

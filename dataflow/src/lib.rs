@@ -18,6 +18,7 @@ pub mod operator_times;
 pub mod resume;
 pub mod runtime;
 pub mod state;
+pub mod workers;
 
 pub use config::PipelineConfig;
 pub use funnel::{Funnel, FunnelSnapshot};

@@ -74,22 +74,12 @@ impl EngineMetrics {
     /// passed, no outage); otherwise what is missing, e.g. `llm: LLM unavailable since T (Ns):
     /// connection to http://host/v1 failed: ...`.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
-        let mut missing = Vec::new();
-        if !self.funnel.live().source_ready() {
-            missing.push("source: not connected (Kafka partitions not assigned yet)".to_string());
-        }
-        if let Some(llm) = self.llm.get()
-            && !llm.up()
-        {
-            missing.push(format!("llm: {}", llm.client.health().status().describe()));
-        }
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(missing)
-        }
+        readiness(&self.funnel, self.llm.get())
     }
 }
+
+/// A rate-limit cool-down this long makes the engine not ready (shorter ones are routine).
+const READY_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(5);
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -254,7 +244,36 @@ impl Collector for EngineCollector {
 
 impl EngineCollector {
     fn readiness_ok(&self) -> bool {
-        self.funnel.live().source_ready() && self.llm.get().is_none_or(LlmHandle::up)
+        readiness(&self.funnel, self.llm.get()).is_ok()
+    }
+}
+
+/// What keeps the engine from being ready ([`EngineMetrics::readiness`]).
+fn readiness(funnel: &Funnel, llm: Option<&LlmHandle>) -> Result<(), Vec<String>> {
+    let mut missing = Vec::new();
+    if !funnel.live().source_ready() {
+        missing.push("source: not connected (Kafka partitions not assigned yet)".to_string());
+    }
+    if let Some(llm) = llm
+        && !llm.up()
+    {
+        missing.push(format!("llm: {}", llm.client.health().status().describe()));
+    }
+    // A server's `Retry-After` pauses every call; a long one is a wait the orchestrator
+    // should see (one 429 may not reach the outage threshold).
+    if let Some(llm) = llm {
+        let cooldown = llm.client.cooldown_remaining();
+        if cooldown >= READY_COOLDOWN {
+            missing.push(format!(
+                "llm: rate-limited by the server, every call waits {:.0} s more",
+                cooldown.as_secs_f64()
+            ));
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing)
     }
 }
 
@@ -516,6 +535,62 @@ mod tests {
             !state.to_string().contains("pw@"),
             "no credentials in the state"
         );
+    }
+
+    #[test]
+    fn a_long_retry_after_shows_on_readiness() {
+        use std::io::{Read, Write};
+        // A server that answers every request with a 429 asking for 60 s.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut buf = [0u8; 65536];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 60\r\n\
+                      Content-Length: 2\r\nConnection: close\r\n\r\n{}",
+                );
+            }
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = LlmClient::new(
+            webscale_rl_connectors::llm::LlmConfig {
+                endpoints: vec![format!("http://{addr}/v1")],
+                api_key_env: String::new(),
+                outage_after_failures: 100,
+                ..Default::default()
+            },
+            rt.handle().clone(),
+        )
+        .unwrap();
+        client.health().mark_up();
+        let funnel = Funnel::default();
+        funnel.live().set_source_ready();
+        let metrics = EngineMetrics::new(&funnel);
+        metrics.attach_llm(LlmHandle {
+            client: client.clone(),
+            latency: LlmLatency::default(),
+        });
+        assert!(metrics.readiness().is_ok());
+        let req = webscale_rl_connectors::llm::ChatRequest::new("m").user("hi");
+        client.submit("s", req, |_| {});
+        let started = std::time::Instant::now();
+        while client.cooldown_remaining().is_zero() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // One 429 is below the outage threshold, yet every call now waits a minute.
+        assert!(client.health().is_up());
+        let why = metrics.readiness().unwrap_err().join("; ");
+        assert!(why.contains("rate-limited"), "{why}");
+        assert_eq!(sample(&metrics.encode(), "webscale_ready", &[]), Some(0.0));
+        client.close();
     }
 
     #[test]

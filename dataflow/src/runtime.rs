@@ -43,6 +43,8 @@ pub struct RunControl {
     /// The LLM's health, with LLM stages: the sources pause during an outage, and the run stops
     /// (without committing what is unfinished) when it lasts too long.
     pub llm: Option<LlmWatch>,
+    /// The first worker failure of the process: every worker loop stops on it.
+    pub abort: crate::workers::Abort,
 }
 
 /// What the runtime watches of the LLM side.
@@ -51,6 +53,9 @@ pub struct LlmWatch {
     pub health: LlmHealth,
     /// Longest outage before the run stops; `None`: wait as long as it takes.
     pub max_outage: Option<Duration>,
+    /// Longest time without epoch progress, while no outage is declared, before the run stops
+    /// (`llm.max_stall_secs`); `None`: no watchdog.
+    pub max_stall: Option<Duration>,
 }
 
 impl RunControl {
@@ -66,6 +71,12 @@ impl RunControl {
     /// committed either way; a rerun continues from the last commit.
     pub fn llm_stop_reason(&self) -> Option<String> {
         let w = self.llm.as_ref()?;
+        if let Some(fatal) = w.health.fatal() {
+            return Some(format!(
+                "{fatal}. Unfinished documents were not committed: nothing is lost; please \
+                 report this with the log"
+            ));
+        }
         let outage = w.health.outage()?;
         let status = w.health.status().describe();
         if let Some(max) = w.max_outage
@@ -84,6 +95,45 @@ impl RunControl {
             ));
         }
         None
+    }
+}
+
+/// The watchdog of a worker loop: the durable frontier must move while the LLM is up. Timely
+/// cannot tell a held epoch from a slow one, so an epoch held by something no retry frees (a call
+/// that never returns) would otherwise hang the run silently, ready on `/readyz` all along.
+pub(crate) struct Watchdog {
+    limit: Option<Duration>,
+    frontier: Option<u64>,
+    since: Instant,
+}
+
+impl Watchdog {
+    pub(crate) fn new(control: &RunControl) -> Self {
+        Watchdog {
+            limit: control.llm.as_ref().and_then(|w| w.max_stall),
+            frontier: None,
+            since: Instant::now(),
+        }
+    }
+
+    /// Why the run must stop, when the frontier has stood still for too long while the LLM side
+    /// was up (an outage, or the wait for the start-up check, restarts the clock).
+    pub(crate) fn check(&mut self, control: &RunControl, frontier: Option<u64>) -> Option<String> {
+        let limit = self.limit?;
+        let waiting = control.llm.as_ref().is_some_and(|w| !w.health.is_up());
+        if frontier != self.frontier || waiting {
+            self.frontier = frontier;
+            self.since = Instant::now();
+            return None;
+        }
+        (self.since.elapsed() > limit).then(|| {
+            format!(
+                "no epoch completed for {} s while the LLM side was up (llm.max_stall_secs): \
+                 something holds the pipeline that no retry frees. Unfinished documents were \
+                 not committed: run again, nothing is lost; please report this with the log",
+                limit.as_secs()
+            )
+        })
     }
 }
 
@@ -118,30 +168,13 @@ pub fn run_kafka(
     } else {
         None
     };
-    let guards = crate::cluster::with_stdout_on_stderr(|| {
-        timely::execute(timely_config, move |worker| {
-            let result = kafka_worker(worker, &cfg, &control, &funnel, &resources);
-            abandon_on_error(worker, &result);
-            result.map_err(|e| format!("{e:#}"))
-        })
-    })
-    .map_err(|e| anyhow!("starting timely workers: {e}"))?;
-    let mut errors = Vec::new();
-    for result in guards.join() {
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => errors.push(e),
-            Err(e) => errors.push(format!("worker panicked: {e}")),
-        }
-    }
-    errors.dedup();
+    let abort = control.abort.clone();
+    let result = crate::workers::execute(timely_config, abort, &[], move |worker| {
+        kafka_worker(worker, &cfg, &control, &funnel, &resources)
+    });
     // A last refresh of the end offsets, so the final lag reads what was left unread.
     drop(watermarks);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(anyhow!(errors.join("; ")))
-    }
+    result
 }
 
 fn kafka_worker(
@@ -204,8 +237,13 @@ fn kafka_worker(
     // and the dashboard count durable output live.
     let mut reported = (0u64, 0u64);
     let mut last_report: Option<Instant> = None;
+    let mut watchdog = Watchdog::new(control);
     loop {
         worker.step_or_park(Some(Duration::from_millis(20)));
+        if control.abort.failed() {
+            // Another worker failed and says why; what is durable is committed already.
+            return Err(anyhow!(crate::workers::ABORTED));
+        }
         for sink in [&output, &dead_letter] {
             if let Some(failure) = sink.failure() {
                 // Nothing past the failed epoch is committed: a restart replays it.
@@ -221,7 +259,10 @@ fn kafka_worker(
             commit_offsets(&consumer, &topic, &commits, CommitMode::Async)?;
             committed.extend(commits);
         }
-        if let Some(reason) = control.llm_stop_reason() {
+        if let Some(reason) = control
+            .llm_stop_reason()
+            .or_else(|| watchdog.check(control, frontier))
+        {
             // What is durable stays committed; nothing past it is.
             commit_offsets(&consumer, &topic, &committed, CommitMode::Sync)?;
             return Err(anyhow!("{reason}"));
@@ -369,6 +410,7 @@ mod tests {
             llm: Some(LlmWatch {
                 health: health.clone(),
                 max_outage: Some(Duration::from_millis(50)),
+                max_stall: None,
             }),
             ..Default::default()
         };

@@ -113,6 +113,23 @@ impl StageModel {
         }
     }
 
+    /// Checks the values every OpenAI-compatible server refuses, so that they stop the engine at
+    /// load with the setting's name instead of dead-lettering every document: `section` is the
+    /// stage's config section (`generate`).
+    pub fn validate(&self, section: &str) -> Result<(), String> {
+        // The range OpenAI's API accepts; vLLM, SGLang and llama.cpp take it too.
+        if !(self.temperature.is_finite() && (0.0..=2.0).contains(&self.temperature)) {
+            return Err(format!(
+                "[{section}] temperature = {}: must be a number from 0 to 2",
+                self.temperature
+            ));
+        }
+        if self.max_tokens == 0 {
+            return Err(format!("[{section}] max_tokens must be at least 1"));
+        }
+        Ok(())
+    }
+
     /// The prompt template: the configured file, or the bundled default.
     pub fn template(&self, bundled: &'static str) -> Result<String, String> {
         match &self.prompt_file {

@@ -96,6 +96,9 @@ pub(crate) struct Inner {
     /// Answers received (any call); a call that keeps failing while this
     /// grows is failing because of its own request.
     answers: AtomicU64,
+    /// Calls in a row that ended with the same document fault (see
+    /// [`LlmConfig::document_faults_before_outage`]).
+    fault_streak: std::sync::Mutex<(&'static str, u32)>,
     /// The model for requests that name none: `llm.model`, or the one model
     /// the servers list (set by the start-up check).
     pub(crate) default_model: RwLock<Option<String>>,
@@ -257,6 +260,41 @@ impl<F: FnOnce(Result<ChatResponse, LlmError>)> Drop for DoneGuard<F> {
     }
 }
 
+/// Runs `call` as a task of its own, watched by a second one that hands its result to `guard`.
+/// A panic inside the call (a bug, or an answer no code foresaw) must stop the engine with an
+/// error ([`LlmHealth::record_fatal`], which the worker loops read), not reach the stage as a
+/// cancellation that it would hold forever. If the runtime is already shut down both tasks are
+/// dropped at once, and the guard reports the cancellation.
+fn spawn_watched<C, F>(handle: &Handle, call: C, guard: DoneGuard<F>, health: LlmHealth)
+where
+    C: std::future::Future<Output = Result<ChatResponse, LlmError>> + Send + 'static,
+    F: FnOnce(Result<ChatResponse, LlmError>) + Send + 'static,
+{
+    let call = handle.spawn(call);
+    drop(handle.spawn(async move {
+        match call.await {
+            Ok(r) => guard.complete(r),
+            Err(e) if e.is_panic() => {
+                let error = format!("a call panicked: {}", panic_message(e.into_panic()));
+                health.record_fatal(&error);
+                guard.complete(Err(LlmError::Internal(error)));
+            }
+            // Cancelled with the runtime: the guard says so.
+            Err(_) => drop(guard),
+        }
+    }));
+}
+
+/// The text of a panic's payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => payload
+            .downcast_ref::<&str>()
+            .map_or_else(|| "(no message)".to_owned(), |s| (*s).to_owned()),
+    }
+}
+
 /// Decrements an endpoint's in-flight count when the attempt ends, however.
 struct InFlight<'a>(&'a AtomicUsize);
 
@@ -358,6 +396,7 @@ impl LlmClient {
                 cache,
                 health: LlmHealth::new(config.outage_after_failures),
                 answers: AtomicU64::new(0),
+                fault_streak: std::sync::Mutex::new(("", 0)),
                 default_model: RwLock::new(config.model.clone()),
                 config,
             }),
@@ -404,12 +443,13 @@ impl LlmClient {
         let this = self.clone();
         let stage = stage.to_owned();
         let guard = DoneGuard { done: Some(done) };
-        // If the runtime is already shut down the task is dropped at once,
-        // and the guard reports the cancellation.
-        drop(self.inner.handle.spawn(async move {
-            let r = this.chat_json(&stage, req).await;
-            guard.complete(r);
-        }));
+        let health = self.inner.health.clone();
+        spawn_watched(
+            &self.inner.handle,
+            async move { this.chat_json(&stage, req).await },
+            guard,
+            health,
+        );
     }
 
     /// The model used for requests that name none: `llm.model`, or the one
@@ -559,8 +599,9 @@ impl Inner {
 
             let error = match outcome {
                 Attempt::Answer(c) => {
+                    // The health hears of it once the answer is usable (or a document fault):
+                    // a server answering every call with `content: null` is not up.
                     ep.consecutive_failures.store(0, Ordering::Relaxed);
-                    self.health.record_success();
                     self.answers.fetch_add(1, Ordering::Relaxed);
                     let usage = c.usage.unwrap_or_default();
                     if let (Some(b), Some(u)) = (&self.tpm, &c.usage) {
@@ -587,7 +628,8 @@ impl Inner {
                                     message: "finish_reason content_filter".to_owned(),
                                 };
                                 self.usage.record_error(stage, model, e.kind());
-                                return Err(e);
+                                self.document_fault(e, &mut retry).await?;
+                                continue;
                             }
                             match parse_answer(&content, finish_reason.as_deref()) {
                                 Some(value) => {
@@ -604,6 +646,8 @@ impl Inner {
                                             },
                                         );
                                     }
+                                    self.fault_streak_lock().1 = 0;
+                                    self.health.record_success();
                                     return Ok(ChatResponse {
                                         content,
                                         value,
@@ -627,7 +671,8 @@ impl Inner {
                                     };
                                     self.usage.record_error(stage, model, e.kind());
                                     if malformed_retries >= self.config.max_malformed_retries {
-                                        return Err(e);
+                                        self.document_fault(e, &mut retry).await?;
+                                        continue;
                                     }
                                     tracing::debug!(stage, model, "malformed answer, retrying");
                                     malformed_retries += 1;
@@ -647,9 +692,10 @@ impl Inner {
                 Attempt::Failed { error, retry_after } => {
                     self.usage.record_error(stage, model, error.kind());
                     if error.fault() != Fault::World {
-                        // The server answered: it is up, the request is at fault.
-                        self.health.record_success();
-                        return Err(error);
+                        // The server answered: the request is at fault (unless it is every
+                        // request's, see `document_fault`).
+                        self.document_fault(error, &mut retry).await?;
+                        continue;
                     }
                     self.world_fault(ep, error, retry_after, &mut retry).await?;
                     continue;
@@ -659,6 +705,47 @@ impl Inner {
             self.usage.record_error(stage, model, error.kind());
             self.world_fault(ep, error, None, &mut retry).await?;
         }
+    }
+
+    fn fault_streak_lock(&self) -> std::sync::MutexGuard<'_, (&'static str, u32)> {
+        self.fault_streak.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A call ends with a fault of its request: returns it as `Err` for the stage to
+    /// dead-letter, as a document fault is. But the same kind of fault on
+    /// `document_faults_before_outage` calls in a row, with no answer between, is no
+    /// coincidence of the documents: a bad parameter (a 400 for every `temperature = 5`), a
+    /// server answering `content: null`. Then it is a fault of the world: the outage detector
+    /// hears of it (input paused, `/readyz` 503, `max_outage_secs` applies) and the call is
+    /// retried after a backoff (`Ok`), so no more documents are dead-lettered for it.
+    async fn document_fault(
+        &self,
+        error: LlmError,
+        retry: &mut RetryState,
+    ) -> Result<(), LlmError> {
+        let limit = self.config.document_faults_before_outage;
+        let streak = {
+            let mut s = self.fault_streak_lock();
+            if s.0 == error.kind() {
+                s.1 = s.1.saturating_add(1);
+            } else {
+                *s = (error.kind(), 1);
+            }
+            s.1
+        };
+        if limit == 0 || streak < limit {
+            // The server answered: it is up.
+            self.health.record_success();
+            return Err(error);
+        }
+        self.health.record_failure(&format!(
+            "{error} — the same fault ({}) on {streak} calls in a row: taken for a fault of the \
+             configuration or the server, not of the documents (llm.document_faults_before_outage)",
+            error.kind()
+        ));
+        self.sleep_before_retry(retry.retries, None).await?;
+        retry.retries = retry.retries.saturating_add(1);
+        Ok(())
     }
 
     /// A fault of the LLM side: cool the endpoint down, tell the outage
@@ -673,9 +760,22 @@ impl Inner {
         retry_after: Option<Duration>,
         retry: &mut RetryState,
     ) -> Result<(), LlmError> {
+        // A server's own wait, capped: no header may stall the engine past what the user allows.
+        let cap = Duration::from_secs(self.config.max_retry_after_secs);
+        if let Some(asked) = retry_after.filter(|d| *d > cap) {
+            tracing::warn!(
+                endpoint = %ep.display,
+                "the server asked to wait {:.0} s before retrying; waiting {} s \
+                 (llm.max_retry_after_secs)",
+                asked.as_secs_f64(),
+                cap.as_secs()
+            );
+        }
+        let retry_after = retry_after.map(|d| d.min(cap));
         if let LlmError::RateLimited { .. } = &error {
-            let pause =
-                retry_after.unwrap_or(Duration::from_secs(self.config.cooldown_secs_after_429));
+            let pause = retry_after
+                .unwrap_or(Duration::from_secs(self.config.cooldown_secs_after_429))
+                .min(cap);
             self.cooldown.extend(pause);
             ep.cooldown.extend(pause);
         } else {
@@ -775,8 +875,24 @@ impl Inner {
         };
         let status = resp.status();
         let retry_after = retry_after(resp.headers());
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
+        let bytes = match read_bounded(resp, self.config.max_response_bytes).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(read)) => {
+                // Refused before it is held: a server (or a model that never stops) must not
+                // take the process's memory, nor be retried forever. A document fault, so that
+                // it ends; on many documents in a row it becomes an outage (see `chat_json`).
+                return Attempt::Failed {
+                    error: LlmError::MalformedAnswer {
+                        content: format!(
+                            "answer body of {read} bytes or more refused (llm.max_response_bytes \
+                             = {})",
+                            self.config.max_response_bytes
+                        ),
+                        finish_reason: None,
+                    },
+                    retry_after: None,
+                };
+            }
             Err(e) => return self.transport_failure(ep, e),
         };
 
@@ -816,6 +932,25 @@ impl Inner {
             retry_after: None,
         }
     }
+}
+
+/// Reads an answer's body up to `max` bytes: `Ok(Err(n))` when it is larger (announced by its
+/// `Content-Length`, or `n` bytes read so far), without reading the rest.
+pub(crate) async fn read_bounded(
+    mut resp: reqwest::Response,
+    max: u64,
+) -> Result<Result<Vec<u8>, u64>, reqwest::Error> {
+    if let Some(len) = resp.content_length().filter(|&len| len > max) {
+        return Ok(Err(len));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if (body.len() + chunk.len()) as u64 > max {
+            return Ok(Err((body.len() + chunk.len()) as u64));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Ok(body))
 }
 
 /// The JSON in an answer; for an answer cut by the token limit, the members
@@ -921,7 +1056,10 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|ms| ms.is_finite() && *ms >= 0.0)
     {
-        return Some(Duration::from_secs_f64(ms / 1e3).min(super::rate_limit::MAX_RETRY_AFTER));
+        // Clamped before the conversion: `Duration::from_secs_f64` panics on a value past
+        // `u64::MAX` seconds, and a peer's header is no reason to panic.
+        let secs = (ms / 1e3).min(super::rate_limit::MAX_RETRY_AFTER.as_secs_f64());
+        return Some(Duration::from_secs_f64(secs));
     }
     headers
         .get(reqwest::header::RETRY_AFTER)
@@ -934,6 +1072,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_panicking_call_is_an_internal_error_and_stops_the_engine() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let health = LlmHealth::new(1);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let guard = DoneGuard {
+            done: Some(move |r: Result<ChatResponse, LlmError>| tx.send(r).unwrap()),
+        };
+        spawn_watched(
+            rt.handle(),
+            async { panic!("Duration::from_secs_f64 overflow") },
+            guard,
+            health.clone(),
+        );
+        let r = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("done is called");
+        let e = r.unwrap_err();
+        assert_eq!(
+            e.kind(),
+            "internal",
+            "not `cancelled`, which a stage holds forever"
+        );
+        assert!(e.to_string().contains("from_secs_f64 overflow"), "{e}");
+        let fatal = health.fatal().expect("the engine is told to stop");
+        assert!(fatal.contains("panicked"), "{fatal}");
+    }
+
+    #[test]
     fn retry_after_headers() {
         let mut h = HeaderMap::new();
         assert_eq!(retry_after(&h), None);
@@ -941,6 +1111,29 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
         h.insert("retry-after-ms", HeaderValue::from_static("250"));
         assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
+        // A peer's absurd value is clamped, never a panic (1e300 ms overflowed `from_secs_f64`).
+        for absurd in ["1e300", "1e20", "18446744073709551616000"] {
+            h.insert("retry-after-ms", HeaderValue::from_str(absurd).unwrap());
+            assert_eq!(
+                retry_after(&h),
+                Some(super::super::rate_limit::MAX_RETRY_AFTER),
+                "{absurd}"
+            );
+        }
+        h.remove("retry-after-ms");
+        h.insert("retry-after", HeaderValue::from_static("1e300"));
+        assert_eq!(
+            retry_after(&h),
+            Some(super::super::rate_limit::MAX_RETRY_AFTER)
+        );
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("999999999999999999999"),
+        );
+        assert_eq!(
+            retry_after(&h),
+            Some(super::super::rate_limit::MAX_RETRY_AFTER)
+        );
     }
 
     #[test]

@@ -122,6 +122,32 @@ pub struct LlmConfig {
     pub backoff_max_ms: u64,
     /// Global pause after a 429 that carries no `Retry-After`, in seconds.
     pub cooldown_secs_after_429: u64,
+    /// Longest wait a server's `Retry-After` / `retry-after-ms` may impose,
+    /// in seconds. A longer one is cut to this and logged: a header of
+    /// `999999999` must not stall the engine for an hour while it looks ready.
+    pub max_retry_after_secs: u64,
+    /// Largest answer body read, in bytes. A larger one (announced by
+    /// `Content-Length` or found while reading) is refused before it is
+    /// held in memory, and counts as a malformed answer.
+    pub max_response_bytes: u64,
+    /// The same document fault (for instance `client_error` 400, or a
+    /// malformed answer) on this many different documents in a row is taken
+    /// for a fault of the configuration or the server, not of the documents:
+    /// the engine declares an outage (input paused, `/readyz` 503,
+    /// `max_outage_secs` applies) and retries those calls instead of
+    /// dead-lettering them, until an answer succeeds. 0: off.
+    pub document_faults_before_outage: u32,
+    /// No epoch completed for this many seconds while no outage is declared:
+    /// something holds the pipeline that no retry will free, and the engine
+    /// stops with an error (non-zero exit, nothing unfinished committed)
+    /// instead of hanging silently. 0: no watchdog.
+    pub max_stall_secs: u64,
+    /// Part of every response-cache key. Unset: what identifies the model is
+    /// taken from the servers (their `/models` entry for it, less volatile
+    /// fields), so a second server serving another model under the same name
+    /// never answers from the first one's cache. Set it to share (or to
+    /// separate) caches explicitly.
+    pub cache_namespace: Option<String>,
     /// How a request's JSON schema is sent (the server's structured-output
     /// dialect). `auto` probes each endpoint at start-up with one tiny request
     /// and remembers what works; the others force one dialect everywhere.
@@ -164,6 +190,11 @@ impl Default for LlmConfig {
             backoff_base_ms: 500,
             backoff_max_ms: 30_000,
             cooldown_secs_after_429: 10,
+            max_retry_after_secs: 300,
+            max_response_bytes: 16 << 20,
+            document_faults_before_outage: 20,
+            max_stall_secs: 1800,
+            cache_namespace: None,
             structured_output: StructuredOutput::Auto,
             startup_timeout_secs: 60,
             outage_after_failures: 3,
@@ -218,6 +249,9 @@ impl LlmConfig {
                 "llm.max_outage_secs must be at least 1 (or unset: no limit in Kafka mode)"
                     .to_owned(),
             );
+        }
+        if self.max_response_bytes < 1024 {
+            return Err("llm.max_response_bytes must be at least 1024".to_owned());
         }
         if self.backoff_max_ms < self.backoff_base_ms {
             return Err("llm.backoff_max_ms must be >= llm.backoff_base_ms".to_owned());
@@ -304,5 +338,6 @@ mod tests {
         assert!(bad(|c| c.startup_timeout_secs = 0).contains("startup_timeout_secs"));
         assert!(bad(|c| c.outage_after_failures = 0).contains("outage_after_failures"));
         assert!(bad(|c| c.max_outage_secs = Some(0)).contains("max_outage_secs"));
+        assert!(bad(|c| c.max_response_bytes = 10).contains("max_response_bytes"));
     }
 }

@@ -70,6 +70,10 @@ pub enum LlmError {
     InvalidRequest(String),
     /// The client cannot be built from its configuration.
     Config(String),
+    /// The call panicked inside the client (a bug, or a peer's answer the
+    /// code did not foresee): the engine stops with this error rather than
+    /// hold the document forever.
+    Internal(String),
 }
 
 impl LlmError {
@@ -88,6 +92,7 @@ impl LlmError {
             LlmError::Cancelled => "cancelled",
             LlmError::InvalidRequest(_) => "invalid_request",
             LlmError::Config(_) => "config",
+            LlmError::Internal(_) => "internal",
         }
     }
 
@@ -111,7 +116,7 @@ impl LlmError {
             | LlmError::ContentFilter { .. }
             | LlmError::Persistent { .. }
             | LlmError::InvalidRequest(_) => Fault::Document,
-            LlmError::Config(_) => Fault::Config,
+            LlmError::Config(_) | LlmError::Internal(_) => Fault::Config,
         }
     }
 
@@ -174,6 +179,7 @@ impl fmt::Display for LlmError {
             LlmError::Cancelled => write!(f, "cancelled: the LLM client was closed"),
             LlmError::InvalidRequest(m) => write!(f, "invalid LLM request: {m}"),
             LlmError::Config(m) => write!(f, "LLM client configuration: {m}"),
+            LlmError::Internal(m) => write!(f, "the LLM client failed internally: {m}"),
         }
     }
 }
@@ -325,6 +331,7 @@ mod tests {
             (LlmError::Cancelled, "cancelled", false),
             (LlmError::InvalidRequest(e("")), "invalid_request", false),
             (LlmError::Config(e("")), "config", false),
+            (LlmError::Internal(e("")), "internal", false),
         ];
         for (err, kind, retriable) in all {
             assert_eq!(err.kind(), kind);

@@ -67,6 +67,8 @@ struct State {
     down_since: Option<(Instant, SystemTime)>,
     last_error: Option<String>,
     last_warned: Option<Instant>,
+    /// Set once, never cleared: the client failed in a way no retry mends (a panic).
+    fatal: Option<String>,
 }
 
 /// The process-wide outage detector. Clones share it.
@@ -89,6 +91,7 @@ impl LlmHealth {
                 down_since: Some((Instant::now(), SystemTime::now())),
                 last_error: None,
                 last_warned: Some(Instant::now()),
+                fatal: None,
             })),
             paused: Arc::new(AtomicBool::new(true)),
             threshold: threshold.max(1),
@@ -160,6 +163,21 @@ impl LlmHealth {
                 .unwrap_or(0);
             tracing::warn!("LLM still unavailable after {secs} s: {error}; input paused, retrying");
         }
+    }
+
+    /// The client failed in a way no retry mends (a call panicked): the engine must stop. The
+    /// first such failure is kept.
+    pub fn record_fatal(&self, error: &str) {
+        let mut s = self.lock();
+        if s.fatal.is_none() {
+            tracing::error!("LLM client failed: {error}; stopping the engine");
+            s.fatal = Some(error.to_owned());
+        }
+    }
+
+    /// The fatal failure, if one happened ([`LlmHealth::record_fatal`]).
+    pub fn fatal(&self) -> Option<String> {
+        self.lock().fatal.clone()
     }
 
     /// How long the current outage has lasted (`None` while up).

@@ -317,8 +317,17 @@ impl LlmClient {
         };
         let resp = rb.send().await.map_err(unreachable)?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(unreachable)?;
-        Ok((status, body.to_vec()))
+        match super::client::read_bounded(resp, inner.config.max_response_bytes)
+            .await
+            .map_err(unreachable)?
+        {
+            Ok(body) => Ok((status, body)),
+            Err(read) => Err(StartupError::Fatal(format!(
+                "LLM endpoint {} answered the start-up probe with a body of {read} bytes or \
+                 more (llm.max_response_bytes = {}): not an OpenAI-compatible server",
+                ep.display, inner.config.max_response_bytes
+            ))),
+        }
     }
 }
 
