@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 mod file_mode;
+mod hardening;
 mod kafka;
 mod llm;
 mod llm_faults;

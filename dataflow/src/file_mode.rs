@@ -80,12 +80,23 @@ pub fn run_files(
 ) -> anyhow::Result<()> {
     let mut cfg = cfg;
     cfg.source.resolve(resources.llm.is_some());
-    let max_line = cfg.parse.max_document_bytes + 64 * 1024;
-    let input = JsonlInput::open(&run.input)?.with_max_line_bytes(max_line);
     let rejects = run
         .rejects
         .clone()
         .unwrap_or_else(|| default_rejects_path(&run.output));
+    if let timely::CommunicationConfig::Cluster { process, .. } = &timely_config.communication
+        && *process != 0
+    {
+        // Worker 0 reads the input and writes both outputs, their progress record and the
+        // state's fate; this process only filters its share. Touching any of them here would
+        // destroy the other process's work (each once re-created the other's partial files).
+        return run_follower(cfg, timely_config, run, control, funnel, resources);
+    }
+    crate::paths::check_distinct(&run.input, &run.output, &rejects, run.format.is_some())?;
+    // Held until the run ends: a second run writing the same output is refused.
+    let _lock = crate::paths::OutputLock::take(&run.output, run.format.is_some())?;
+    let max_line = cfg.parse.max_document_bytes + 64 * 1024;
+    let input = JsonlInput::open(&run.input)?.with_max_line_bytes(max_line);
     let resumable =
         crate::resume::resumable(&run.input, &run.output, &rejects, run.format.is_some());
     let mut checkpoints = None;
@@ -228,6 +239,23 @@ pub fn run_files(
         let _ = std::fs::remove_dir_all(crate::resume::state_dir(&output_path));
     }
     Ok(())
+}
+
+/// A process of a multi-process file run that does not hold worker 0: its workers filter their
+/// share of the lines and send the results to worker 0; it opens no input and no output.
+fn run_follower(
+    cfg: PipelineConfig,
+    timely_config: timely::Config,
+    run: FileRun,
+    control: RunControl,
+    funnel: Funnel,
+    resources: Resources,
+) -> anyhow::Result<()> {
+    funnel.live().set_source_ready();
+    let abort = control.abort.clone();
+    crate::workers::execute(timely_config, abort, &[STOPPED], move |worker| {
+        file_worker(worker, &cfg, None, &run, &control, &funnel, &resources)
+    })
 }
 
 /// What the workers other than worker 0 return when the run is stopped (worker 0 says why).

@@ -15,6 +15,7 @@ pub mod live;
 pub mod llm_service;
 pub mod metrics;
 pub mod operator_times;
+pub mod paths;
 pub mod resume;
 pub mod runtime;
 pub mod state;

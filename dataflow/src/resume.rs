@@ -176,7 +176,13 @@ impl ProgressRecord {
         let path = record_path(output);
         let aside = PathBuf::from(format!("{}.new", path.display()));
         let write = || -> std::io::Result<()> {
-            let file = std::fs::File::create(&aside)?;
+            // A new file, never through what lies at its name: a link planted there would have
+            // its target overwritten (`create_new` is O_EXCL, which follows no link).
+            match std::fs::remove_file(&aside) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let file = std::fs::File::create_new(&aside)?;
             serde_json::to_writer_pretty(&file, self)?;
             file.sync_all()?;
             std::fs::rename(&aside, &path)
@@ -282,7 +288,12 @@ mod tests {
                 bytes: 0,
             },
         };
+        // A link planted at the record's next version: its target must stay as it is.
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, format!("{output}.progress.json.new")).unwrap();
         record.store(output).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         let loaded = ProgressRecord::load(output).unwrap().unwrap();
         assert_eq!(loaded, record);
         assert_eq!(loaded.mismatch(&identity, "s"), None);

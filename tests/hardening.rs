@@ -1,0 +1,249 @@
+//! Off the tested paths (issue 28): inputs, flags and peers that once lost data, halted or hung
+//! the engine. Each test fails without its fix; BENCHMARKS.md ("Hardening") maps items to tests.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use crate::support::{engine, sample_lines};
+
+fn write_sample(path: &std::path::Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    for l in sample_lines() {
+        f.write_all(&l).unwrap();
+        f.write_all(b"\n").unwrap();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits for `child` at most `limit`; kills it and fails past that.
+fn wait_bounded(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Item 1: two processes of one file run on one host, one output. Only the process holding
+/// worker 0 touches the output, its rejects, its record and its state; the result equals a
+/// one-process run's.
+#[test]
+fn a_two_process_file_run_writes_its_output_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_sample(&input);
+    let hosts = dir.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+    )
+    .unwrap();
+    let output = dir.path().join("out.jsonl");
+    let children: Vec<_> = (0..2)
+        .map(|p| {
+            engine()
+                .args(["run", "--no-llm", "--input"])
+                .arg(&input)
+                .arg("--output")
+                .arg(&output)
+                .args(["-n", "2", "-p", &p.to_string(), "-h"])
+                .arg(&hosts)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = wait_bounded(child, Duration::from_secs(120));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let single = dir.path().join("single.jsonl");
+    crate::support::succeed(
+        engine()
+            .args(["run", "--no-llm", "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(&single),
+    );
+    let lines = |p: &std::path::Path| {
+        let mut l: Vec<String> = std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                // Clock fields differ between any two runs.
+                for clock in ["processed_at", "created_at"] {
+                    v.as_object_mut().unwrap().remove(clock);
+                }
+                v.to_string()
+            })
+            .collect();
+        l.sort();
+        l
+    };
+    assert!(!lines(&single).is_empty());
+    assert!(lines(&output) == lines(&single), "outputs differ");
+    assert!(
+        lines(&dir.path().join("out.rejects.jsonl"))
+            == lines(&dir.path().join("single.rejects.jsonl")),
+        "rejects differ"
+    );
+    for left in [
+        "out.jsonl.partial",
+        "out.jsonl.progress.json",
+        "out.jsonl.state",
+        "out.jsonl.lock",
+    ] {
+        assert!(!dir.path().join(left).exists(), "{left} left behind");
+    }
+}
+
+/// Item 1: a second run writing the same output is refused by the first one's lock, and
+/// leaves the first run's files alone.
+#[test]
+fn a_second_writer_of_the_same_output_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_sample(&input);
+    let output = dir.path().join("out.jsonl");
+    // A run that waits: its input is a FIFO nobody writes yet.
+    let fifo = dir.path().join("slow.fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let first = engine()
+        .args(["run", "--no-llm", "--input"])
+        .arg(&fifo)
+        .arg("--output")
+        .arg(&output)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = dir.path().join("out.jsonl.lock");
+    let started = Instant::now();
+    while !lock.exists() {
+        assert!(started.elapsed() < Duration::from_secs(30), "no lock taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = engine()
+        .args(["run", "--no-llm", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(err.contains("being written by another run"), "{err}");
+    // The first run goes on and finishes with what it is given.
+    std::fs::write(&fifo, std::fs::read(&input).unwrap()).unwrap();
+    let out = wait_bounded(first, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!std::fs::read_to_string(&output).unwrap().is_empty());
+}
+
+/// Item 4: an error on worker 0 (a truncated gzip input) with `-w 2` ends the process at once,
+/// non-zero and with the error (it once waited for a kill).
+#[test]
+fn a_worker_error_with_two_workers_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    for _ in 0..20 {
+        for l in sample_lines() {
+            gz.write_all(&l).unwrap();
+            gz.write_all(b"\n").unwrap();
+        }
+    }
+    let bytes = gz.finish().unwrap();
+    std::fs::write(&input, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let child = engine()
+        .args(["run", "--no-llm", "-w", "2", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("out.jsonl"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_bounded(child, Duration::from_secs(15));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("in.jsonl.gz"),
+        "the error names the input: {err}"
+    );
+    assert!(!err.contains("another worker failed"), "{err}");
+}
+
+/// Item 5: paths that name the same file are refused before anything is written, and the
+/// input is left as it was.
+#[test]
+fn an_output_or_rejects_that_is_the_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_sample(&input);
+    let before = std::fs::read(&input).unwrap();
+    let named_like_rejects = dir.path().join("out.rejects.jsonl");
+    std::fs::copy(&input, &named_like_rejects).unwrap();
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let cases: [(
+        &std::path::Path,
+        std::path::PathBuf,
+        Option<std::path::PathBuf>,
+    ); 4] = [
+        (&input, input.clone(), None),
+        (&input, link.clone(), None),
+        (&named_like_rejects, p("out.jsonl"), None),
+        (&input, p("o.jsonl"), Some(p("o.jsonl"))),
+    ];
+    for (i, (from, to, rejects)) in cases.iter().enumerate() {
+        let mut cmd = engine();
+        cmd.args(["run", "--no-llm", "--input"])
+            .arg(from)
+            .arg("--output")
+            .arg(to);
+        if let Some(r) = rejects {
+            cmd.arg("--rejects").arg(r);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "case {i} ran: {err}");
+        assert!(err.contains("are the same file"), "case {i}: {err}");
+    }
+    assert_eq!(
+        std::fs::read(&input).unwrap(),
+        before,
+        "the input is untouched"
+    );
+    assert_eq!(std::fs::read(&named_like_rejects).unwrap(), before);
+    assert!(!p("o.jsonl").exists());
+}
