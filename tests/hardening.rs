@@ -247,3 +247,61 @@ fn an_output_or_rejects_that_is_the_input_is_refused() {
     assert_eq!(std::fs::read(&named_like_rejects).unwrap(), before);
     assert!(!p("o.jsonl").exists());
 }
+
+/// Item 2: a message whose dead letter grows past a default broker's limit once JSON-escaped
+/// (700 KiB of control characters became 4.3 MB, 380 KiB of quotes 1.56 MB) is dead-lettered
+/// within the limit, and the run commits past it. The engine's producers apply Kafka's default
+/// `message.max.bytes`, so a record a default broker would refuse fails here as it would there.
+#[test]
+fn a_dead_letter_stays_under_the_default_broker_limit_once_encoded() {
+    use webscale_rl_dataflow::cluster::ClusterOptions;
+    use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
+    use webscale_rl_dataflow::{Funnel, PipelineConfig};
+    let kafka = crate::support::Kafka::start(2, "e2e-escaped-dead-letters");
+    let control_chars = vec![1u8; 700 * 1024];
+    let quotes = serde_json::to_vec(&serde_json::json!({
+        "id": "quotes", "text": "\"".repeat(380 * 1024)
+    }))
+    .unwrap();
+    kafka.produce_raw(&[
+        (Some("control"), Some(control_chars)),
+        (Some("quotes"), Some(quotes)),
+    ]);
+    let produced = kafka.produce_lines(sample_lines().into_iter().take(20).collect()) as usize + 2;
+    let cfg = PipelineConfig {
+        kafka: kafka.cfg.clone(),
+        ..Default::default()
+    };
+    let cluster = ClusterOptions::default();
+    run_kafka(
+        cfg,
+        cluster.timely_config().unwrap(),
+        RunControl {
+            until_caught_up: true,
+            ..Default::default()
+        },
+        Funnel::default(),
+        Default::default(),
+    )
+    .expect("the run does not stop at the broker");
+    let dead = kafka.dead_letters();
+    assert_eq!(dead.len() + kafka.outputs().len(), produced);
+    for d in &dead {
+        let bytes = serde_json::to_vec(d).unwrap().len();
+        assert!(
+            bytes < webscale_rl_records::KAFKA_DEFAULT_MESSAGE_MAX_BYTES - 1024,
+            "{bytes}"
+        );
+    }
+    let by_key = |k: &str| {
+        dead.iter()
+            .find(|d| d["payload_head"].as_str().is_some() && d["doc_id"] == k)
+            .cloned()
+    };
+    assert!(by_key("quotes").is_some_and(|d| d["payload"].is_null()));
+    assert_eq!(
+        kafka.committed().values().sum::<i64>(),
+        produced as i64,
+        "every offset is committed"
+    );
+}

@@ -6,7 +6,9 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::operators::core::OkErr;
 
 use crate::verdicts::{Epoch, Verdicts};
-use webscale_rl_records::{DeadLetter, Document, RawMessage, Stage, stable_id};
+use webscale_rl_records::{
+    DeadLetter, Document, MAX_RECORD_BYTES, RawMessage, Stage, json_escaped_len, stable_id,
+};
 
 /// Limits applied while parsing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,7 +48,11 @@ enum IdValue {
     Number(serde_json::Number),
 }
 
-/// Parses one message. The id is the `id` field, else the Kafka key, else a hash of the text.
+/// Room in a record for what is not the document's text, url or meta (ids, version, framing).
+const RECORD_ROOM: usize = 16 * 1024;
+
+/// Parses one message. The id is the `id` field, else the Kafka key, else a hash of the message's
+/// origin (topic, partition, offset; in file mode the path and line).
 pub fn parse_message(msg: &RawMessage, cfg: &ParseConfig) -> Result<Document, DeadLetter> {
     let reject =
         |reason: &str, detail: String| DeadLetter::for_message(msg, Stage::Parse, reason, detail);
@@ -107,9 +113,37 @@ pub fn parse_message(msg: &RawMessage, cfg: &ParseConfig) -> Result<Document, De
         Some(IdValue::Number(n)) => n.to_string(),
         _ => match msg.key.as_deref().map(std::str::from_utf8) {
             Some(Ok(k)) if !k.is_empty() => k.to_string(),
-            _ => stable_id(&[&body]),
+            // Where the message sits, not what it says: identical texts without an id are two
+            // documents (dedup judges them), while a replay of this message keeps its id. A hash
+            // of the text made every copy a "replay" of the first, so none was deduplicated.
+            _ => stable_id(&[
+                "origin",
+                &msg.origin.topic,
+                &msg.origin.partition.to_string(),
+                &msg.origin.offset.to_string(),
+            ]),
         },
     };
+    // The record a sink writes must stay under the bound a default Kafka broker accepts, and
+    // JSON escaping can make a text six times larger than its bytes. Most texts need no scan.
+    let fields = [
+        Some(body.as_str()),
+        input.url.as_deref(),
+        input.meta.as_ref().map(|m| m.get()),
+    ];
+    let raw: usize = fields.iter().flatten().map(|f| f.len()).sum();
+    if raw * 6 + RECORD_ROOM > MAX_RECORD_BYTES {
+        let encoded: usize = fields.iter().flatten().map(|f| json_escaped_len(f)).sum();
+        if encoded + RECORD_ROOM > MAX_RECORD_BYTES {
+            return Err(reject(
+                "too_large",
+                format!(
+                    "the text encodes to {encoded} bytes of JSON; a record may have \
+                     {MAX_RECORD_BYTES} (escaped characters count up to 6 bytes each)"
+                ),
+            ));
+        }
+    }
     Ok(Document {
         id,
         text: body,
@@ -203,6 +237,57 @@ mod tests {
         assert_eq!(dl.payload_head.len(), DEAD_LETTER_PAYLOAD_BYTES);
     }
 
+    #[test]
+    fn identical_texts_without_an_id_are_two_documents_and_a_replay_is_one() {
+        let at = |offset| RawMessage {
+            key: None,
+            payload: Some(br#"{"text": "the same words"}"#.to_vec()),
+            origin: Origin {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+            },
+            truncated: false,
+        };
+        let cfg = ParseConfig::default();
+        let (a, b) = (
+            parse_message(&at(1), &cfg).unwrap(),
+            parse_message(&at(2), &cfg).unwrap(),
+        );
+        assert_ne!(
+            a.id, b.id,
+            "a copy is a duplicate for dedup to judge, not a replay"
+        );
+        assert_eq!(
+            parse_message(&at(1), &cfg).unwrap().id,
+            a.id,
+            "a replay keeps its id"
+        );
+    }
+
+    #[test]
+    fn a_text_whose_json_exceeds_a_record_is_too_large() {
+        let cfg = ParseConfig::default();
+        let doc = |text: &str| RawMessage {
+            key: None,
+            payload: Some(
+                serde_json::to_vec(&serde_json::json!({"id": "x", "text": text})).unwrap(),
+            ),
+            origin: Origin {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+            },
+            truncated: false,
+        };
+        // 170 KiB of control characters: 1.04 MB of JSON, in a payload under the document limit.
+        let e = parse_message(&doc(&"\u{1}".repeat(170 * 1024)), &cfg).unwrap_err();
+        assert_eq!(e.reason, "too_large");
+        assert!(e.detail.contains("encodes to"), "{}", e.detail);
+        // As many plain bytes fit.
+        parse_message(&doc(&"a".repeat(200 * 1024)), &cfg).unwrap();
+    }
+
     fn msg(key: Option<&str>, payload: Option<&[u8]>) -> RawMessage {
         RawMessage {
             key: key.map(|k| k.as_bytes().to_vec()),
@@ -223,7 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_fields_and_falls_back_to_key_then_hash() {
+    fn parses_fields_and_falls_back_to_key_then_origin() {
         let cfg = ParseConfig::default();
         let d = parse_message(
             &msg(
@@ -242,7 +327,7 @@ mod tests {
         let d = parse_message(&msg(None, Some(br#"{"id":17,"text":"hi"}"#)), &cfg).unwrap();
         assert_eq!(d.id, "17");
         let d = parse_message(&msg(None, Some(br#"{"text":"hi"}"#)), &cfg).unwrap();
-        assert_eq!(d.id, stable_id(&["hi"]));
+        assert_eq!(d.id, stable_id(&["origin", "in", "0", "3"]));
     }
 
     #[test]

@@ -519,7 +519,11 @@ fn into_pair(c: QaCandidate, verifier: Option<String>, include_text: bool) -> (O
         models,
         created_at: now_millis(),
         pipeline_version: PIPELINE_VERSION.to_string(),
-        pretrain_text: include_text.then_some(c.doc.text),
+        pretrain_text: None,
+    };
+    let pair = match include_text {
+        true => pair.with_pretrain_text(c.doc.text),
+        false => pair,
     };
     (c.doc.origin, pair)
 }

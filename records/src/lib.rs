@@ -20,6 +20,40 @@ pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 1024;
 /// large document can never make its own dead letter undeliverable.
 pub const DEAD_LETTER_MAX_REPLAY_BYTES: usize = 768 * 1024;
 
+/// Largest record (its JSON, as a sink writes it) the engine writes. Under the 1,048,588 bytes a
+/// Kafka broker accepts by default (`message.max.bytes`, which the engine's producers also apply),
+/// with room for the key and the record's framing: a record that a default broker would refuse
+/// would stop the engine, and, read again after the restart, stop it again forever. Every bound
+/// above is taken on the encoded size, since JSON escaping can make text six times larger (a
+/// control character becomes `\u0001`).
+pub const MAX_RECORD_BYTES: usize = 1_000_000;
+
+/// Kafka's default `message.max.bytes` (broker and librdkafka): what a record with its key and
+/// framing must stay under.
+pub const KAFKA_DEFAULT_MESSAGE_MAX_BYTES: usize = 1_048_588;
+
+/// Bytes of `s` as a JSON string literal, quotes included, as serde_json writes it: `"` and `\`
+/// and the short escapes (`\n`, `\t`, ...) take 2 bytes, other control characters 6.
+pub fn json_escaped_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+/// `s` if its JSON literal is at most `max` bytes.
+fn within_encoded(s: String, max: usize) -> Option<String> {
+    // Escaping at most multiplies by 6: most texts need no scan.
+    (s.len() * 6 + 2 <= max || json_escaped_len(&s) <= max).then_some(s)
+}
+
+/// Longest `detail` a dead letter keeps, in bytes (cut at a character boundary).
+const DEAD_LETTER_DETAIL_BYTES: usize = 4096;
+
 /// Where a message came from: a Kafka (topic, partition, offset), or a file (path, 0, line number).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Origin {
@@ -351,7 +385,7 @@ impl DeadLetter {
             .as_deref()
             .filter(|p| p.len() <= DEAD_LETTER_MAX_REPLAY_BYTES && !msg.truncated)
             .and_then(|p| std::str::from_utf8(p).ok())
-            .map(str::to_owned);
+            .and_then(|p| within_encoded(p.to_owned(), DEAD_LETTER_MAX_REPLAY_BYTES));
         dl
     }
 
@@ -409,7 +443,7 @@ impl DeadLetter {
             detail.into(),
             head,
         );
-        dl.payload = Some(doc.to_message()).filter(|m| m.len() <= DEAD_LETTER_MAX_REPLAY_BYTES);
+        dl.payload = within_encoded(doc.to_message(), DEAD_LETTER_MAX_REPLAY_BYTES);
         dl
     }
 
@@ -429,6 +463,14 @@ impl DeadLetter {
             stage.as_str(),
             reason,
         ]);
+        let mut detail = detail;
+        if detail.len() > DEAD_LETTER_DETAIL_BYTES {
+            let mut cut = DEAD_LETTER_DETAIL_BYTES;
+            while !detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            detail.truncate(cut);
+        }
         DeadLetter {
             id,
             doc_id,
@@ -467,11 +509,33 @@ pub fn now_millis() -> u64 {
 pub trait Keyed: Serialize {
     /// The record's stable id: the Kafka message key, the same over replays.
     fn key(&self) -> &str;
+
+    /// Drops what the record is complete without (a pair's `pretrain_text`, a dead letter's
+    /// replay payload), for a sink whose encoding of it is over [`MAX_RECORD_BYTES`]. `false`
+    /// when there is nothing to drop.
+    fn shrink(&mut self) -> bool {
+        false
+    }
 }
 
 impl Keyed for QaPair {
     fn key(&self) -> &str {
         &self.id
+    }
+
+    fn shrink(&mut self) -> bool {
+        self.pretrain_text.take().is_some()
+    }
+}
+
+impl QaPair {
+    /// Attaches the source text when the pair's record stays under [`MAX_RECORD_BYTES`] with it
+    /// (a text that escapes to megabytes of JSON is left out, as if not configured).
+    pub fn with_pretrain_text(mut self, text: String) -> Self {
+        let room = MAX_RECORD_BYTES
+            .saturating_sub(64 * 1024 + self.question.len() * 6 + self.answer.len() * 6);
+        self.pretrain_text = within_encoded(text, room);
+        self
     }
 }
 
@@ -485,11 +549,89 @@ impl Keyed for DeadLetter {
     fn key(&self) -> &str {
         &self.id
     }
+
+    fn shrink(&mut self) -> bool {
+        // The message stays at its origin (topic, partition, offset) for a replay by hand.
+        self.payload.take().is_some()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_escaped_length_is_serde_jsons() {
+        for s in [
+            "",
+            "plain",
+            "a\"b\\c",
+            "\n\t\r\u{8}\u{c}",
+            "\u{1}\u{1f}\u{7f}",
+            "café ü 😀",
+        ] {
+            assert_eq!(
+                json_escaped_len(s),
+                serde_json::to_string(s).unwrap().len(),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_is_bounded_by_its_encoding_not_its_raw_bytes() {
+        let origin = Origin {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+        };
+        // 700 KiB of control characters (4.3 MB escaped) and 380 KiB of quotes (1.56 MB): both
+        // under the raw bound, and once both made dead letters no default broker accepts.
+        for payload in [vec![1u8; 700 * 1024], vec![b'"'; 380 * 1024]] {
+            let msg = RawMessage {
+                key: None,
+                payload: Some(payload),
+                origin: origin.clone(),
+                truncated: false,
+            };
+            let dl =
+                DeadLetter::for_message(&msg, Stage::Parse, "malformed_json", "x".repeat(1 << 20));
+            let encoded = serde_json::to_vec(&dl).unwrap();
+            assert!(encoded.len() <= MAX_RECORD_BYTES, "{}", encoded.len());
+        }
+        // A document's dead letter carries the document re-encoded: its text is escaped twice
+        // (380 KiB of quotes became 1.56 MB).
+        let doc = Document {
+            id: "d".into(),
+            text: "\"".repeat(380 * 1024),
+            url: None,
+            source: None,
+            meta: None,
+            filter_model: None,
+            origin: Origin {
+                topic: "t".into(),
+                partition: 0,
+                offset: 2,
+            },
+            words: Derived::default(),
+        };
+        let dl = DeadLetter::for_document(&doc, Stage::QualityFilter, "r", "");
+        assert!(dl.payload.is_none());
+        assert!(serde_json::to_vec(&dl).unwrap().len() <= MAX_RECORD_BYTES);
+        // A payload whose encoding fits is kept.
+        let origin = doc.origin;
+        let msg = RawMessage {
+            key: None,
+            payload: Some(vec![b'"'; 100 * 1024]),
+            origin,
+            truncated: false,
+        };
+        assert!(
+            DeadLetter::for_message(&msg, Stage::Parse, "r", "")
+                .payload
+                .is_some()
+        );
+    }
 
     #[test]
     fn ids_are_stable_and_separated() {

@@ -19,7 +19,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::{Scope, StreamVec};
 use timely::scheduling::SyncActivator;
-use webscale_rl_records::Keyed;
+use webscale_rl_records::{Keyed, MAX_RECORD_BYTES};
 
 use super::config::KafkaConfig;
 
@@ -87,7 +87,10 @@ impl KafkaSink {
         let client = cfg.client_config_with(&[
             ("enable.idempotence", "true"),
             ("linger.ms", "5"),
-            ("message.max.bytes", "8388608"),
+            // Kafka's default, as a broker applies it: a record the engine could produce but a
+            // default broker refuses would stop the engine for good (it is read again after
+            // every restart). Records are bounded under it (`MAX_RECORD_BYTES`, `encode`).
+            ("message.max.bytes", "1048588"),
         ])?;
         let producer: ThreadedProducer<DeliveryContext> = client
             .create_with_context(context.clone())
@@ -123,6 +126,22 @@ impl KafkaSink {
     }
 }
 
+/// A record's JSON, under [`MAX_RECORD_BYTES`] where the record can shrink to fit (a pair
+/// without its `pretrain_text`, a dead letter without its replay payload). The stages bound
+/// what they make; this is the last line, so that no record can halt the engine at the broker.
+fn encode<R: Keyed>(record: &mut R) -> Vec<u8> {
+    let json = serde_json::to_vec(&*record).expect("records serialize to JSON");
+    if json.len() <= MAX_RECORD_BYTES || !record.shrink() {
+        return json;
+    }
+    tracing::warn!(
+        key = record.key(),
+        bytes = json.len(),
+        "a record over {MAX_RECORD_BYTES} bytes of JSON is written without its optional text"
+    );
+    serde_json::to_vec(&*record).expect("records serialize to JSON")
+}
+
 /// Writes `records` to the sink's topic; the returned stream's frontier passes an epoch once all
 /// of its records are acknowledged.
 pub fn kafka_sink<'s, R: Keyed + 'static>(
@@ -149,9 +168,8 @@ pub fn kafka_sink<'s, R: Keyed + 'static>(
                     held.entry(epoch)
                         .or_insert_with(|| cap.retain_least(0).expect("output 0"));
                     for batch in data {
-                        backlog.extend(batch.drain(..).map(|r| {
-                            let payload =
-                                serde_json::to_vec(&r).expect("records serialize to JSON");
+                        backlog.extend(batch.drain(..).map(|mut r| {
+                            let payload = encode(&mut r);
                             (epoch, r.key().to_string(), payload)
                         }));
                     }
@@ -210,4 +228,33 @@ pub fn kafka_sink<'s, R: Keyed + 'static>(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use webscale_rl_records::{DeadLetter, Origin, RawMessage, Stage};
+
+    #[test]
+    fn a_record_over_the_bound_is_written_without_its_optional_text() {
+        let msg = RawMessage {
+            key: None,
+            payload: Some(vec![b'x'; 700 * 1024]),
+            origin: Origin {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+            },
+            truncated: false,
+        };
+        let mut dl = DeadLetter::for_message(&msg, Stage::Parse, "malformed_json", "");
+        // Under the bound: written whole.
+        let whole = encode(&mut dl.clone());
+        assert!(whole.len() < MAX_RECORD_BYTES && dl.payload.is_some());
+        // Over it (a payload that grew past what the stages bound): the payload goes.
+        dl.payload = Some("\u{1}".repeat(400 * 1024));
+        let json = encode(&mut dl);
+        assert!(json.len() <= MAX_RECORD_BYTES, "{}", json.len());
+        assert!(dl.payload.is_none());
+    }
 }
