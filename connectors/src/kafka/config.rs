@@ -9,14 +9,57 @@ use anyhow::{Context, bail};
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
-/// librdkafka properties that hold secrets: refused in `properties`, accepted via `secret_env`.
+/// librdkafka's sensitive properties (`_RK_SENSITIVE` in `rdkafka_conf.c`, librdkafka 2.12) and
+/// their aliases: refused in `properties`, accepted via `secret_env`, so that their values never
+/// sit in a config file. (librdkafka counts a key file's location and a user name as sensitive
+/// too; so do we.)
 const SECRET_PROPERTIES: &[&str] = &[
+    "sasl.username",
     "sasl.password",
-    "sasl.oauthbearer.client.secret",
-    "ssl.key.password",
-    "ssl.keystore.password",
-    "ssl.key.pem",
     "sasl.oauthbearer.config",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.client.credentials.client.secret",
+    "sasl.oauthbearer.assertion.private.key.file",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem",
+    "ssl.key.location",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl_key",
+    "ssl.ca.pem",
+    "ssl.keystore.password",
+];
+
+/// Properties the engine's guarantees rest on (offsets committed only behind durable output,
+/// idempotent acknowledged writes, no read of aborted records): refused, with the reason, rather
+/// than silently switched off by a tuning section. Aliases included.
+const DURABILITY_PROPERTIES: &[(&str, &str)] = &[
+    (
+        "enable.auto.commit",
+        "offsets are committed only behind durable output",
+    ),
+    (
+        "auto.commit.enable",
+        "offsets are committed only behind durable output",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are committed only behind durable output",
+    ),
+    (
+        "acks",
+        "records count as written only when every in-sync replica has them",
+    ),
+    (
+        "request.required.acks",
+        "records count as written only when every in-sync replica has them",
+    ),
+    (
+        "enable.idempotence",
+        "a retried write must not duplicate records",
+    ),
+    ("isolation.level", "the engine reads committed records only"),
+    ("group.id", "the consumer group is [kafka] group (--group)"),
 ];
 
 /// Environment variable read for `sasl.password` when `secret_env` does not name one.
@@ -79,9 +122,18 @@ impl KafkaConfig {
                      name the environment variable that holds it in [kafka.secret_env]"
                 );
             }
+            if let Some((_, why)) = DURABILITY_PROPERTIES.iter().find(|(p, _)| p == k) {
+                bail!(
+                    "Kafka property '{k}' cannot be set in [kafka.properties]: the engine sets it \
+                     itself ({why}); remove it"
+                );
+            }
             cfg.set(k, v);
         }
         for (k, var) in &self.secret_env {
+            if let Some((_, why)) = DURABILITY_PROPERTIES.iter().find(|(p, _)| p == k) {
+                bail!("Kafka property '{k}' cannot be set: the engine sets it itself ({why})");
+            }
             let value = std::env::var(var).with_context(|| {
                 format!("Kafka property '{k}' should come from environment variable '{var}', which is not set")
             })?;
@@ -94,11 +146,30 @@ impl KafkaConfig {
         }
         // librdkafka logs through its own logger: keep its chatter at warnings.
         cfg.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+        check_values(&cfg)?;
         Ok(cfg)
     }
 
     pub fn connect_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.connect_timeout_secs.max(1))
+    }
+}
+
+/// Has librdkafka check every property now, so that a bad value is reported here, without its
+/// value: librdkafka's own message quotes it (`Invalid value "s3cret" for configuration property
+/// "sasl.oauthbearer.client.secret"`), and the value may be a secret from the environment.
+fn check_values(cfg: &ClientConfig) -> anyhow::Result<()> {
+    match cfg.create_native_config() {
+        Ok(_) => Ok(()),
+        Err(rdkafka::error::KafkaError::ClientConfig(_, description, key, value)) => {
+            let description = if value.is_empty() {
+                description
+            } else {
+                description.replace(&value, "[redacted]")
+            };
+            bail!("Kafka property '{key}': {description} (its value is not shown)")
+        }
+        Err(e) => bail!("Kafka client configuration: {e}"),
     }
 }
 
@@ -134,6 +205,57 @@ mod tests {
         let client = cfg.client_config().unwrap();
         assert_eq!(client.get("sasl.password"), Some("s3cret"));
         assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn every_sensitive_property_and_alias_is_refused_and_no_value_is_echoed() {
+        for key in SECRET_PROPERTIES {
+            let mut cfg = KafkaConfig {
+                brokers: "localhost:9092".into(),
+                ..Default::default()
+            };
+            cfg.properties
+                .insert((*key).into(), "hunter2-secret".into());
+            let err = format!("{:#}", cfg.client_config().unwrap_err());
+            assert!(
+                err.contains("secret_env") && !err.contains("hunter2"),
+                "{key}: {err}"
+            );
+        }
+        // A bad value from the environment: librdkafka's message quotes it; ours does not.
+        // SAFETY: the test owns this variable name; no other test reads it.
+        unsafe { std::env::set_var("WEBSCALE_TEST_BAD_SECRET_Z", "not-a-number-s3cret") };
+        let mut cfg = KafkaConfig {
+            brokers: "localhost:9092".into(),
+            ..Default::default()
+        };
+        cfg.secret_env.insert(
+            "sasl.oauthbearer.client.secret".into(),
+            "WEBSCALE_TEST_BAD_SECRET_Z".into(),
+        );
+        cfg.properties
+            .insert("linger.ms".into(), "not-a-number-s3cret".into());
+        let err = format!("{:#}", cfg.client_config().unwrap_err());
+        assert!(
+            err.contains("linger.ms") && !err.contains("s3cret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_durability_settings_cannot_be_switched_off() {
+        for (key, _) in DURABILITY_PROPERTIES {
+            let mut cfg = KafkaConfig {
+                brokers: "localhost:9092".into(),
+                ..Default::default()
+            };
+            cfg.properties.insert((*key).into(), "false".into());
+            let err = format!("{:#}", cfg.client_config().unwrap_err());
+            assert!(
+                err.contains(key) && err.contains("the engine sets it"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
