@@ -1151,3 +1151,72 @@ async fn the_same_document_fault_on_calls_in_a_row_is_an_outage() {
         Fault::Document
     );
 }
+
+/// The response cache answers only for the model it stored answers of: a second server serving
+/// another model under the same name (vLLM's `--served-model-name`, another quantization) is
+/// asked, not answered from the first one's cache (it once was, 20 of 20). A server that reports
+/// the same model shares the answers, and the start-up report says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_answers_only_for_the_model_that_wrote_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let serving = |root: &str, answer: &'static str| ScriptedServerConfig {
+        model_card: Some(json!({"root": root, "max_model_len": 4096})),
+        answer: Some(std::sync::Arc::new(move |_: &Value| {
+            format!("{{\"from\": \"{answer}\"}}")
+        })),
+        ..ScriptedServerConfig::default()
+    };
+    let run = |server: &ScriptedServer| {
+        let mut cfg = config(&[server]);
+        cfg.cache_path = Some(dir.path().join("cache.redb"));
+        cfg
+    };
+    let ask = ChatRequest::new("scripted")
+        .user("the same question")
+        .max_tokens(16);
+    let q4 = ScriptedServer::start_with(serving("/models/qwen-q4", "q4"))
+        .await
+        .unwrap();
+    {
+        let c = client(run(&q4));
+        let report = c.startup_check(&[]).await.unwrap();
+        assert!(report.cache_shared_with.is_empty());
+        assert_eq!(
+            c.chat_json("s", ask.clone()).await.unwrap().value["from"],
+            "q4"
+        );
+        c.flush_cache().unwrap();
+    }
+    // Another quantization under the same name: asked, and its own answer.
+    let q8 = ScriptedServer::start_with(serving("/models/qwen-q8", "q8"))
+        .await
+        .unwrap();
+    {
+        let c = client(run(&q8));
+        c.startup_check(&[]).await.unwrap();
+        let r = c.chat_json("s", ask.clone()).await.unwrap();
+        assert!(!r.cached, "answered from another model's cache");
+        assert_eq!(r.value["from"], "q8");
+        assert_eq!(q8.requests(), 1);
+        c.flush_cache().unwrap();
+    }
+    // The same model on another endpoint: answered from the cache, and the start-up says so.
+    let q4_again = ScriptedServer::start_with(serving("/models/qwen-q4", "other"))
+        .await
+        .unwrap();
+    let c = client(run(&q4_again));
+    let report = c.startup_check(&[]).await.unwrap();
+    assert_eq!(report.cache_shared_with, vec![q4.base_url()]);
+    assert!(report.lines().iter().any(|l| l.contains("answer here too")));
+    let r = c.chat_json("s", ask.clone()).await.unwrap();
+    assert!(r.cached);
+    assert_eq!(r.value["from"], "q4");
+    assert_eq!(q4_again.requests(), 0);
+    // A namespace of the user's own keeps them apart, whatever the servers report.
+    drop(c);
+    let mut cfg = run(&q4_again);
+    cfg.cache_namespace = Some("experiment-2".into());
+    let c = client(cfg);
+    c.startup_check(&[]).await.unwrap();
+    assert!(!c.chat_json("s", ask).await.unwrap().cached);
+}

@@ -39,6 +39,9 @@ const ANSWERS: TableDefinition<u128, &[u8]> = TableDefinition::new("llm_answers_
 const ORDER: TableDefinition<u64, u128> = TableDefinition::new("llm_order_v1");
 /// Bookkeeping: `bytes` (sum of entry sizes) and `next_seq`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("llm_meta_v1");
+/// Who wrote under which model identity: `namespace \n endpoint` -> Unix seconds of the last
+/// run that did. Read at start to say when answers stored for another endpoint answer this one.
+const WRITERS: TableDefinition<&str, u64> = TableDefinition::new("llm_writers_v1");
 /// Bytes counted per entry besides its value: the key, its order entry and
 /// redb's per-entry bookkeeping, roughly.
 const ENTRY_OVERHEAD: u64 = 64;
@@ -231,6 +234,39 @@ impl ResponseCache {
             Ok(Err(e)) => Err(CacheError(e)),
             Err(_) => Err(CacheError("writer thread is gone".to_owned())),
         }
+    }
+
+    /// Records that `endpoints` use the cache under `namespace` (the model's identity), and
+    /// returns the other endpoints that did: their answers answer these endpoints' calls.
+    pub fn note_writers(
+        &self,
+        namespace: &str,
+        endpoints: &[&str],
+    ) -> Result<Vec<String>, CacheError> {
+        let txn = self.db.begin_write().map_err(|e| err("writing", e))?;
+        let mut others = Vec::new();
+        {
+            let mut writers = txn.open_table(WRITERS).map_err(|e| err("writing", e))?;
+            let prefix = format!("{namespace}\n");
+            for entry in writers.iter().map_err(|e| err("reading", e))? {
+                let (k, _) = entry.map_err(|e| err("reading", e))?;
+                if let Some(endpoint) = k.value().strip_prefix(&prefix)
+                    && !endpoints.contains(&endpoint)
+                {
+                    others.push(endpoint.to_owned());
+                }
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            for ep in endpoints {
+                writers
+                    .insert(format!("{prefix}{ep}").as_str(), now)
+                    .map_err(|e| err("writing", e))?;
+            }
+        }
+        txn.commit().map_err(|e| err("writing", e))?;
+        Ok(others)
     }
 
     /// Number of committed entries.

@@ -91,7 +91,7 @@ pub(crate) struct Inner {
     tpm: Option<TokenBucket>,
     backoff: Backoff,
     usage: UsageTracker,
-    cache: Option<ResponseCache>,
+    pub(crate) cache: Option<ResponseCache>,
     pub(crate) health: LlmHealth,
     /// Answers received (any call); a call that keeps failing while this
     /// grows is failing because of its own request.
@@ -102,6 +102,9 @@ pub(crate) struct Inner {
     /// The model for requests that name none: `llm.model`, or the one model
     /// the servers list (set by the start-up check).
     pub(crate) default_model: RwLock<Option<String>>,
+    /// Part of every response-cache key: what identifies the model (set by the start-up check;
+    /// see `startup::model_identity`), or `llm.cache_namespace`.
+    pub(crate) cache_namespace: RwLock<String>,
 }
 
 /// One server, with its live state.
@@ -397,6 +400,13 @@ impl LlmClient {
                 health: LlmHealth::new(config.outage_after_failures),
                 answers: AtomicU64::new(0),
                 fault_streak: std::sync::Mutex::new(("", 0)),
+                cache_namespace: RwLock::new(
+                    config
+                        .cache_namespace
+                        .as_ref()
+                        .map(|ns| format!("namespace:{ns}"))
+                        .unwrap_or_default(),
+                ),
                 default_model: RwLock::new(config.model.clone()),
                 config,
             }),
@@ -523,7 +533,13 @@ impl Inner {
         }
         req.check().map_err(LlmError::InvalidRequest)?;
 
-        let cache_key = self.cache.as_ref().map(|_| req.cache_key(model));
+        let cache_key = self.cache.as_ref().map(|_| {
+            let namespace = self
+                .cache_namespace
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            req.cache_key_in(model, &namespace)
+        });
         if let (Some(cache), Some(key)) = (&self.cache, cache_key) {
             match cache.get(key) {
                 Ok(Some(hit)) => {

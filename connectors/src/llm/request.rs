@@ -197,6 +197,12 @@ impl ChatRequest {
     /// the answer (model, messages, parameters, schema, extra parameters).
     /// Whether `response_format` is actually sent is not part of it.
     pub fn cache_key(&self, model: &str) -> u128 {
+        self.cache_key_in(model, "")
+    }
+
+    /// [`ChatRequest::cache_key`] within a namespace: what identifies the model beyond its name
+    /// (empty: the name alone, as keys were before namespaces).
+    pub fn cache_key_in(&self, model: &str, namespace: &str) -> u128 {
         let mut body = self.body(model, StructuredOutput::None);
         if let (Value::Object(map), Some(s)) = (&mut body, &self.schema) {
             map.insert(
@@ -206,6 +212,10 @@ impl ChatRequest {
         }
         let mut canonical = String::with_capacity(256);
         canonical.push_str("webscale-rl/llm-cache/v1\n");
+        if !namespace.is_empty() {
+            canonical.push_str(namespace);
+            canonical.push('\n');
+        }
         write_canonical_json(&body, &mut canonical);
         key_of(&canonical)
     }

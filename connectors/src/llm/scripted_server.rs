@@ -90,6 +90,9 @@ pub struct ScriptedServerConfig {
     pub dialect: ServerDialect,
     /// What `GET /v1/models` lists; `None`: that route answers 404.
     pub models: Option<Vec<String>>,
+    /// Fields added to every listed model's entry, as real servers describe their model
+    /// (vLLM's `root` and `max_model_len`, llama.cpp's `meta`).
+    pub model_card: Option<Value>,
     /// Answer text as a function of the request body; [`default_answer`]
     /// when unset.
     pub answer: Option<AnswerFn>,
@@ -110,6 +113,7 @@ impl Default for ScriptedServerConfig {
             latency: Duration::ZERO,
             dialect: ServerDialect::OpenAi,
             models: Some(vec!["scripted".to_owned()]),
+            model_card: None,
             answer: None,
             log_bodies: true,
             cached_prompt_fraction: 0.0,
@@ -403,7 +407,16 @@ async fn models(State(s): State<Arc<Shared>>) -> Response<Body> {
             200,
             json!({
                 "object": "list",
-                "data": list.iter().map(|m| json!({"id": m, "object": "model", "owned_by": "scripted"})).collect::<Vec<_>>(),
+                "data": list.iter().map(|m| {
+                    let mut entry = json!({"id": m, "object": "model", "owned_by": "scripted",
+                                           "created": now_secs()});
+                    if let (Some(Value::Object(card)), Value::Object(e)) =
+                        (&s.config.model_card, &mut entry)
+                    {
+                        e.extend(card.clone());
+                    }
+                    entry
+                }).collect::<Vec<_>>(),
             })
             .to_string(),
         ),
@@ -413,6 +426,13 @@ async fn models(State(s): State<Arc<Shared>>) -> Response<Body> {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(text))
         .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+/// Seconds since the epoch: vLLM stamps a model's `created` with the time of the listing.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

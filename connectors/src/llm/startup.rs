@@ -53,6 +53,9 @@ pub struct StartupReport {
     /// The model was not configured: it is the one the servers list.
     pub model_from_server: bool,
     pub endpoints: Vec<EndpointReport>,
+    /// Other endpoints whose answers, stored in the response cache for the same model identity,
+    /// answer this run's calls too.
+    pub cache_shared_with: Vec<String>,
 }
 
 impl StartupReport {
@@ -73,6 +76,13 @@ impl StartupReport {
                 } else {
                     " (configured)"
                 }
+            ));
+        }
+        if !self.cache_shared_with.is_empty() {
+            out.push(format!(
+                "LLM response cache: answers stored for {} answer here too: the servers report the \
+                 same model (set llm.cache_namespace to keep them apart)",
+                self.cache_shared_with.join(", ")
             ));
         }
         out
@@ -122,10 +132,17 @@ impl LlmClient {
         other_models: &[(String, String)],
     ) -> Result<StartupReport, StartupError> {
         let inner = &*self.inner;
-        let mut listed = Vec::with_capacity(inner.endpoints.len());
+        let mut entries = Vec::with_capacity(inner.endpoints.len());
         for ep in &inner.endpoints {
-            listed.push(self.list_models(ep).await?);
+            entries.push(self.list_models(ep).await?);
         }
+        let listed: Vec<Option<Vec<String>>> = entries
+            .iter()
+            .map(|e| {
+                e.as_ref()
+                    .map(|list| list.iter().map(|(id, _)| id.clone()).collect())
+            })
+            .collect();
         let configured = inner.config.model.clone();
         let model = resolve_model(
             configured.as_deref(),
@@ -166,15 +183,40 @@ impl LlmClient {
             .default_model
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Some(model.clone());
+        // What the response cache keys by besides the request: the model as the servers
+        // describe it, so that another model served under the same name (vLLM's
+        // `--served-model-name`, another quantization of one GGUF) is never answered from it.
+        let namespace = match &inner.config.cache_namespace {
+            Some(ns) => format!("namespace:{ns}"),
+            None => model_identity(&model, inner.endpoints.iter().zip(&entries)),
+        };
+        let cache_shared_with = match &inner.cache {
+            Some(cache) => {
+                let ours: Vec<&str> = inner.endpoints.iter().map(|e| e.display.as_str()).collect();
+                cache.note_writers(&namespace, &ours).unwrap_or_else(|e| {
+                    tracing::warn!("{e}");
+                    Vec::new()
+                })
+            }
+            None => Vec::new(),
+        };
+        *inner
+            .cache_namespace
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = namespace;
         Ok(StartupReport {
             model_from_server: configured.is_none(),
             model,
             endpoints,
+            cache_shared_with,
         })
     }
 
-    /// `GET {base}/models`: `Ok(None)` when the server does not list models.
-    async fn list_models(&self, ep: &Endpoint) -> Result<Option<Vec<String>>, StartupError> {
+    /// `GET {base}/models`, as (id, entry): `Ok(None)` when the server does not list models.
+    async fn list_models(
+        &self,
+        ep: &Endpoint,
+    ) -> Result<Option<Vec<(String, Value)>>, StartupError> {
         let inner = &*self.inner;
         let rb = inner
             .http
@@ -182,7 +224,7 @@ impl LlmClient {
             .timeout(inner.config.timeout().min(LIST_TIMEOUT));
         let (status, body) = self.exchange(ep, rb).await?;
         match status {
-            200..=299 => Ok(model_ids(&body)),
+            200..=299 => Ok(model_entries(&body)),
             401 | 403 => Err(self.auth_error(ep, status, &body)),
             404 | 405 => Ok(None),
             429 | 500.. => Err(unreachable_error(
@@ -335,16 +377,57 @@ fn unreachable_error(endpoint: &str, what: &str) -> StartupError {
     StartupError::Unreachable(format!("LLM endpoint {endpoint} not reachable: {what}"))
 }
 
-/// The `id`s of an OpenAI-style model list (`{"data": [{"id": ...}]}`, or a
-/// bare array of such objects).
-fn model_ids(body: &[u8]) -> Option<Vec<String>> {
+/// The entries of an OpenAI-style model list (`{"data": [{"id": ...}]}`, or a
+/// bare array of such objects), with their `id`s.
+fn model_entries(body: &[u8]) -> Option<Vec<(String, Value)>> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let list = v.get("data").unwrap_or(&v).as_array()?;
     Some(
         list.iter()
-            .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_owned))
+            .filter_map(|m| Some((m.get("id")?.as_str()?.to_owned(), m.clone())))
             .collect(),
     )
+}
+
+#[cfg(test)]
+fn model_ids(body: &[u8]) -> Option<Vec<String>> {
+    Some(model_entries(body)?.into_iter().map(|(id, _)| id).collect())
+}
+
+/// Fields of a `/models` entry that change between two listings of one model: vLLM stamps
+/// `created` with the time of the request and gives each `permission` a fresh id.
+const VOLATILE_MODEL_FIELDS: &[&str] = &["created", "permission"];
+
+/// What identifies `model` on these endpoints: each one's `/models` entry for it, less its
+/// volatile fields (vLLM's `root` and `max_model_len`, llama.cpp's `meta` with the GGUF's
+/// size and parameters, the local model's file hash), in canonical JSON; an endpoint that lists
+/// nothing is identified by its URL, since nothing else tells its model apart.
+fn model_identity<'a>(
+    model: &str,
+    endpoints: impl Iterator<Item = (&'a Endpoint, &'a Option<Vec<(String, Value)>>)>,
+) -> String {
+    let mut parts: Vec<String> = endpoints
+        .map(|(ep, entries)| {
+            let entry = entries
+                .as_ref()
+                .and_then(|list| list.iter().find(|(id, _)| id == model));
+            match entry {
+                Some((_, Value::Object(fields))) => {
+                    let mut fields = fields.clone();
+                    for f in VOLATILE_MODEL_FIELDS {
+                        fields.remove(*f);
+                    }
+                    let mut canonical = String::from("model:");
+                    super::cache::write_canonical_json(&Value::Object(fields), &mut canonical);
+                    canonical
+                }
+                _ => format!("endpoint:{}", ep.display),
+            }
+        })
+        .collect();
+    parts.sort();
+    parts.dedup();
+    parts.join("\n")
 }
 
 /// Whether a chat completion's first answer holds a JSON object.
