@@ -92,7 +92,7 @@ pub struct PipelineArgs {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Kafka bootstrap servers (host:port,...). Overrides [kafka] brokers.
-    #[arg(long, env = "WEBSCALE_BROKERS")]
+    #[arg(long, env = "WEBSCALE_BROKERS", hide_env_values = true)]
     pub brokers: Option<String>,
     #[arg(long)]
     pub input_topic: Option<String>,
@@ -150,7 +150,7 @@ pub struct DemoArgs {
 
 #[derive(Args, Debug)]
 pub struct ProduceArgs {
-    #[arg(long, env = "WEBSCALE_BROKERS")]
+    #[arg(long, env = "WEBSCALE_BROKERS", hide_env_values = true)]
     pub brokers: String,
     #[arg(long)]
     pub topic: String,
@@ -160,7 +160,7 @@ pub struct ProduceArgs {
 
 #[derive(Args, Debug)]
 pub struct TailArgs {
-    #[arg(long, env = "WEBSCALE_BROKERS")]
+    #[arg(long, env = "WEBSCALE_BROKERS", hide_env_values = true)]
     pub brokers: String,
     #[arg(long)]
     pub topic: String,

@@ -9,7 +9,12 @@ use webscale_rl_connectors::kafka::KafkaConfig;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    #[arg(long, env = "WEBSCALE_BROKERS", conflicts_with = "input")]
+    #[arg(
+        long,
+        env = "WEBSCALE_BROKERS",
+        hide_env_values = true,
+        conflicts_with = "input"
+    )]
     pub brokers: Option<String>,
     /// Topic to export (default: webscale.qa).
     #[arg(long, default_value = "webscale.qa")]

@@ -19,7 +19,12 @@ use webscale_rl_operators::llm_call::LlmService;
 #[derive(Args, Debug, Clone, Default)]
 pub struct LlmArgs {
     /// OpenAI-compatible base URL(s), comma-separated (e.g. http://localhost:8000/v1).
-    #[arg(long, value_delimiter = ',', env = "WEBSCALE_LLM_URL")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "WEBSCALE_LLM_URL",
+        hide_env_values = true
+    )]
     pub llm_url: Vec<String>,
     /// `local` or `local:PATH.gguf`: a small chat model on the CPU (SmolLM2-135M by default).
     #[arg(long)]

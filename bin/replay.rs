@@ -15,7 +15,12 @@ use webscale_rl_operators::replay::{Replay, ReplayFilter, ReplayStats};
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
     /// Kafka brokers (Kafka mode).
-    #[arg(long, env = "WEBSCALE_BROKERS", requires = "to_topic")]
+    #[arg(
+        long,
+        env = "WEBSCALE_BROKERS",
+        hide_env_values = true,
+        requires = "to_topic"
+    )]
     pub brokers: Option<String>,
     /// The dead-letter topic to read.
     #[arg(long, default_value = "webscale.dead-letter")]

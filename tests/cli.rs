@@ -312,3 +312,23 @@ fn the_demo_on_the_local_model_emits_qa_pairs() {
         assert!(stderr.contains(expected), "{expected:?} not in:\n{stderr}");
     }
 }
+
+/// `--help` names the environment variables but never shows their values: a URL in
+/// `WEBSCALE_LLM_URL` may carry credentials.
+#[test]
+fn help_never_shows_the_environments_values() {
+    for sub in ["run", "demo", "tail", "replay", "export"] {
+        let out = crate::support::engine()
+            .args([sub, "--help"])
+            .env("WEBSCALE_LLM_URL", "http://user:hunter2@llm.internal/v1")
+            .env("WEBSCALE_BROKERS", "broker-with-secret-name:9092")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{sub}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("secret-name"),
+            "{sub}: {text}"
+        );
+    }
+}

@@ -27,10 +27,13 @@ pub fn group_state_dir(group: &str) -> Option<PathBuf> {
             }
         })
         .collect();
-    let safe = if safe.is_empty() || safe.starts_with('.') {
-        format!("_{safe}")
-    } else {
+    // A name that had to change gets a hash of the original: `team/x` and `team_x` are two
+    // groups and must not share state. A name that is already safe keeps its directory.
+    let safe = if safe == group && !safe.is_empty() && !safe.starts_with('.') {
         safe
+    } else {
+        let hash = xxhash_rust::xxh3::xxh3_64(group.as_bytes());
+        format!("_{safe}-{:08x}", hash as u32)
     };
     Some(state_root()?.join("kafka").join(safe))
 }
@@ -60,11 +63,25 @@ mod tests {
             group_state_dir("webscale-rl").unwrap(),
             root.join("kafka/webscale-rl")
         );
-        assert_eq!(
-            group_state_dir("../etc/x y").unwrap(),
-            root.join("kafka/_.._etc_x_y")
+        let dir = |g: &str| {
+            group_state_dir(g)
+                .unwrap()
+                .strip_prefix(root.join("kafka"))
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        // Made safe (no separator, no leading dot), with a hash of the name that was changed.
+        let escaped = dir("../etc/x y");
+        assert!(
+            escaped.starts_with("_.._etc_x_y-") && !escaped.contains('/'),
+            "{escaped}"
         );
-        assert_eq!(group_state_dir("").unwrap(), root.join("kafka/_"));
+        assert!(dir("").starts_with("_-"));
+        // Names that sanitize alike are still two groups.
+        assert_ne!(dir("team/x"), dir("team_x"));
+        assert_eq!(dir("team_x"), "team_x");
         assert!(cache_root().unwrap().ends_with("webscale-rl"));
     }
 }

@@ -288,6 +288,18 @@ where
     }));
 }
 
+/// `<base>/<path>`, with `base`'s query string kept after the joined path (Azure OpenAI's
+/// `?api-version=...`): appending text to the URL put the path inside the query.
+fn endpoint_url(base: &str, path: &str) -> Result<reqwest::Url, LlmError> {
+    let bad = |e: String| LlmError::Config(format!("endpoint {}: {e}", display_url(base)));
+    let mut url = reqwest::Url::parse(base).map_err(|e| bad(e.to_string()))?;
+    url.path_segments_mut()
+        .map_err(|()| bad("not a base URL".to_owned()))?
+        .pop_if_empty()
+        .extend(path.split('/'));
+    Ok(url)
+}
+
 /// The text of a panic's payload (`panic!` with a literal or a formatted message).
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     match payload.downcast::<String>() {
@@ -341,11 +353,7 @@ impl LlmClient {
             .endpoints
             .iter()
             .map(|base| {
-                let join = |path: &str| {
-                    reqwest::Url::parse(&format!("{}/{path}", base.trim_end_matches('/'))).map_err(
-                        |e| LlmError::Config(format!("endpoint {}: {e}", display_url(base))),
-                    )
-                };
+                let join = |path: &str| endpoint_url(base, path);
                 Ok(Endpoint {
                     url: join("chat/completions")?,
                     models_url: join("models")?,
@@ -1117,6 +1125,25 @@ mod tests {
         assert!(e.to_string().contains("from_secs_f64 overflow"), "{e}");
         let fatal = health.fatal().expect("the engine is told to stop");
         assert!(fatal.contains("panicked"), "{fatal}");
+    }
+
+    #[test]
+    fn an_endpoints_query_string_stays_after_the_path() {
+        let u = endpoint_url(
+            "https://x.example/openai/v1?api-version=2024-10-21",
+            "chat/completions",
+        )
+        .unwrap();
+        assert_eq!(
+            u.as_str(),
+            "https://x.example/openai/v1/chat/completions?api-version=2024-10-21"
+        );
+        for base in ["http://h:8000/v1", "http://h:8000/v1/"] {
+            assert_eq!(
+                endpoint_url(base, "models").unwrap().as_str(),
+                "http://h:8000/v1/models"
+            );
+        }
     }
 
     #[test]
