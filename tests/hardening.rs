@@ -305,3 +305,76 @@ fn a_dead_letter_stays_under_the_default_broker_limit_once_encoded() {
         "every offset is committed"
     );
 }
+
+/// Low item: a topic whose last offset is a transaction's commit marker (no message has it):
+/// `--until-caught-up` and `tail` end on librdkafka's partition-end event. librdkafka's mock
+/// cluster does not reproduce the original hang (it hands out a marker's offset, and even an
+/// aborted transaction's records), so this guards the end-of-partition path against regressions;
+/// the hang itself was seen on a real broker.
+#[test]
+fn until_caught_up_and_tail_end_on_a_transaction_marker() {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    use webscale_rl_dataflow::cluster::ClusterOptions;
+    use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
+    use webscale_rl_dataflow::{Funnel, PipelineConfig};
+    let kafka = crate::support::Kafka::start(1, "e2e-transaction-marker");
+    let producer: ThreadedProducer<_> = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.cfg.brokers)
+        .set("transactional.id", "e2e-marker")
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(10)).unwrap();
+    producer.begin_transaction().unwrap();
+    let lines: Vec<Vec<u8>> = sample_lines().into_iter().take(5).collect();
+    for l in &lines {
+        producer
+            .send(BaseRecord::<(), [u8]>::to(&kafka.cfg.input_topic).payload(l))
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    producer
+        .commit_transaction(Duration::from_secs(10))
+        .unwrap();
+    drop(producer);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cfg = PipelineConfig {
+        kafka: kafka.cfg.clone(),
+        ..Default::default()
+    };
+    std::thread::spawn(move || {
+        let r = run_kafka(
+            cfg,
+            ClusterOptions::default().timely_config().unwrap(),
+            RunControl {
+                until_caught_up: true,
+                ..Default::default()
+            },
+            Funnel::default(),
+            Default::default(),
+        );
+        let _ = tx.send(r.map_err(|e| format!("{e:#}")));
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("--until-caught-up ends on a topic ending in a marker")
+        .unwrap();
+    assert_eq!(kafka.committed().values().sum::<i64>() > 0, true);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cfg = kafka.cfg.clone();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let n = webscale_rl_connectors::kafka::tools::tail(
+            &cfg,
+            &cfg.input_topic,
+            None,
+            Duration::from_millis(200),
+            &mut out,
+        );
+        let _ = tx.send(n.map_err(|e| format!("{e:#}")));
+    });
+    let n = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("tail ends on a topic ending in a marker")
+        .unwrap();
+    assert_eq!(n, lines.len() as u64);
+}

@@ -193,6 +193,16 @@ fn kafka_worker(
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
             ("fetch.message.max.bytes", "16777216"),
+            // `--until-caught-up` ends on the partitions' end events: a topic whose last offset
+            // is a transaction marker or a compaction gap has no message at its last offset.
+            (
+                "enable.partition.eof",
+                if control.until_caught_up {
+                    "true"
+                } else {
+                    "false"
+                },
+            ),
         ])?
         .create()
         .context("creating the Kafka consumer")?;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::generic::operator::source;
@@ -289,6 +290,15 @@ pub fn kafka_source<'s>(
                 while read < cfg.batch_max && epoch_records < epoch_max_records {
                     match consumer.poll(Duration::ZERO) {
                         None => break,
+                        // The fetcher reached the partition's end, past what no message marks
+                        // (a transaction's commit marker, a compaction gap): with
+                        // `--until-caught-up` it is done, even though no message had the last
+                        // offset (`enable.partition.eof`, set for such a run only).
+                        Some(Err(KafkaError::PartitionEOF(p))) => {
+                            if let Some(stops) = stop_at.as_mut() {
+                                stops.remove(&p);
+                            }
+                        }
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, topic = %topic, "Kafka consumer error");
                             break;

@@ -131,10 +131,14 @@ pub fn tail(
         .client_config_with(&[
             ("group.id", "webscale-rl-tail"),
             ("enable.auto.commit", "false"),
+            // The end of each partition is an event: counting messages never reaches a last
+            // offset that holds a transaction marker or was compacted away.
+            ("enable.partition.eof", "true"),
         ])?
         .create_with_context(Quiet)
         .context("creating a Kafka consumer")?;
     let partitions = topic_partitions(&consumer, cfg, topic)?;
+    let mut at_end = std::collections::BTreeSet::new();
     let mut tpl = TopicPartitionList::new();
     let mut remaining = 0i64;
     for &p in &partitions {
@@ -154,8 +158,15 @@ pub fn tail(
                 remaining -= 1;
                 last = Instant::now();
             }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
             Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
-            None if remaining <= 0 && last.elapsed() >= idle => break,
+            None if (remaining <= 0 || at_end.len() == partitions.len())
+                && last.elapsed() >= idle =>
+            {
+                break;
+            }
             None => {}
         }
     }
