@@ -126,11 +126,52 @@ pub fn settings_fingerprint(cfg: &PipelineConfig, rejects: &str, with_llm: bool)
     if let Some(llm) = cfg.llm.as_mut() {
         llm.cache_path = None;
     }
-    let text = format!(
+    let mut text = format!(
         "{}\n{rejects}\n{with_llm}\n{PIPELINE_VERSION}",
         serde_json::to_string(&cfg).expect("the config serializes")
     );
+    // The files the config names decide the outputs as much as the config: an edited prompt,
+    // few-shot library or benchmark set must not resume into a mix of old and new outputs.
+    let files = [
+        &cfg.llm_filter.prompt_file,
+        &cfg.classify.prompt_file,
+        &cfg.generate.prompt_file,
+        &cfg.verify.prompt_file,
+        &cfg.generate.fewshot_dir,
+    ]
+    .into_iter()
+    .flatten()
+    .chain(cfg.decontaminate.benchmarks.iter().map(|b| &b.path));
+    for path in files {
+        text.push('\n');
+        content_hash(path, &mut text);
+    }
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+}
+
+/// Appends what `path` holds to `out`: a file's content hash, a folder's files' names and
+/// hashes (in name order, one level, as the stages read them), or that it is missing.
+fn content_hash(path: &Path, out: &mut String) {
+    use std::fmt::Write as _;
+    let file_hash = |p: &Path| match std::fs::read(p) {
+        Ok(bytes) => format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes)),
+        Err(e) => format!("unreadable: {}", e.kind()),
+    };
+    if path.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        entries.sort();
+        for e in entries {
+            let _ = write!(out, "{}={};", e.display(), file_hash(&e));
+        }
+    } else {
+        let _ = write!(out, "{}={}", path.display(), file_hash(path));
+    }
 }
 
 impl ProgressRecord {
@@ -264,6 +305,42 @@ mod tests {
         assert_eq!(print(&unset), print(&set));
         set.near_dedup.partitions = Some(8);
         assert_ne!(print(&unset), print(&set));
+    }
+
+    #[test]
+    fn an_edited_prompt_few_shot_or_benchmark_file_changes_the_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let prompt = dir.path().join("generate.md");
+        let fewshot = dir.path().join("fewshot");
+        let bench = dir.path().join("bench.jsonl");
+        std::fs::create_dir(&fewshot).unwrap();
+        std::fs::write(&prompt, "Ask {{document}}").unwrap();
+        std::fs::write(fewshot.join("math.jsonl"), "{}\n").unwrap();
+        std::fs::write(&bench, "{\"question\": \"q\"}\n").unwrap();
+        let mut cfg = PipelineConfig::default();
+        cfg.generate.prompt_file = Some(prompt.clone());
+        cfg.generate.fewshot_dir = Some(fewshot.clone());
+        cfg.decontaminate
+            .benchmarks
+            .push(webscale_rl_operators::benchmarks::BenchmarkSpec::path(
+                bench.clone(),
+            ));
+        let fp = || settings_fingerprint(&cfg, "r", true);
+        let before = fp();
+        assert_eq!(fp(), before, "stable while nothing changes");
+        for (file, edit) in [
+            (prompt.clone(), "Ask again {{document}}"),
+            (fewshot.join("math.jsonl"), "{\"q\": 1}\n"),
+            (bench.clone(), "{\"question\": \"other\"}\n"),
+        ] {
+            let was = fp();
+            std::fs::write(&file, edit).unwrap();
+            assert_ne!(fp(), was, "{}", file.display());
+        }
+        // A file added to the few-shot folder counts too.
+        let was = fp();
+        std::fs::write(fewshot.join("coding.jsonl"), "{}\n").unwrap();
+        assert_ne!(fp(), was);
     }
 
     #[test]
