@@ -145,6 +145,18 @@ pub fn run_files(
                         crate::resume::record_path(&run.output).display()
                     );
                 }
+                if r.finishing {
+                    // Stopped between its two renames: every output was complete.
+                    crate::resume::complete_finish(r, &run.output)?;
+                    if run.progress {
+                        eprintln!(
+                            "'{}' was complete: its earlier run stopped while putting the outputs \
+                             in place, which is now done",
+                            run.output
+                        );
+                    }
+                    return Ok(());
+                }
                 skip_lines = r.lines_done;
                 if run.progress {
                     eprintln!(
@@ -188,6 +200,7 @@ pub fn run_files(
                     path: rejects.clone(),
                     bytes: 0,
                 },
+                finishing: false,
             },
             epoch_lines: cfg.source.epoch_records() as u64,
             interval: Duration::from_millis(cfg.source.checkpoint_ms),
@@ -307,6 +320,22 @@ impl Checkpoints {
         self.record.store(&self.record.output.path.clone())?;
         self.last = std::time::Instant::now();
         Ok(lines_done)
+    }
+}
+
+impl Checkpoints {
+    /// Stores the record of a run about to rename its outputs: both complete, at these lengths.
+    fn finishing(&mut self, out: &SharedOutput, rej: &SharedOutput) -> anyhow::Result<()> {
+        for (shared, part) in [
+            (out, &mut self.record.output),
+            (rej, &mut self.record.rejects),
+        ] {
+            if let Some(writer) = shared.borrow_mut().as_mut() {
+                part.bytes = writer.checkpoint()?.unwrap_or(0);
+            }
+        }
+        self.record.finishing = true;
+        self.record.store(&self.record.output.path.clone())
     }
 }
 
@@ -499,6 +528,12 @@ fn file_worker(
     }
     if let Some(mut bar) = bar {
         bar.finish();
+    }
+    if let Some(c) = checkpoints.as_mut() {
+        // Both files whole and synced, at lengths the record names, before the first rename: a
+        // crash between the two renames leaves a record that says so, and the next run completes
+        // them (`resume::complete_finish`) instead of finding one partial file gone.
+        c.finishing(&out, &rej)?;
     }
     for shared in [out, rej] {
         if let Some(writer) = shared.borrow_mut().take() {

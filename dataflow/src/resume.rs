@@ -85,6 +85,10 @@ pub struct ProgressRecord {
     pub lines_done: u64,
     pub output: PartialOutput,
     pub rejects: PartialOutput,
+    /// Both partial files were complete, at the recorded lengths, and the run was renaming them
+    /// into place: a run that finds it set finishes those renames instead of starting again.
+    #[serde(default)]
+    pub finishing: bool,
 }
 
 /// Where the progress record of an output lives.
@@ -232,6 +236,30 @@ impl ProgressRecord {
     }
 }
 
+/// Completes the finish of a run that stopped between its renames (`record.finishing`): each
+/// partial file still there is cut to its recorded length (a crash may have left the start of a
+/// trailing frame) and renamed into place; then the record and the state go.
+pub fn complete_finish(record: &ProgressRecord, output: &str) -> anyhow::Result<()> {
+    for part in [&record.output, &record.rejects] {
+        let partial = webscale_rl_connectors::file::partial_path(Path::new(&part.path));
+        if !partial.exists() {
+            continue;
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&partial)
+            .with_context(|| format!("cannot open '{}'", partial.display()))?;
+        file.set_len(part.bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&partial, &part.path)
+            .with_context(|| format!("cannot rename '{}' into place", partial.display()))?;
+    }
+    let _ = std::fs::remove_file(record_path(output));
+    let _ = std::fs::remove_dir_all(state_dir(output));
+    Ok(())
+}
+
 /// Removes what a run of `output` left for a resume: the record, the partial files, the state.
 pub fn discard(output: &str, rejects: &str) -> anyhow::Result<()> {
     let partial = |p: &str| webscale_rl_connectors::file::partial_path(Path::new(p));
@@ -344,6 +372,45 @@ mod tests {
     }
 
     #[test]
+    fn a_finish_cut_between_its_renames_is_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.jsonl").display().to_string();
+        let rej = dir.path().join("out.rejects.jsonl").display().to_string();
+        // The output was renamed; the rejects' partial file is still there, with the start of a
+        // frame a crash left after the recorded length.
+        std::fs::write(&out, "{\"a\":1}\n").unwrap();
+        std::fs::write(format!("{rej}.partial"), "{\"r\":1}\nGARBAGE").unwrap();
+        std::fs::create_dir(state_dir(&out)).unwrap();
+        let record = ProgressRecord {
+            version: 1,
+            input: InputIdentity {
+                path: "in".into(),
+                bytes: 1,
+                modified_ms: 0,
+                head_xxh3: String::new(),
+            },
+            settings: "s".into(),
+            lines_done: 2,
+            output: PartialOutput {
+                path: out.clone(),
+                bytes: 8,
+            },
+            rejects: PartialOutput {
+                path: rej.clone(),
+                bytes: 8,
+            },
+            finishing: true,
+        };
+        record.store(&out).unwrap();
+        assert!(ProgressRecord::load(&out).unwrap().unwrap().finishing);
+        complete_finish(&record, &out).unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"a\":1}\n");
+        assert_eq!(std::fs::read_to_string(&rej).unwrap(), "{\"r\":1}\n");
+        assert!(!Path::new(&format!("{rej}.partial")).exists());
+        assert!(!record_path(&out).exists() && !state_dir(&out).exists());
+    }
+
+    #[test]
     fn a_record_names_what_differs() {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("in.jsonl");
@@ -364,6 +431,7 @@ mod tests {
                 path: "r".into(),
                 bytes: 0,
             },
+            finishing: false,
         };
         // A link planted at the record's next version: its target must stay as it is.
         let victim = dir.path().join("victim.txt");
