@@ -108,7 +108,8 @@ fn report(s: &ReplayStats, from: &str, to: &str) -> String {
 }
 
 /// Reads the topic to its current end on this thread and produces on a second one, through a
-/// bounded channel: a dead-letter topic of any size replays in constant memory.
+/// bounded channel: a dead-letter topic of any size replays with no record held, in 16 bytes (a
+/// key hash) per replayed document.
 fn from_topic(
     cfg: &KafkaConfig,
     dead_letter_topic: &str,
