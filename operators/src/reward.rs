@@ -58,6 +58,14 @@
 //! 3. Optionally, a judge (an LLM behind the caller's client) decides answers that differ only in
 //!    wording (`H2O` vs `water`, `7 days` in words the rules do not know); it is never asked when
 //!    both sides are numbers or both are math, whose comparison is exact.
+//!
+//! Trainers call the reward in-process on whatever a policy wrote, so no response can crash it or
+//! cost more than linear time: the parsers recurse at most `MAX_NESTING` levels (64) on any
+//! thread's stack, an answer is math only within 4 KiB and 128 operators and parentheses
+//! (evalexpr's trees recurse too), a number as a whole only within `MAX_NUMBER_LEN` (1 KiB), and
+//! a prose answer's quantity is looked for in its first (after a marker) or last
+//! `MAX_PROSE_WORDS` words (256). Real answers are far inside these bounds; what is outside still
+//! compares as text.
 
 mod expr;
 mod quantity;
@@ -69,6 +77,24 @@ use serde_json::Value;
 use expr::Expr;
 use quantity::{CURRENCY_SYMBOLS, Unit, compare_units, spellings};
 pub use words::parse_number_words;
+
+/// Deepest nesting the parsers follow (`\frac{\frac{..}{..}}{..}`, `((..))`, `\sqrt{\sqrt{..}}`):
+/// they recurse once per level, and this bound, far above any real answer's, keeps a response of
+/// 100 000 `(` from overflowing the stack of the thread that scores it. A deeper answer is neither
+/// a number nor math (it still compares as text).
+const MAX_NESTING: usize = 64;
+
+/// Longest answer read as a number as a whole (`\text{1,000 dollars}`, `-\dfrac{3}{4}`), in
+/// bytes; a longer one is prose, whose number, if any, is the embedded one.
+const MAX_NUMBER_LEN: usize = 1024;
+
+/// Most words of a number written in words (`nine hundred and ninety-nine thousand ...` has
+/// fewer): a run of number words is read from each of its words in turn, so an unbounded run
+/// (`one one one ...`) would be read in quadratic time.
+const MAX_NUMBER_WORDS: usize = 32;
+
+/// Most words of a prose answer searched for its quantity (see [`embedded_quantity`]).
+const MAX_PROSE_WORDS: usize = 256;
 
 /// How a score was decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -333,6 +359,10 @@ struct MathAnswer {
 
 impl MathAnswer {
     fn parse(s: &str) -> Option<MathAnswer> {
+        // Bounded as written, before any work on it (see `expr::MAX_LEN`).
+        if s.len() > expr::MAX_LEN {
+            return None;
+        }
         let t = strip_latex(s);
         let t = t.trim().trim_end_matches('.').trim();
         match t.split_once('=') {
@@ -585,6 +615,9 @@ const ABBREVIATIONS: &[&str] = &[
 /// point has no space after it), but not after "Mr." or an initial ("J. K. Rowling").
 fn first_sentence(line: &str) -> &str {
     let mut from = 0;
+    // Parentheses open before `counted`, counted as the search moves on (counting from the start
+    // of the line at each ". " was quadratic in their number).
+    let (mut counted, mut open) = (0, 0i64);
     while let Some(i) = line[from..].find(". ").map(|i| from + i) {
         let word = line[..i].rsplit(char::is_whitespace).next().unwrap_or("");
         let word = word.trim_start_matches(|c: char| !c.is_alphanumeric());
@@ -599,8 +632,15 @@ fn first_sentence(line: &str) -> &str {
             .chars()
             .next()
             .is_some_and(|c| !c.is_lowercase());
-        let open = line[..i].matches('(').count() > line[..i].matches(')').count();
-        if next_starts && !open && !initial && !ABBREVIATIONS.contains(&lower.as_str()) {
+        for b in line[counted..i].bytes() {
+            match b {
+                b'(' => open += 1,
+                b')' => open -= 1,
+                _ => {}
+            }
+        }
+        counted = i;
+        if next_starts && open <= 0 && !initial && !ABBREVIATIONS.contains(&lower.as_str()) {
             return &line[..i];
         }
         from = i + 2;
@@ -608,37 +648,54 @@ fn first_sentence(line: &str) -> &str {
     line
 }
 
-/// Replaces `\cmd{X}` by `X` for each command, braces balanced.
+/// Replaces `\cmd{X}` by `X` for each command, braces balanced; a command whose brace never
+/// closes is kept as written. One pass matches the braces (a stack), and the output is written
+/// once without the dropped openers and closers: rewriting the string per command found was
+/// quadratic on `\text{\text{…`.
 fn unwrap_commands(s: &str, commands: &[&str]) -> String {
-    let mut out = s.to_string();
-    for cmd in commands {
-        let pat = format!("{cmd}{{");
-        while let Some(i) = out.find(&pat) {
-            let body_start = i + pat.len();
-            let mut depth = 1;
-            let mut close = None;
-            for (j, c) in out[body_start..].char_indices() {
-                match c {
-                    '{' => depth += 1,
-                    '}' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            close = Some(body_start + j);
-                            break;
-                        }
-                    }
-                    _ => {}
+    // Byte ranges to drop: each unwrapped `\cmd{` and its `}`.
+    let mut dropped: Vec<(usize, usize)> = Vec::new();
+    // Open braces: each one's `\cmd{` when it came with a command, else None.
+    let mut open: Vec<Option<(usize, usize)>> = Vec::new();
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => {
+                let opener = commands.iter().find(|cmd| {
+                    s[i..]
+                        .strip_prefix(**cmd)
+                        .is_some_and(|rest| rest.starts_with('{'))
+                });
+                if let Some(cmd) = opener {
+                    let end = i + cmd.len() + 1;
+                    open.push(Some((i, end)));
+                    i = end;
+                    continue;
                 }
             }
-            let Some(close) = close else { break };
-            out = format!(
-                "{}{}{}",
-                &out[..i],
-                &out[body_start..close],
-                &out[close + 1..]
-            );
+            b'{' => open.push(None),
+            b'}' => {
+                if let Some(Some(opener)) = open.pop() {
+                    dropped.push(opener);
+                    dropped.push((i, i + 1));
+                }
+            }
+            _ => {}
         }
+        i += 1;
     }
+    if dropped.is_empty() {
+        return s.to_string();
+    }
+    dropped.sort_unstable();
+    let mut out = String::with_capacity(s.len());
+    let mut from = 0;
+    for (start, end) in dropped {
+        out.push_str(&s[from..start]);
+        from = end;
+    }
+    out.push_str(&s[from..]);
     out
 }
 
@@ -715,6 +772,9 @@ pub fn parse_number(s: &str) -> Option<f64> {
 
 /// An answer that is a number as a whole, with its unit or currency.
 fn parse_quantity(s: &str) -> Option<Quantity> {
+    if s.len() > MAX_NUMBER_LEN {
+        return None;
+    }
     // `strip_latex` drops `$` as a math delimiter; a lone `$` (or `\$`) is a dollar sign.
     let dollars = s.contains("\\$") || s.matches('$').count() % 2 == 1;
     let mut t = strip_latex(s);
@@ -789,24 +849,37 @@ fn scaled(t: &str) -> Option<f64> {
 /// `1.5 \times 10^{3}`), a power (`10^6`, `2^{-1}`), a fraction (`3/4`, `\frac{3}{4}`), a mixed
 /// number (`2 1/2`, `2\frac{1}{2}`), an ordinal in digits (`3rd`), with an optional sign.
 fn parse_plain(t: &str) -> Option<f64> {
-    if t.is_empty() {
+    plain_within(&t.replace('−', "-"), 0)
+}
+
+/// [`parse_plain`] at `depth` fractions deep. Signs are read in a loop and fractions nest at most
+/// [`MAX_NESTING`] deep: no answer (`-----…5`, `\frac{\frac{…`) recurses with its length.
+fn plain_within(t: &str, depth: usize) -> Option<f64> {
+    let mut t = t;
+    let mut negative = false;
+    while let Some(rest) = t.strip_prefix(['-', '+']) {
+        negative ^= t.starts_with('-');
+        t = rest.trim_start();
+    }
+    if t.is_empty() || depth > MAX_NESTING {
         return None;
     }
-    let t = t.replace('−', "-");
-    let t = t.as_str();
-    if let Some(rest) = t.strip_prefix('-') {
-        return parse_plain(rest.trim_start()).map(|v| -v);
-    }
-    if let Some(rest) = t.strip_prefix('+') {
-        return parse_plain(rest.trim_start());
-    }
+    let v = unsigned_plain(t, depth)?;
+    Some(if negative { -v } else { v })
+}
+
+/// [`parse_plain`] of a number without a leading sign.
+fn unsigned_plain(t: &str, depth: usize) -> Option<f64> {
     if let Some(rest) = t.strip_prefix("\\frac") {
         let (num, after) = brace_group(rest)?;
         let (den, after) = brace_group(after)?;
         if !after.trim().is_empty() {
             return None;
         }
-        return divide(parse_plain(num.trim())?, parse_plain(den.trim())?);
+        return divide(
+            plain_within(num.trim(), depth + 1)?,
+            plain_within(den.trim(), depth + 1)?,
+        );
     }
     // A mixed number: a whole number, then a fraction of whole numbers. (`2\sqrt{2}` is a
     // product, but a fraction after an integer is how MATH and recipes write 2½.)
@@ -823,7 +896,7 @@ fn parse_plain(t: &str) -> Option<f64> {
             .all(is_int);
         if is_int(whole)
             && frac_ints
-            && let Some(f) = parse_plain(frac).filter(|f| *f < 1.0)
+            && let Some(f) = plain_within(frac, depth + 1).filter(|f| *f < 1.0)
         {
             return Some(whole.parse::<f64>().ok()? + f);
         }
@@ -964,8 +1037,15 @@ fn embedded_quantity(text: &str, source: Source) -> Option<Quantity> {
     if !prose || tail.chars().any(math) {
         return None;
     }
-    let tokens: Vec<String> = tail
-        .split_whitespace()
+    // A long answer is read where its quantity is: its first words after a marker, the last
+    // ones of a last line (each word costs a few readings).
+    let words: Vec<&str> = tail.split_whitespace().collect();
+    let words = match source {
+        Source::Marker | Source::Hashes => &words[..words.len().min(MAX_PROSE_WORDS)],
+        Source::LastLine | Source::Boxed => &words[words.len().saturating_sub(MAX_PROSE_WORDS)..],
+    };
+    let tokens: Vec<String> = words
+        .iter()
         .map(|w| {
             w.trim_end_matches(['.', ',', ';', ':', '!', '?', '"', '\''])
                 .trim_start_matches(['"', '\''])
@@ -992,7 +1072,7 @@ fn embedded_quantity(text: &str, source: Source) -> Option<Quantity> {
         } else {
             // A run of number words; "a" only before a scale ("a dozen"), "and" only inside.
             let mut j = i;
-            while j < tokens.len() {
+            while j < tokens.len() && j - i < MAX_NUMBER_WORDS {
                 let l = lower[j].as_str();
                 let next_scale = lower.get(j + 1).is_some_and(|n| words::scale(n).is_some());
                 let inside = j > i && j + 1 < tokens.len() && words::is_number_word(&lower[j + 1]);
@@ -1023,6 +1103,9 @@ fn embedded_quantity(text: &str, source: Source) -> Option<Quantity> {
         match reading {
             Some((q, end)) => {
                 found.push(q);
+                if matches!(source, Source::Marker | Source::Hashes) {
+                    break;
+                }
                 i = end;
             }
             None => i += 1,
@@ -1304,6 +1387,105 @@ mod tests {
         let undecided = |_: &str, _: &str| None;
         let s = score_aliases("Answer: H2O", &["water".into()], Some(&undecided));
         assert_eq!((s.score, s.method), (0, Method::None));
+    }
+
+    #[test]
+    fn wrappers_unwrap_nested_and_an_unclosed_one_stays() {
+        let cmds = ["\\text", "\\textbf"];
+        assert_eq!(unwrap_commands("\\text{a \\textbf{b}} c", &cmds), "a b c");
+        assert_eq!(unwrap_commands("{\\text{x}}", &cmds), "{x}");
+        assert_eq!(unwrap_commands("\\text{a} \\text{b", &cmds), "a \\text{b");
+        assert_eq!(
+            first_sentence("It is (approx. 5). Next."),
+            "It is (approx. 5)"
+        );
+    }
+
+    /// Runs `f` on a thread with a 256 KiB stack (an eighth of a Rust thread's default): a
+    /// trainer scores on threads of its own, so recursion that grows with the response must crash
+    /// here.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .expect("the reward returned without crashing")
+    }
+
+    /// 200 KB responses built to nest, or to repeat what a rule rescans, and answers just inside
+    /// the bounds (the deepest, longest math still evaluated): each is scored as a response and as
+    /// a truth on a small stack. Every pass over them is linear: a quadratic one takes seconds at
+    /// this size, where the whole test takes about one (unoptimized).
+    #[test]
+    fn deep_or_long_answers_score_on_a_small_stack() {
+        const N: usize = 100_000;
+        let nested = |open: &str, inner: &str, close: &str, k: usize| {
+            format!("{}{inner}{}", open.repeat(k), close.repeat(k))
+        };
+        let answers = vec![
+            "(".repeat(2 * N),
+            nested("(", "x", ")", N),
+            nested("{", "1", "}", N),
+            nested("\\frac{", "1", "}{2}", N / 5),
+            "\\frac{".repeat(N / 3),
+            nested("\\sqrt{", "2", "}", N / 4),
+            nested("\\sqrt[", "2", "]{2}", N / 5),
+            nested("\\boxed{", "1", "}", N / 4),
+            format!("\\boxed{{{}}}", nested("(", "1", ")", N)),
+            format!("\\boxed{{{}}}", nested("\\frac{", "1", "}{2}", N / 5)),
+            "\\boxed{".repeat(N / 4),
+            nested("\\text{", "5", "}", N / 4),
+            format!("{}5", "-".repeat(2 * N)),
+            format!("Answer: {}5", "- ".repeat(N)),
+            format!("The answer is {}", "one ".repeat(N / 2)),
+            "He said no. ".repeat(N / 6),
+            "(a. ".repeat(N / 2),
+            format!("Answer: {}1", "1+".repeat(N)),
+            format!("\\boxed{{{}x}}", "x^".repeat(N)),
+        ];
+        let n = answers.len();
+        let scores = on_small_stack(move || {
+            answers
+                .iter()
+                .flat_map(|a| [score(a, "1"), score("1", a)])
+                .map(|s| s.score)
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(scores.len(), 2 * n);
+        assert!(scores.iter().all(|s| *s <= 1));
+    }
+
+    /// Math just inside the bounds is still evaluated, on a small stack (evalexpr's trees are as
+    /// deep as they get there); one step past them it is not math.
+    #[test]
+    fn math_at_the_bounds_evaluates_on_a_small_stack() {
+        let boxed = |s: String| format!("\\boxed{{{s}}}");
+        let nested = |open: &str, inner: &str, close: &str, k: usize| {
+            boxed(format!("{}{inner}{}", open.repeat(k), close.repeat(k)))
+        };
+        let (nodes, depth) = (expr::MAX_NODES, MAX_NESTING);
+        // (answer, truth, score): each operator and parenthesis is a node of evalexpr's tree.
+        let cases = vec![
+            (boxed(format!("{}1", "1+".repeat(nodes))), "129", 1),
+            (boxed(format!("{}1", "1+".repeat(nodes + 1))), "130", 0),
+            (boxed(format!("{}(1)", "-".repeat(nodes - 1))), "-1", 1),
+            (boxed(format!("{}(1)", "-".repeat(nodes + 1))), "-1", 0),
+            (boxed(format!("{}2", "2^".repeat(nodes / 2 - 1))), "x", 0),
+            (nested("(", "1", ")", depth - 1), "1", 1),
+            (nested("(", "1", ")", depth), "1", 0),
+            (nested("-(", "1", ")", nodes / 2 - 1), "-1", 1),
+            (nested("\\frac{", "1", "}{2}", nodes / 4 - 1), "2^{-31}", 1),
+            (nested("\\sqrt[3]{", "x", "}", nodes / 6), "x", 0),
+        ];
+        let want: Vec<u8> = cases.iter().map(|c| c.2).collect();
+        let got = on_small_stack(move || {
+            cases
+                .iter()
+                .map(|(answer, truth, _)| score(answer, truth).score)
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(got, want);
     }
 
     #[test]

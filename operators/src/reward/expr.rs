@@ -6,6 +6,8 @@
 
 use std::collections::BTreeSet;
 
+use super::MAX_NESTING;
+
 use evalexpr::{
     ContextWithMutableVariables, DefaultNumericTypes, HashMapContext, Node, Value,
     build_operator_tree,
@@ -16,6 +18,16 @@ pub(super) struct Expr {
     tree: Node<DefaultNumericTypes>,
     vars: BTreeSet<String>,
 }
+
+/// Longest answer read as math, in bytes: far above any real answer (MATH's longest are a few
+/// hundred bytes), and it bounds the work of a comparison, which evaluates both sides at six
+/// points. A longer answer is not math (it still compares as text).
+pub(super) const MAX_LEN: usize = 4096;
+
+/// Most operators and parentheses in a translated expression. evalexpr builds, evaluates and drops
+/// its tree recursively, one level per operator in the worst case (`1+1+...+1` nests each `+` in
+/// the next): the count bounds the tree's depth, so a long answer cannot overflow the stack there.
+pub(super) const MAX_NODES: usize = 128;
 
 /// Points tried per comparison; each variable draws a value in [0.5, 3.5) at each point, away
 /// from 0 and 1 (where `x^2` = `x`) and positive (so `\sqrt{x}` and `\ln x` are defined).
@@ -34,9 +46,12 @@ impl Expr {
     /// Parses an answer as math, or None when it is not one: a word of more than three letters
     /// (`Paris`) or a word standing alone (`it is 5`), commas, intervals, `\pm`, relations, or
     /// anything the translator does not know. Letters alone (`abc`) are more likely a word too.
+    /// So is an answer longer than [`MAX_LEN`], nested deeper than [`MAX_NESTING`], or with more
+    /// than [`MAX_NODES`] operators and parentheses.
     pub(super) fn parse(s: &str) -> Option<Expr> {
         let s = s.trim();
-        if s.is_empty()
+        if s.len() > MAX_LEN
+            || s.is_empty()
             || !s
                 .chars()
                 .any(|c| c.is_ascii_digit() || "+-*/^\\(){}".contains(c))
@@ -53,8 +68,13 @@ impl Expr {
             out: String::new(),
             vars: BTreeSet::new(),
             operand_end: false,
+            depth: 0,
         };
         t.expr(s)?;
+        let nodes = t.out.bytes().filter(|b| b"+-*/^(".contains(b)).count();
+        if nodes > MAX_NODES {
+            return None;
+        }
         let tree = build_operator_tree::<DefaultNumericTypes>(&t.out).ok()?;
         Some(Expr { tree, vars: t.vars })
     }
@@ -110,6 +130,9 @@ struct Translator {
     vars: BTreeSet<String>,
     /// The last thing written ends an operand, so an operand next to it multiplies.
     operand_end: bool,
+    /// Calls of [`Translator::expr`] in progress: one per group, command argument or exponent
+    /// being read, at most [`MAX_NESTING`].
+    depth: usize,
 }
 
 const FUNCTIONS: &[(&str, &str)] = &[
@@ -134,7 +157,18 @@ impl Translator {
         self.out.push_str(text);
     }
 
+    /// Translates `s`, one level of nesting deeper: None past [`MAX_NESTING`].
     fn expr(&mut self, s: &str) -> Option<()> {
+        if self.depth >= MAX_NESTING {
+            return None;
+        }
+        self.depth += 1;
+        let done = self.sequence(s);
+        self.depth -= 1;
+        done
+    }
+
+    fn sequence(&mut self, s: &str) -> Option<()> {
         let mut rest = s;
         while let Some(c) = rest.chars().next() {
             let after = &rest[c.len_utf8()..];
