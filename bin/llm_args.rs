@@ -170,7 +170,7 @@ impl LlmSetup {
 }
 
 /// Pause between start-up checks while no endpoint answers.
-const STARTUP_RETRY: Duration = Duration::from_secs(2);
+pub const STARTUP_RETRY: Duration = Duration::from_secs(2);
 /// `llm.max_outage_secs` of file mode (and the demo) when unset: a batch job should not hang.
 const DEFAULT_FILE_MAX_OUTAGE_SECS: u64 = 600;
 

@@ -1,14 +1,25 @@
 //! `webscale-rl score FILE`: the binary RL reward. Each input line `{"response", "ground_truth"}`
-//! gets one output line `{"score": 0|1, "method", "extracted", ...}`, in order. With an LLM
-//! (`--llm-url`), answers the rules cannot match are asked to the model as a judge.
+//! gets one output line `{"score": 0|1, "method", "extracted", ...}`, in order; a line that cannot
+//! be read (not JSON, not UTF-8) gets one with `error` set. With an LLM (`--llm-url`), answers the
+//! rules cannot match are asked to the model as a judge. The judge is checked before the first line
+//! (as a run's LLM is: the model it serves, its structured-output dialect) and every wait for it is
+//! bounded by `--llm-timeout-secs`: a judge that does not answer fails the command, naming it,
+//! rather than hang it or score its lines 0.
 
+use std::cell::RefCell;
 use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::json;
-use webscale_rl_connectors::llm::{ChatRequest, LlmClient, LlmConfig, ResponseSchema};
-use webscale_rl_operators::reward::score_line;
+use webscale_rl_connectors::llm::error::display_url;
+use webscale_rl_connectors::llm::{
+    ChatRequest, LlmClient, LlmConfig, ResponseSchema, StartupError,
+};
+use webscale_rl_operators::reward::score_line_bytes;
+
+use crate::llm_args::STARTUP_RETRY;
 
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
@@ -17,17 +28,26 @@ pub struct ScoreArgs {
     /// LLM judge for answers that differ only in wording: an OpenAI-compatible base URL.
     #[arg(long)]
     pub llm_url: Option<String>,
-    /// The judge's model name.
+    /// The judge's model name; unset: the one model the server lists (GET /models).
     #[arg(long, requires = "llm_url")]
     pub llm_model: Option<String>,
+    /// Longest wait for the judge, in seconds: for its server to answer at start-up (nothing is
+    /// scored then), and for each judged answer, retries included (the lines before it are
+    /// written). Either way `score` fails, naming the server.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub llm_timeout_secs: u64,
 }
 
 pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
     let judge = match &args.llm_url {
-        Some(url) => Some(Judge::start(url, args.llm_model.clone())?),
+        Some(url) => Some(Judge::start(
+            url,
+            args.llm_model.clone(),
+            Duration::from_secs(args.llm_timeout_secs),
+        )?),
         None => None,
     };
-    let input: Box<dyn BufRead> = if args.file == "-" {
+    let mut input: Box<dyn BufRead> = if args.file == "-" {
         Box::new(std::io::stdin().lock())
     } else {
         let f = std::fs::File::open(&args.file)
@@ -36,18 +56,38 @@ pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    for line in input.lines() {
-        let line = line.with_context(|| format!("reading '{}'", args.file))?;
-        if line.trim().is_empty() {
+    // A judge that stopped answering: the line it was asked for gets no score, the command fails.
+    let failed: RefCell<Option<anyhow::Error>> = RefCell::new(None);
+    let ask = |response: &str, truth: &str| {
+        let judge = judge.as_ref()?;
+        judge.equivalent(response, truth).unwrap_or_else(|e| {
+            *failed.borrow_mut() = Some(e);
+            None
+        })
+    };
+    // Lines as bytes: one that is not UTF-8 is scored as invalid, not the end of the input.
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let read = input
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("reading '{}'", args.file))?;
+        if read == 0 {
+            break;
+        }
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if std::str::from_utf8(line).is_ok_and(|l| l.trim().is_empty()) {
             continue;
         }
-        let ask = |response: &str, truth: &str| {
-            judge.as_ref().and_then(|j| j.equivalent(response, truth))
-        };
         let scored = match &judge {
-            Some(_) => score_line(&line, Some(&ask)),
-            None => score_line(&line, None),
+            Some(_) => score_line_bytes(line, Some(&ask)),
+            None => score_line_bytes(line, None),
         };
+        if let Some(e) = failed.borrow_mut().take() {
+            out.flush()?;
+            return Err(e);
+        }
         serde_json::to_writer(&mut out, &scored)?;
         out.write_all(b"\n")?;
     }
@@ -59,24 +99,78 @@ pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
 struct Judge {
     runtime: tokio::runtime::Runtime,
     client: LlmClient,
+    /// The endpoint, without credentials, for messages.
+    endpoint: String,
+    /// `--llm-timeout-secs`.
+    bound: Duration,
 }
 
 impl Judge {
-    fn start(url: &str, model: Option<String>) -> anyhow::Result<Self> {
+    /// Builds the client and runs the start-up check (the model to use, from `GET /models` when
+    /// none is named; the structured-output dialect), retrying while nothing answers, for at most
+    /// `bound`. A mistake a person must fix (an unknown model, a refused key) fails at once.
+    fn start(url: &str, model: Option<String>, bound: Duration) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let cfg = LlmConfig {
             endpoints: vec![url.to_string()],
             model,
+            timeout_secs: bound.as_secs(),
+            startup_timeout_secs: bound.as_secs(),
             ..Default::default()
         };
         let client =
             LlmClient::new(cfg, runtime.handle().clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Judge { runtime, client })
+        let endpoint = display_url(url);
+        let deadline = Instant::now() + bound;
+        let mut last: Option<String> = None;
+        let report = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "{}; no answer within --llm-timeout-secs = {} s. Start the judge's server or \
+                     check --llm-url; nothing was scored",
+                    last.unwrap_or_else(|| format!("LLM endpoint {endpoint} did not answer")),
+                    bound.as_secs()
+                );
+            }
+            // The check's own requests have timeouts, but several of them (a model list, one
+            // probe per dialect) could add up past the bound.
+            let check = async { tokio::time::timeout(left, client.startup_check(&[])).await };
+            match runtime.block_on(check) {
+                Ok(Ok(report)) => break report,
+                Ok(Err(StartupError::Fatal(m))) => bail!("{m}"),
+                Ok(Err(StartupError::Unreachable(m))) => {
+                    if last.is_none() {
+                        eprintln!(
+                            "waiting for the LLM judge, up to {} s: {m}",
+                            bound.as_secs()
+                        );
+                    }
+                    last = Some(m);
+                    std::thread::sleep(
+                        STARTUP_RETRY.min(deadline.saturating_duration_since(Instant::now())),
+                    );
+                }
+                Err(_) => last = Some(format!("LLM endpoint {endpoint} did not answer")),
+            }
+        };
+        for line in report.lines() {
+            eprintln!("{line}");
+        }
+        Ok(Judge {
+            runtime,
+            client,
+            endpoint,
+            bound,
+        })
     }
 
-    fn equivalent(&self, response: &str, truth: &str) -> Option<bool> {
+    /// The judge's verdict: `Ok(None)` when it answered without one (the score is then 0), an
+    /// error when it gave no answer within the bound (the outage retries of the client never end
+    /// on their own).
+    fn equivalent(&self, response: &str, truth: &str) -> anyhow::Result<Option<bool>> {
         let prompt = format!(
             "Do these two short answers to the same question mean the same thing? Ignore wording, \
              formatting and units written differently; different values or entities are not the same.\n\
@@ -89,15 +183,23 @@ impl Judge {
             .temperature(0.0)
             .max_tokens(32)
             .schema(ResponseSchema::new("judgement", schema));
+        let call = self.client.chat_json("score_judge", req);
+        // The timer is made inside the runtime, whose clock it needs.
         match self
             .runtime
-            .block_on(self.client.chat_json("score_judge", req))
+            .block_on(async { tokio::time::timeout(self.bound, call).await })
         {
-            Ok(r) => r.value.get("same").and_then(|v| v.as_bool()),
-            Err(e) => {
+            Ok(Ok(r)) => Ok(r.value.get("same").and_then(|v| v.as_bool())),
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "LLM judge failed; scoring 0");
-                None
+                Ok(None)
             }
+            Err(_) => bail!(
+                "the LLM judge at {} gave no answer within --llm-timeout-secs = {} s; the lines \
+                 before this one were scored",
+                self.endpoint,
+                self.bound.as_secs()
+            ),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The `score` and `export` commands through the binary.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -10,7 +11,18 @@ const GSM8K: &str = concat!(
     "/tests/data/benchmarks/gsm8k_test.jsonl"
 );
 
-fn run_with_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
+fn run_with_stdin(args: &[&str], stdin: impl AsRef<[u8]>) -> (bool, String, String) {
+    let (status, out, err) = run_within(args, stdin, Duration::from_secs(120));
+    (status.expect("the command exits").success(), out, err)
+}
+
+/// Runs the engine on `stdin`, killed if it has not exited within `limit` (status `None`): a
+/// command that hangs fails its test instead of hanging it.
+fn run_within(
+    args: &[&str],
+    stdin: impl AsRef<[u8]>,
+    limit: Duration,
+) -> (Option<ExitStatus>, String, String) {
     let mut child = crate::support::engine()
         .args(args)
         .stdin(Stdio::piped())
@@ -18,17 +30,38 @@ fn run_with_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let input = stdin.as_ref().to_vec();
+    let mut pipe = child.stdin.take().unwrap();
+    // Written from a thread: a command that never reads its input must not block the test.
+    let writer = std::thread::spawn(move || {
+        let _ = pipe.write_all(&input);
+    });
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    writer.join().unwrap();
     (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        status,
+        String::from_utf8(stdout.join().unwrap()).unwrap(),
+        String::from_utf8_lossy(&stderr.join().unwrap()).into_owned(),
     )
 }
 
@@ -207,7 +240,7 @@ fn score_asks_the_llm_judge_only_when_the_rules_do_not_match() {
             "--llm-url",
             &server.base_url(),
             "--llm-model",
-            "judge",
+            "scripted",
         ],
         input,
     );
@@ -231,6 +264,128 @@ fn score_asks_the_llm_judge_only_when_the_rules_do_not_match() {
         "a rule match never reaches the judge"
     );
     assert_eq!(server.requests(), 1);
+}
+
+#[test]
+fn score_checks_the_judge_first_and_finds_its_model() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = crate::support::scripted_server(
+        &runtime,
+        |_body: &Value| json!({"same": true}).to_string(),
+        Duration::ZERO,
+    );
+    let input = r#"{"response": "Answer: H2O", "ground_truth": "water"}"#;
+    // No model named: the one the server lists.
+    let (ok, out, err) = run_with_stdin(&["score", "-", "--llm-url", &server.base_url()], input);
+    assert!(ok, "{err}");
+    let scored: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (&scored["score"], &scored["method"]),
+        (&json!(1), &json!("judge"))
+    );
+    assert!(err.contains("LLM model: scripted"), "{err}");
+    // A model it does not serve fails before any line.
+    let (status, out, err) = run_within(
+        &[
+            "score",
+            "-",
+            "--llm-url",
+            &server.base_url(),
+            "--llm-model",
+            "judge",
+        ],
+        input,
+        Duration::from_secs(30),
+    );
+    assert!(!status.unwrap().success() && out.is_empty());
+    assert!(err.contains("model 'judge' is not served"), "{err}");
+}
+
+#[test]
+fn score_fails_within_its_bound_when_the_judge_is_down() {
+    // Nothing listens on port 1.
+    let url = "http://127.0.0.1:1/v1";
+    let started = Instant::now();
+    let input = r#"{"response": "Answer: H2O", "ground_truth": "water"}"#;
+    let (status, out, err) = run_within(
+        &["score", "-", "--llm-url", url, "--llm-timeout-secs", "2"],
+        input,
+        Duration::from_secs(30),
+    );
+    let status = status.expect("score exits, not hangs, with the judge down");
+    assert!(!status.success() && out.is_empty(), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains(url) && err.contains("--llm-timeout-secs = 2 s"),
+        "{err}"
+    );
+
+    // A judge that stops answering mid-run: the lines before are written, then it fails.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = crate::support::scripted_server(
+        &runtime,
+        |_body: &Value| json!({"same": true}).to_string(),
+        Duration::ZERO,
+    );
+    server.on_prompt(
+        "Answer A: H2O",
+        webscale_rl_connectors::llm::scripted_server::Reply::Hang(Duration::from_secs(600)),
+        100,
+    );
+    let input = format!("{{\"response\": \"18\", \"ground_truth\": \"18\"}}\n{input}\n");
+    let started = Instant::now();
+    let (status, out, err) = run_within(
+        &[
+            "score",
+            "-",
+            "--llm-url",
+            &server.base_url(),
+            "--llm-timeout-secs",
+            "2",
+        ],
+        input,
+        Duration::from_secs(30),
+    );
+    let status = status.expect("score exits, not hangs, with the judge hanging");
+    assert!(!status.success(), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        err.contains(&server.base_url()) && err.contains("gave no answer"),
+        "{err}"
+    );
+}
+
+#[test]
+fn score_gives_a_line_that_is_not_utf8_its_own_error() {
+    let mut input = b"{\"response\": \"42\", \"ground_truth\": \"42\"}\n".to_vec();
+    input.extend_from_slice(b"{\"response\": \"4\xff2\", \"ground_truth\": \"42\"}\n");
+    input.extend_from_slice(b"{\"response\": \"7\", \"ground_truth\": \"7\"}\r\n");
+    let (ok, out, err) = run_with_stdin(&["score", "-"], input);
+    assert!(ok, "{err}");
+    let scored: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let methods: Vec<&Value> = scored.iter().map(|s| &s["method"]).collect();
+    assert_eq!(
+        methods,
+        [&json!("numeric"), &json!("invalid"), &json!("numeric")]
+    );
+    assert!(
+        scored[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not valid UTF-8")
+    );
 }
 
 #[test]

@@ -206,14 +206,31 @@ pub fn score_request(req: &ScoreRequest, judge: Option<&Judge<'_>>) -> Score {
 pub fn score_line(line: &str, judge: Option<&Judge<'_>>) -> Score {
     match serde_json::from_str::<ScoreRequest>(line) {
         Ok(req) => score_request(&req, judge),
-        Err(e) => Score {
+        Err(e) => Score::invalid(e.to_string()),
+    }
+}
+
+/// [`score_line`] of a line as read: one that is not UTF-8 (a rollout detokenized mid-character,
+/// a corrupt file) is not JSON either, and scores 0 with `error` set like any bad line, so the
+/// lines after it are still scored.
+pub fn score_line_bytes(line: &[u8], judge: Option<&Judge<'_>>) -> Score {
+    match std::str::from_utf8(line) {
+        Ok(line) => score_line(line, judge),
+        Err(e) => Score::invalid(format!("the line is not valid UTF-8: {e}")),
+    }
+}
+
+impl Score {
+    /// The score of an input line that could not be read.
+    fn invalid(error: String) -> Score {
+        Score {
             score: 0,
             method: Method::Invalid,
             extracted: String::new(),
             normalized_response: String::new(),
             normalized_truth: String::new(),
-            error: Some(e.to_string()),
-        },
+            error: Some(error),
+        }
     }
 }
 
@@ -1495,5 +1512,13 @@ mod tests {
         assert!(s.error.is_some());
         let s = score_line(r#"{"response": "42", "ground_truth": [41, "42"]}"#, None);
         assert_eq!((s.score, s.method), (1, Method::Numeric));
+        let s = score_line_bytes(
+            b"{\"response\": \"4\xff2\", \"ground_truth\": \"42\"}",
+            None,
+        );
+        assert_eq!((s.score, s.method), (0, Method::Invalid));
+        assert!(s.error.unwrap().contains("not valid UTF-8"));
+        let s = score_line_bytes(br#"{"response": "42", "ground_truth": "42"}"#, None);
+        assert_eq!(s.score, 1);
     }
 }
