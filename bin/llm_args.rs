@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::Args;
 use webscale_rl_connectors::llm::cache::ResponseCache;
-use webscale_rl_connectors::llm::{LlmConfig, StartupError};
+use webscale_rl_connectors::llm::{LlmConfig, StageProbe, StartupError};
 use webscale_rl_dataflow::PipelineConfig;
 use webscale_rl_dataflow::llm_service::LlmBackend;
 use webscale_rl_dataflow::runtime::LlmWatch;
@@ -110,12 +110,34 @@ impl LlmSetup {
         .filter(|(_, enabled, m)| *enabled && !m.is_empty())
         .map(|(setting, _, m)| (setting.to_string(), m.clone()))
         .collect();
+        // Each stage's own settings, probed once the check passed (see `probe_stages`).
+        let calls = [
+            ("llm_filter", cfg.llm_filter.enabled, cfg.llm_filter.call()),
+            ("classify", true, cfg.classify.call()),
+            ("generate", true, cfg.generate.call()),
+            ("verify", cfg.verify.enabled, cfg.verify.call()),
+        ];
+        let probes: Vec<StageProbe> = calls
+            .into_iter()
+            .filter(|(_, enabled, _)| *enabled)
+            .map(|(section, _, call)| StageProbe {
+                section: section.to_string(),
+                model: call.model,
+                temperature: call.temperature,
+                max_tokens: call.max_tokens,
+            })
+            .collect();
         let client = &self.backend.client;
         let started = Instant::now();
         let timeout = Duration::from_secs(llm.startup_timeout_secs);
         let mut last_said: Option<Instant> = None;
         loop {
-            match self.backend.block_on(client.startup_check(&stage_models)) {
+            let checked = self.backend.block_on(async {
+                let report = client.startup_check(&stage_models).await?;
+                client.probe_stages(&probes).await?;
+                Ok(report)
+            });
+            match checked {
                 Ok(report) => {
                     if !quiet {
                         for line in report.lines() {

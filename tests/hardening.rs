@@ -378,3 +378,63 @@ fn until_caught_up_and_tail_end_on_a_transaction_marker() {
         .unwrap();
     assert_eq!(n, lines.len() as u64);
 }
+
+/// Item 9: each LLM stage's own settings are probed at start. A parameter the server refuses
+/// (`temperature` above its limit) or an answer without content (a reasoning model whose
+/// `max_tokens` its thinking uses up) stops the engine before it reads a line, naming the stage;
+/// both once dead-lettered every document, with exit 0.
+#[test]
+fn a_stage_setting_the_server_refuses_stops_the_start_naming_the_stage() {
+    use webscale_rl_connectors::llm::scripted_server::{ScriptedServer, ScriptedServerConfig};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_sample(&input);
+    let run = |server: &ScriptedServer, config: &str| {
+        let cfg = dir.path().join("pipeline.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let out = engine()
+            .args(["run", "--llm-url", &server.base_url(), "--config"])
+            .arg(&cfg)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(dir.path().join("out.jsonl"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let strict = rt
+        .block_on(ScriptedServer::start_with(ScriptedServerConfig {
+            max_temperature: Some(1.0),
+            ..Default::default()
+        }))
+        .unwrap();
+    let (ok, err) = run(&strict, "[generate]\ntemperature = 1.5\n");
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("[generate]") && err.contains("temperature 1.5"),
+        "{err}"
+    );
+    assert_eq!(strict.requests(), 0, "no document was sent");
+    assert!(!dir.path().join("out.jsonl").exists());
+    let thinking = rt
+        .block_on(ScriptedServer::start_with(ScriptedServerConfig {
+            reasoning_tokens: Some(300),
+            ..Default::default()
+        }))
+        .unwrap();
+    let (ok, err) = run(
+        &thinking,
+        "[classify]\nmax_tokens = 200\n[llm_filter]\nmax_tokens = 1024\n[generate]\nmax_tokens = 1024\n[verify]\nmax_tokens = 1024\n",
+    );
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("[classify]") && err.contains("without any content"),
+        "{err}"
+    );
+    assert_eq!(thinking.requests(), 0);
+}

@@ -103,7 +103,10 @@ impl Replay {
             return None;
         };
         let key = r.doc_id.or(r.id).unwrap_or_default();
-        if !self.seen.insert(xxhash_rust::xxh3::xxh3_128(key.as_bytes())) {
+        if !self
+            .seen
+            .insert(xxhash_rust::xxh3::xxh3_128(key.as_bytes()))
+        {
             self.stats.duplicates += 1;
             return None;
         }

@@ -142,7 +142,7 @@ pub(crate) fn dialect_index(d: StructuredOutput) -> u8 {
 impl Endpoint {
     /// The dialect to send a schema in. `Auto` before a probe: the most
     /// common one, refusals move it down the list.
-    fn dialect(&self) -> StructuredOutput {
+    pub(crate) fn dialect(&self) -> StructuredOutput {
         match DIALECTS[usize::from(self.dialect.load(Ordering::Relaxed)) % DIALECTS.len()] {
             StructuredOutput::Auto => StructuredOutput::JsonSchema,
             d => d,

@@ -39,5 +39,5 @@ pub use error::{Fault, LlmError};
 pub use health::{HealthStatus, LlmHealth};
 pub use parse::parse_json_answer;
 pub use request::{ChatMessage, ChatRequest, ChatResponse, ResponseSchema, Usage};
-pub use startup::{EndpointReport, StartupError, StartupReport};
+pub use startup::{EndpointReport, StageProbe, StartupError, StartupReport};
 pub use usage::{StageUsage, UsageCounters, UsageSnapshot};

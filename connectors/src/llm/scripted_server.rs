@@ -90,6 +90,12 @@ pub struct ScriptedServerConfig {
     pub dialect: ServerDialect,
     /// What `GET /v1/models` lists; `None`: that route answers 404.
     pub models: Option<Vec<String>>,
+    /// Refuse (400, as OpenAI does above 2) any request whose `temperature` is above this.
+    pub max_temperature: Option<f64>,
+    /// A reasoning model that thinks this many tokens before it answers: a request whose
+    /// `max_tokens` does not leave room gets `content: null` (the reasoning ate the budget,
+    /// `finish_reason: "length"`), probes included.
+    pub reasoning_tokens: Option<u32>,
     /// Fields added to every listed model's entry, as real servers describe their model
     /// (vLLM's `root` and `max_model_len`, llama.cpp's `meta`).
     pub model_card: Option<Value>,
@@ -114,6 +120,8 @@ impl Default for ScriptedServerConfig {
             dialect: ServerDialect::OpenAi,
             models: Some(vec!["scripted".to_owned()]),
             model_card: None,
+            max_temperature: None,
+            reasoning_tokens: None,
             answer: None,
             log_bodies: true,
             cached_prompt_fraction: 0.0,
@@ -623,6 +631,22 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         (400, None, error_body("request body is not JSON"))
     } else if let Some((status, body)) = refusal {
         (status, None, body)
+    } else if let Some(max) = s.config.max_temperature
+        && parsed["temperature"].as_f64().is_some_and(|t| t > max)
+    {
+        (
+            400,
+            None,
+            error_body(&format!(
+                "temperature: Input should be less than or equal to {max}"
+            )),
+        )
+    } else if let Some(thinking) = s.config.reasoning_tokens
+        && parsed["max_tokens"]
+            .as_u64()
+            .is_some_and(|m| m <= u64::from(thinking))
+    {
+        (200, None, null_content(&parsed, id))
     } else if !answers_json && reply == Reply::Answer {
         // A small model without a grammar: prose around no JSON at all.
         (
@@ -722,6 +746,24 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
 
 fn error_body(message: &str) -> String {
     json!({"error": {"message": message, "type": "invalid_request_error"}}).to_string()
+}
+
+/// A completion whose token budget went to reasoning: no content at all.
+fn null_content(request: &Value, id: u64) -> String {
+    let model = request.get("model").cloned().unwrap_or(json!("scripted"));
+    json!({
+        "id": format!("chatcmpl-{id}"),
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": null, "reasoning_content": "Let me think"},
+            "finish_reason": "length",
+        }],
+        "usage": {"prompt_tokens": 10, "completion_tokens": request["max_tokens"], "total_tokens": 10},
+    })
+    .to_string()
 }
 
 fn completion(request: &Value, prompt: &str, content: &str, id: u64) -> String {

@@ -324,6 +324,76 @@ impl LlmClient {
         )))
     }
 
+    /// One request per stage with the stage's own model, temperature and token limit, on every
+    /// endpoint, in the dialect the check settled: a parameter the server refuses (a 400 for
+    /// `temperature = 5`), or an answer without content, stops the engine here with the stage's
+    /// name, instead of dead-lettering every document. Run after [`LlmClient::startup_check`].
+    pub async fn probe_stages(&self, stages: &[StageProbe]) -> Result<(), StartupError> {
+        let inner = &*self.inner;
+        let default_model = self.default_model().unwrap_or_default();
+        for stage in stages {
+            let model = if stage.model.is_empty() {
+                default_model.as_str()
+            } else {
+                stage.model.as_str()
+            };
+            let probe = ChatRequest::new(model)
+                .user(format!(
+                    "{PROBE_MARKER} for {}. Reply with the JSON object {{\"ok\": true}} and \
+                     nothing else.",
+                    stage.section
+                ))
+                .max_tokens(stage.max_tokens)
+                .temperature(stage.temperature)
+                .schema(ResponseSchema::new(
+                    "webscale_probe",
+                    json!({
+                        "type": "object",
+                        "properties": {"ok": {"type": "boolean"}},
+                        "required": ["ok"]
+                    }),
+                ));
+            for ep in &inner.endpoints {
+                let body = probe.body(model, ep.dialect());
+                let rb = inner
+                    .http
+                    .post(ep.url.clone())
+                    .header(CONTENT_TYPE, "application/json")
+                    .timeout(inner.config.timeout())
+                    .body(body.to_string());
+                let (status, bytes) = self.exchange(ep, rb).await?;
+                let what = format!(
+                    "[{}] (model '{model}', temperature {}, max_tokens {})",
+                    stage.section, stage.temperature, stage.max_tokens
+                );
+                if (200..300).contains(&status) {
+                    if completion_content(&bytes).is_none() {
+                        return Err(StartupError::Fatal(format!(
+                            "LLM endpoint {} answered the probe of {what} without any content \
+                             (`content: null`): every call would be a malformed answer; check \
+                             the server and the model",
+                            ep.display
+                        )));
+                    }
+                    continue;
+                }
+                let message = inner.redactor.message(&String::from_utf8_lossy(&bytes));
+                if status == 429 || status >= 500 {
+                    return Err(unreachable_error(
+                        &ep.display,
+                        &format!("the probe of {what} answered {status}: {message}"),
+                    ));
+                }
+                return Err(StartupError::Fatal(format!(
+                    "LLM endpoint {} refused the settings of {what} with {status}: {message}; fix \
+                     them in the config",
+                    ep.display
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn auth_error(&self, ep: &Endpoint, status: u16, body: &[u8]) -> StartupError {
         let inner = &*self.inner;
         let env = &inner.config.api_key_env;
@@ -428,6 +498,27 @@ fn model_identity<'a>(
     parts.sort();
     parts.dedup();
     parts.join("\n")
+}
+
+/// A stage's call settings, for [`LlmClient::probe_stages`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageProbe {
+    /// The stage's config section (`generate`), for the error.
+    pub section: String,
+    /// Empty: the default model.
+    pub model: String,
+    pub temperature: f64,
+    pub max_tokens: u32,
+}
+
+/// The text of a chat completion's first answer, if it has one.
+fn completion_content(body: &[u8]) -> Option<String> {
+    let v = serde_json::from_slice::<Value>(body).ok()?;
+    let choice = &v["choices"][0];
+    choice["message"]["content"]
+        .as_str()
+        .or(choice["text"].as_str())
+        .map(str::to_owned)
 }
 
 /// Whether a chat completion's first answer holds a JSON object.
