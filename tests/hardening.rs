@@ -358,7 +358,7 @@ fn until_caught_up_and_tail_end_on_a_transaction_marker() {
     rx.recv_timeout(Duration::from_secs(60))
         .expect("--until-caught-up ends on a topic ending in a marker")
         .unwrap();
-    assert_eq!(kafka.committed().values().sum::<i64>() > 0, true);
+    assert!(kafka.committed().values().sum::<i64>() > 0);
     let (tx, rx) = std::sync::mpsc::channel();
     let cfg = kafka.cfg.clone();
     std::thread::spawn(move || {

@@ -413,6 +413,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_watchdog_stops_a_run_whose_frontier_stands_still_while_the_llm_is_up() {
+        let health = LlmHealth::new(1);
+        health.mark_up();
+        let control = RunControl {
+            llm: Some(LlmWatch {
+                health: health.clone(),
+                max_outage: None,
+                max_stall: Some(Duration::from_millis(50)),
+            }),
+            ..Default::default()
+        };
+        let mut dog = Watchdog::new(&control);
+        assert_eq!(dog.check(&control, Some(1)), None);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(dog.check(&control, Some(2)), None, "the frontier moved");
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(dog.check(&control, Some(2)), None, "within the limit");
+        // An outage is a wait with a reason (and its own limit): the clock starts again after.
+        health.record_failure("connection refused");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(dog.check(&control, Some(2)), None);
+        health.mark_up();
+        assert_eq!(dog.check(&control, Some(2)), None);
+        std::thread::sleep(Duration::from_millis(60));
+        let why = dog.check(&control, Some(2)).expect("stalled while up");
+        assert!(why.contains("max_stall_secs"), "{why}");
+        // No watchdog without a limit.
+        let mut off = Watchdog::new(&RunControl::default());
+        assert_eq!(off.check(&RunControl::default(), Some(2)), None);
+    }
+
+    #[test]
     fn the_llm_stops_a_run_only_past_its_limit_or_on_a_stop_during_an_outage() {
         let health = LlmHealth::new(1);
         health.mark_up();
