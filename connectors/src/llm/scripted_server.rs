@@ -646,7 +646,7 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
             .as_u64()
             .is_some_and(|m| m <= u64::from(thinking))
     {
-        (200, None, null_content(&parsed, id))
+        (200, None, null_content(&parsed, &prompt, id))
     } else if !answers_json && reply == Reply::Answer {
         // A small model without a grammar: prose around no JSON at all.
         (
@@ -749,21 +749,13 @@ fn error_body(message: &str) -> String {
 }
 
 /// A completion whose token budget went to reasoning: no content at all.
-fn null_content(request: &Value, id: u64) -> String {
-    let model = request.get("model").cloned().unwrap_or(json!("scripted"));
-    json!({
-        "id": format!("chatcmpl-{id}"),
-        "object": "chat.completion",
-        "created": 0,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": null, "reasoning_content": "Let me think"},
-            "finish_reason": "length",
-        }],
-        "usage": {"prompt_tokens": 10, "completion_tokens": request["max_tokens"], "total_tokens": 10},
-    })
-    .to_string()
+fn null_content(request: &Value, prompt: &str, id: u64) -> String {
+    let mut answer: Value =
+        serde_json::from_str(&completion(request, prompt, "", id)).expect("a completion is JSON");
+    answer["choices"][0]["message"]["content"] = Value::Null;
+    answer["choices"][0]["message"]["reasoning_content"] = json!("Let me think");
+    answer["choices"][0]["finish_reason"] = json!("length");
+    answer.to_string()
 }
 
 fn completion(request: &Value, prompt: &str, content: &str, id: u64) -> String {

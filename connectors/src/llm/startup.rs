@@ -250,32 +250,12 @@ impl LlmClient {
         model: &str,
     ) -> Result<StructuredOutput, StartupError> {
         let inner = &*self.inner;
-        let probe = ChatRequest::new(model)
-            .user(format!(
-                "{PROBE_MARKER}. Reply with the JSON object {{\"ok\": true}} and nothing else."
-            ))
-            .max_tokens(16)
-            .temperature(0.0)
-            .schema(ResponseSchema::new(
-                "webscale_probe",
-                json!({
-                    "type": "object",
-                    "properties": {"ok": {"type": "boolean"}},
-                    "required": ["ok"]
-                }),
-            ));
+        let probe = probe_request(model, "", 16, 0.0);
         let mut answered_prose = false;
         let mut last_refusal = String::new();
         for dialect in StructuredOutput::PROBE_ORDER {
             // The pipeline's own request shape: the probe tests exactly what the calls will send.
-            let body = probe.body(model, dialect);
-            let rb = inner
-                .http
-                .post(ep.url.clone())
-                .header(CONTENT_TYPE, "application/json")
-                .timeout(inner.config.timeout())
-                .body(body.to_string());
-            let (status, bytes) = self.exchange(ep, rb).await?;
+            let (status, bytes) = self.send_probe(ep, &probe, model, dialect).await?;
             if (200..300).contains(&status) {
                 if completion_is_json(&bytes) {
                     return Ok(dialect);
@@ -337,31 +317,14 @@ impl LlmClient {
             } else {
                 stage.model.as_str()
             };
-            let probe = ChatRequest::new(model)
-                .user(format!(
-                    "{PROBE_MARKER} for {}. Reply with the JSON object {{\"ok\": true}} and \
-                     nothing else.",
-                    stage.section
-                ))
-                .max_tokens(stage.max_tokens)
-                .temperature(stage.temperature)
-                .schema(ResponseSchema::new(
-                    "webscale_probe",
-                    json!({
-                        "type": "object",
-                        "properties": {"ok": {"type": "boolean"}},
-                        "required": ["ok"]
-                    }),
-                ));
+            let probe = probe_request(
+                model,
+                &format!(" for {}", stage.section),
+                stage.max_tokens,
+                stage.temperature,
+            );
             for ep in &inner.endpoints {
-                let body = probe.body(model, ep.dialect());
-                let rb = inner
-                    .http
-                    .post(ep.url.clone())
-                    .header(CONTENT_TYPE, "application/json")
-                    .timeout(inner.config.timeout())
-                    .body(body.to_string());
-                let (status, bytes) = self.exchange(ep, rb).await?;
+                let (status, bytes) = self.send_probe(ep, &probe, model, ep.dialect()).await?;
                 let what = format!(
                     "[{}] (model '{model}', temperature {}, max_tokens {})",
                     stage.section, stage.temperature, stage.max_tokens
@@ -392,6 +355,25 @@ impl LlmClient {
             }
         }
         Ok(())
+    }
+
+    /// Sends a probe in `dialect`: the pipeline's own request shape, so the probe tests exactly
+    /// what the calls will send.
+    async fn send_probe(
+        &self,
+        ep: &Endpoint,
+        probe: &ChatRequest,
+        model: &str,
+        dialect: StructuredOutput,
+    ) -> Result<(u16, Vec<u8>), StartupError> {
+        let inner = &*self.inner;
+        let rb = inner
+            .http
+            .post(ep.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .timeout(inner.config.timeout())
+            .body(probe.body(model, dialect).to_string());
+        self.exchange(ep, rb).await
     }
 
     fn auth_error(&self, ep: &Endpoint, status: u16, body: &[u8]) -> StartupError {
@@ -498,6 +480,25 @@ fn model_identity<'a>(
     parts.sort();
     parts.dedup();
     parts.join("\n")
+}
+
+/// The tiny request of every probe: asks for `{"ok": true}` under a schema. `about` follows the
+/// marker (which stage it probes), so the scripted test server counts it apart.
+fn probe_request(model: &str, about: &str, max_tokens: u32, temperature: f64) -> ChatRequest {
+    ChatRequest::new(model)
+        .user(format!(
+            "{PROBE_MARKER}{about}. Reply with the JSON object {{\"ok\": true}} and nothing else."
+        ))
+        .max_tokens(max_tokens)
+        .temperature(temperature)
+        .schema(ResponseSchema::new(
+            "webscale_probe",
+            json!({
+                "type": "object",
+                "properties": {"ok": {"type": "boolean"}},
+                "required": ["ok"]
+            }),
+        ))
 }
 
 /// A stage's call settings, for [`LlmClient::probe_stages`].
