@@ -130,6 +130,96 @@ fn stdin_to_stdout_with_explicit_rejects_file() {
     assert_eq!(outputs + rejected, 100);
 }
 
+/// A writer that pauses does not hold back what it already wrote: the outputs of the lines
+/// read appear on stdout, epoch by epoch, while stdin is still open, and they are those of the
+/// same lines read from a file.
+#[test]
+fn stdin_whose_writer_pauses_still_has_its_lines_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    // Three whole epochs of ten lines: each can close with its tenth line.
+    std::fs::write(&config, "[source]\nepoch_max_records = 10\n").unwrap();
+    let lines = &sample_lines()[..30];
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, [lines.join(&b'\n'), b"\n".to_vec()].concat()).unwrap();
+    let from_file = dir.path().join("out.jsonl");
+    let status = crate::support::engine()
+        .args(["run", "--no-llm", "--quiet", "-w", "2", "--config"])
+        .arg(&config)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&from_file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let expected: Vec<String> = std::fs::read_to_string(&from_file)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(!expected.is_empty());
+
+    let mut child = crate::support::engine()
+        .args(["run", "--no-llm", "--quiet", "-w", "2", "--config"])
+        .arg(&config)
+        .args(["--input", "-", "--output", "-", "--rejects"])
+        .arg(dir.path().join("rej.jsonl"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(&[lines.join(&b'\n'), b"\n".to_vec()].concat())
+        .unwrap();
+    stdin.flush().unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stdout) {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    // Well under a second here; without the reader thread, nothing until stdin closes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while seen.len() < expected.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "{} of {} outputs on stdout while stdin stayed open",
+                    seen.len(),
+                    expected.len()
+                );
+            }
+        }
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run waits for more input"
+    );
+    drop(stdin);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run did not end when stdin closed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    reader.join().unwrap();
+    seen.extend(rx.try_iter());
+    assert!(status.success());
+    assert_eq!(seen, expected, "the same outputs as from the file");
+}
+
 #[test]
 fn operator_times_split_a_two_worker_run_by_stage() {
     let dir = tempfile::tempdir().unwrap();

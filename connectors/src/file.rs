@@ -5,6 +5,8 @@
 //!   or stdin, one line at a time as raw bytes: lines that are not UTF-8 must still reach the
 //!   parser, which dead-letters them with a reason. Memory stays bounded: an over-long line is cut
 //!   at `max_line_bytes` and flagged, never read wholly.
+//! * [`BackgroundInput`] reads a [`JsonlInput`] that may wait for its writer (stdin, a pipe) on a
+//!   thread of its own, so that the caller takes the lines already read without ever blocking.
 //! * [`JsonlOutput`] writes JSONL, compressed by the output's extension, to a temporary file
 //!   renamed into place by [`JsonlOutput::finish`], so a reader never sees half a file.
 //! * [`Progress`] draws a progress bar on stderr.
@@ -14,6 +16,7 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -94,7 +97,8 @@ impl<R: Read> Read for CountingReader<R> {
 /// A JSONL input: a file (plain, gzip or zstd) or stdin, read one line at a time.
 pub struct JsonlInput {
     path: String,
-    reader: Box<dyn BufRead + Send>,
+    /// Concrete, so that [`BackgroundInput`] can see whether a line is buffered.
+    reader: BufReader<Box<dyn Read + Send>>,
     compression: Compression,
     bytes_read: Arc<AtomicU64>,
     total_bytes: Option<u64>,
@@ -171,7 +175,7 @@ impl JsonlInput {
         };
         Ok(JsonlInput {
             path: name.to_string(),
-            reader: Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, decoded)),
+            reader: BufReader::with_capacity(READ_BUFFER_BYTES, decoded),
             compression,
             bytes_read,
             total_bytes,
@@ -244,6 +248,166 @@ impl JsonlInput {
     /// The compression detected from the input's first bytes.
     pub fn compression(&self) -> Compression {
         self.compression
+    }
+
+    /// The path the input was opened with (`-` for stdin).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Lines returned so far.
+    pub fn lines_read(&self) -> i64 {
+        self.lines
+    }
+
+    /// Whether a read may wait for a writer: stdin, a pipe, a device (any input of unknown size).
+    /// A regular file's reads return as fast as the disk.
+    pub fn may_wait(&self) -> bool {
+        self.total_bytes.is_none()
+    }
+
+    /// Moves the reading to a thread of its own; `wake` is called whenever lines are ready.
+    /// See [`BackgroundInput`].
+    pub fn read_in_background(
+        self,
+        batch_lines: usize,
+        wake: impl Fn() + Send + 'static,
+    ) -> io::Result<BackgroundInput> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(BACKGROUND_BATCHES);
+        let path = self.path.clone();
+        let bytes_read = self.bytes_read.clone();
+        std::thread::Builder::new()
+            .name("input-reader".into())
+            .spawn(move || {
+                self.read_batches(batch_lines.max(1), &tx, &wake);
+                // The end is the sender gone: wake the caller once more, after that, or it
+                // could have taken the last batch, found the channel still open and gone idle.
+                drop(tx);
+                wake();
+            })?;
+        Ok(BackgroundInput {
+            path,
+            bytes_read,
+            rx,
+            batch: Vec::new().into_iter(),
+            lines: 0,
+        })
+    }
+
+    /// The reader thread of [`JsonlInput::read_in_background`]: sends batches of lines, each one
+    /// as soon as the next line is not in the buffer (reading it could wait for the writer), or
+    /// once it holds `batch_lines` lines or [`BACKGROUND_BATCH_BYTES`]. Ends at the end of the
+    /// input, after a read error (sent), or when the receiver is gone.
+    fn read_batches(
+        mut self,
+        batch_lines: usize,
+        tx: &SyncSender<io::Result<LineBatch>>,
+        wake: &dyn Fn(),
+    ) {
+        let send = |item| {
+            let sent = tx.send(item).is_ok();
+            wake();
+            sent
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        loop {
+            let mut buf = Vec::new();
+            match self.next_line(&mut buf) {
+                Ok(Some(info)) => {
+                    bytes += buf.len();
+                    batch.push((info, buf));
+                    let buffered = self.reader.buffer().contains(&b'\n');
+                    if !buffered || batch.len() >= batch_lines || bytes >= BACKGROUND_BATCH_BYTES {
+                        bytes = 0;
+                        if !send(Ok(std::mem::take(&mut batch))) {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => {
+                    if !batch.is_empty() {
+                        send(Ok(batch));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    if batch.is_empty() || send(Ok(std::mem::take(&mut batch))) {
+                        send(Err(e));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Batches of lines a [`BackgroundInput`]'s thread may have read ahead of its caller. With the
+/// batch being filled and the one taken, memory stays within `(BACKGROUND_BATCHES + 2)` batches of
+/// at most [`BACKGROUND_BATCH_BYTES`] (plus one line, at most `max_line_bytes`): a reader that is
+/// not taken from (the pipeline is full, the LLM is down) stops reading.
+const BACKGROUND_BATCHES: usize = 4;
+
+/// Lines, with their numbers, as the reader thread of a [`BackgroundInput`] hands them over.
+type LineBatch = Vec<(LineInfo, Vec<u8>)>;
+
+/// Bytes after which a batch is sent even though more lines are buffered.
+const BACKGROUND_BATCH_BYTES: usize = 1 << 20;
+
+/// What [`BackgroundInput::try_next_line`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NextLine {
+    Line(LineInfo, Vec<u8>),
+    /// No line is read yet: the writer has not written one (the reader's `wake` says when).
+    Pending,
+    /// The end of the input.
+    End,
+}
+
+/// A [`JsonlInput`] read on its own thread ([`JsonlInput::read_in_background`]), for inputs whose
+/// reads wait on a writer (stdin, a pipe): a timely worker that read them itself would stand
+/// still while the writer pauses, holding the lines it already read (and the epochs they could
+/// close) until the next line came. The lines and their numbers are those of the input itself;
+/// the thread reads ahead within a bound and ends with the input (or when this is dropped and it
+/// next has lines to hand over).
+pub struct BackgroundInput {
+    path: String,
+    bytes_read: Arc<AtomicU64>,
+    rx: Receiver<io::Result<LineBatch>>,
+    /// The batch being taken from.
+    batch: std::vec::IntoIter<(LineInfo, Vec<u8>)>,
+    lines: i64,
+}
+
+impl std::fmt::Debug for BackgroundInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackgroundInput")
+            .field("path", &self.path)
+            .field("lines", &self.lines)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackgroundInput {
+    /// The next line if one is read, without waiting; a read error of the thread comes back once.
+    pub fn try_next_line(&mut self) -> io::Result<NextLine> {
+        loop {
+            if let Some((info, line)) = self.batch.next() {
+                self.lines = info.number;
+                return Ok(NextLine::Line(info, line));
+            }
+            match self.rx.try_recv() {
+                Ok(Ok(batch)) => self.batch = batch.into_iter(),
+                Ok(Err(e)) => return Err(e),
+                Err(TryRecvError::Empty) => return Ok(NextLine::Pending),
+                Err(TryRecvError::Disconnected) => return Ok(NextLine::End),
+            }
+        }
+    }
+
+    /// Bytes the thread consumed from the input (compressed bytes for a compressed input).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
     }
 
     /// The path the input was opened with (`-` for stdin).
@@ -518,6 +682,18 @@ impl JsonlOutput {
                 Ok(len)
             }
         }
+    }
+
+    /// Hands what was written to standard output (or a pipe, a device) to its reader now; a file
+    /// is left to its checkpoints and [`JsonlOutput::finish`]. Called as each epoch is written, so
+    /// a consumer of a stream output sees the epochs as they complete, not one buffer at a time.
+    pub fn flush_stream(&mut self) -> anyhow::Result<()> {
+        if let Some(Sink::Stream(w)) = self.sink.as_mut() {
+            w.flush().map_err(|e| {
+                anyhow::anyhow!("cannot write to '{}': {}", self.path, io_reason(&e))
+            })?;
+        }
+        Ok(())
     }
 
     /// Appends one record: `json_bytes` (one JSON value, without newlines) and a `\n`.
@@ -951,6 +1127,48 @@ mod tests {
         assert_eq!(input.compression(), Compression::Gzip);
         assert_eq!(lines_of(&mut input), vec![b"{\"a\":1}".to_vec()]);
         assert_eq!(input.total_bytes(), None);
+    }
+
+    #[test]
+    fn file_a_pipe_read_in_background_hands_over_what_is_read_without_waiting() {
+        let (reader, mut writer) = io::pipe().unwrap();
+        // Opening reads the first bytes (the compression's magic).
+        writer.write_all(b"{\"a\":1}\n{\"a\":2}\n").unwrap();
+        let input = JsonlInput::from_reader("pipe", reader).unwrap();
+        assert!(input.may_wait());
+        let (woken_tx, woken) = std::sync::mpsc::channel();
+        let mut input = input
+            .read_in_background(100, move || {
+                let _ = woken_tx.send(());
+            })
+            .unwrap();
+        // What the thread hands over next, waiting for its wake-ups (bounded: a lost one fails).
+        let next = |input: &mut BackgroundInput| loop {
+            match input.try_next_line().unwrap() {
+                NextLine::Pending => woken
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("woken when lines or the end are ready"),
+                found => return found,
+            }
+        };
+        let line = |n, text: &[u8]| {
+            NextLine::Line(
+                LineInfo {
+                    number: n,
+                    truncated: false,
+                },
+                text.to_vec(),
+            )
+        };
+        assert_eq!(next(&mut input), line(1, b"{\"a\":1}"));
+        assert_eq!(next(&mut input), line(2, b"{\"a\":2}"));
+        // The writer pauses: nothing to take, and taking does not block.
+        assert_eq!(input.try_next_line().unwrap(), NextLine::Pending);
+        writer.write_all(b"{\"a\":3}").unwrap();
+        drop(writer);
+        assert_eq!(next(&mut input), line(3, b"{\"a\":3}"));
+        assert_eq!(next(&mut input), NextLine::End);
+        assert_eq!(input.lines_read(), 3);
     }
 
     #[test]

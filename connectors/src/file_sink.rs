@@ -57,6 +57,14 @@ impl FileOutput {
         }
     }
 
+    /// A stream output (stdout, a pipe) gets what was written now; see [`JsonlOutput::flush_stream`].
+    pub fn flush_stream(&mut self) -> anyhow::Result<()> {
+        match self {
+            FileOutput::Jsonl(out) => out.flush_stream(),
+            FileOutput::Shards(_) => Ok(()),
+        }
+    }
+
     pub fn write<R: FileRecord>(&mut self, record: Outgoing<R>) -> anyhow::Result<()> {
         match (self, record) {
             (FileOutput::Jsonl(out), Outgoing::Line { line, .. }) => out.write_record(&line),
@@ -156,6 +164,7 @@ pub fn file_sinks<'s, R: FileRecord>(
                     let epoch = *cap.least().expect("a stamp has a time");
                     epochs.entry(epoch).or_default().1.append(data);
                 });
+                let mut wrote = false;
                 while let Some(entry) = epochs.first_entry() {
                     let epoch = entry.key();
                     if records_frontier.less_equal(epoch) || dead_frontier.less_equal(epoch) {
@@ -168,6 +177,18 @@ pub fn file_sinks<'s, R: FileRecord>(
                         error.borrow_mut().get_or_insert_with(|| format!("{e:#}"));
                         return;
                     }
+                    wrote = true;
+                }
+                // A stream's reader sees each complete epoch, whether or not more input follows.
+                let flushed = [&out, &rejects].into_iter().try_for_each(|shared| {
+                    match shared.borrow_mut().as_mut() {
+                        Some(writer) if wrote => writer.flush_stream(),
+                        _ => Ok(()),
+                    }
+                });
+                if let Err(e) = flushed {
+                    error.borrow_mut().get_or_insert_with(|| format!("{e:#}"));
+                    return;
                 }
                 let next = epochs
                     .first_key_value()

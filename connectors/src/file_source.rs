@@ -3,6 +3,12 @@
 //! Worker 0 reads; the lines are exchanged round-robin by line number so every worker parses and
 //! filters its share. Epochs are line-number blocks (`(line - 1) / epoch_lines`), so a file yields
 //! the same epochs — and the same dedup verdicts — whatever the number of workers.
+//!
+//! A regular file is read on worker 0 itself. An input whose reads wait for a writer (stdin, a
+//! pipe) is read on a thread of its own ([`BackgroundInput`]): worker 0 takes what is there and
+//! goes on, so while the writer pauses the lines already read go through the pipeline and their
+//! epochs are written. An epoch's capability is given up with its last line, not when the next
+//! epoch's first line arrives, so a complete epoch closes even if no line follows for a while.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -15,7 +21,7 @@ use timely::dataflow::operators::generic::operator::{Operator, source};
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 use webscale_rl_records::{Origin, RawMessage};
 
-use crate::file::JsonlInput;
+use crate::file::{BackgroundInput, JsonlInput, LineInfo, NextLine};
 
 /// Reading state visible to the worker loop (for the progress bar).
 #[derive(Default)]
@@ -26,6 +32,41 @@ pub struct FileProgress {
     pub finished: bool,
     /// The first read error; the run fails with it.
     pub error: Option<String>,
+    /// `Some(epoch)` while every line read so far is sent and the source waits for its writer
+    /// (stdin, a pipe) with its capability at `epoch`: an idle input, not a stalled pipeline.
+    pub waiting_at: Option<u64>,
+}
+
+/// The input as the source reads it: on the worker, or on a reader thread.
+enum Lines {
+    File(JsonlInput),
+    Stream(BackgroundInput),
+}
+
+impl Lines {
+    fn next(&mut self, buf: &mut Vec<u8>) -> std::io::Result<NextLine> {
+        match self {
+            Lines::File(input) => Ok(match input.next_line(buf)? {
+                Some(info) => NextLine::Line(info, std::mem::take(buf)),
+                None => NextLine::End,
+            }),
+            Lines::Stream(input) => input.try_next_line(),
+        }
+    }
+
+    fn lines_read(&self) -> i64 {
+        match self {
+            Lines::File(input) => input.lines_read(),
+            Lines::Stream(input) => input.lines_read(),
+        }
+    }
+
+    fn bytes_read(&self) -> u64 {
+        match self {
+            Lines::File(input) => input.bytes_read(),
+            Lines::Stream(input) => input.bytes_read(),
+        }
+    }
 }
 
 /// Settings of the file source.
@@ -55,7 +96,6 @@ pub fn file_source<'s>(
     let lines = source(scope, "FileSource", move |cap, info| {
         let activator = scope.activator_for(info.address.clone());
         let mut cap = Some(cap);
-        let mut input = input;
         if let Some(i) = input.as_ref() {
             progress.borrow_mut().total_bytes = i.total_bytes();
         }
@@ -63,9 +103,26 @@ pub fn file_source<'s>(
             .as_ref()
             .map(|i| i.path().to_string())
             .unwrap_or_default();
+        let mut input = input.and_then(|i| {
+            if !i.may_wait() {
+                return Some(Lines::File(i));
+            }
+            // The reader thread wakes this operator when it has lines; none is polled for.
+            let wake = scope.worker().sync_activator_for(info.address.to_vec());
+            match i.read_in_background(cfg.batch_max, move || {
+                let _ = wake.activate();
+            }) {
+                Ok(background) => Some(Lines::Stream(background)),
+                Err(e) => {
+                    progress.borrow_mut().error =
+                        Some(format!("cannot start the reader of '{topic}': {e}"));
+                    None
+                }
+            }
+        });
         let mut buf = Vec::new();
         // A line read but not yet sent: its epoch was too far ahead of the durable frontier.
-        let mut held: Option<(crate::file::LineInfo, Vec<u8>)> = None;
+        let mut held: Option<(LineInfo, Vec<u8>)> = None;
         move |output| {
             let Some(reader) = input.as_mut() else {
                 cap = None;
@@ -87,12 +144,17 @@ pub fn file_source<'s>(
             };
             let mut done = false;
             let mut blocked = false;
+            let mut waiting = false;
             for _ in 0..cfg.batch_max {
                 let (line, payload) = match held.take() {
                     Some(line) => line,
-                    None => match reader.next_line(&mut buf) {
-                        Ok(Some(line)) => (line, std::mem::take(&mut buf)),
-                        Ok(None) => {
+                    None => match reader.next(&mut buf) {
+                        Ok(NextLine::Line(line, payload)) => (line, payload),
+                        Ok(NextLine::Pending) => {
+                            waiting = true;
+                            break;
+                        }
+                        Ok(NextLine::End) => {
                             done = true;
                             break;
                         }
@@ -130,14 +192,22 @@ pub fn file_source<'s>(
                     },
                     truncated: line.truncated,
                 });
+                if (line.number as u64).is_multiple_of(cfg.epoch_lines) {
+                    // The epoch's last line: it can close now, before the next line is read.
+                    c.downgrade(&(epoch + 1));
+                }
             }
             let mut p = progress.borrow_mut();
             p.lines = reader.lines_read() as u64;
             p.bytes_read = reader.bytes_read();
+            p.waiting_at = waiting.then(|| *c.time());
             if done {
                 p.finished = true;
+                p.waiting_at = None;
                 cap = None;
                 input = None;
+            } else if waiting {
+                // The reader thread activates this operator when it has read more.
             } else if blocked {
                 // The probe wakes no one: look again soon (cheap, and only while the pipeline is
                 // full).

@@ -477,7 +477,10 @@ fn file_worker(
         true => written.get() == u64::MAX,
         false => durable.done(),
     };
-    let mut watchdog = crate::runtime::Watchdog::new(control);
+    // On worker 0 only, which knows whether its input is merely idle: the frontier is the same on
+    // every worker, and the others stop when worker 0 fails (the abort; a follower process when
+    // the leader's connection closes).
+    let mut watchdog = is_reader.then(|| crate::runtime::Watchdog::new(control));
     while !finished(&durable) {
         worker.step_or_park(Some(Duration::from_millis(50)));
         if control.abort.failed() {
@@ -494,9 +497,18 @@ fn file_worker(
             let p = progress.borrow();
             bar.update(p.bytes_read, p.lines, funnel.get(EMITTED.0, EMITTED.1));
         }
-        let stop = control
-            .llm_stop_reason()
-            .or_else(|| watchdog.check(control, durable.with_frontier(|f| f.first().copied())));
+        let stop = control.llm_stop_reason().or_else(|| {
+            let watchdog = watchdog.as_mut()?;
+            let frontier = durable.with_frontier(|f| f.first().copied());
+            // A stdin or pipe whose writer pauses, with every epoch before the open one durable,
+            // holds nothing back: the run waits for input, it is not stalled.
+            let waiting_at = progress.borrow().waiting_at;
+            if waiting_at.is_some_and(|at| frontier.is_none_or(|f| f >= at)) {
+                watchdog.restart();
+                return None;
+            }
+            watchdog.check(control, frontier)
+        });
         let interrupted = control.stop.load(std::sync::atomic::Ordering::Relaxed);
         if (interrupted || stop.is_some()) && !is_reader {
             // Every worker stops (and drops its dataflows): one left waiting for a frontier that

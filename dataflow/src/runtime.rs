@@ -116,6 +116,12 @@ impl Watchdog {
         }
     }
 
+    /// Starts the clock again: nothing is held that the watchdog should count (file mode: the
+    /// input waits for its writer with everything read through the pipeline).
+    pub(crate) fn restart(&mut self) {
+        self.since = Instant::now();
+    }
+
     /// Why the run must stop, when the frontier has stood still for too long while the LLM side
     /// was up (an outage, or the wait for the start-up check, restarts the clock).
     pub(crate) fn check(&mut self, control: &RunControl, frontier: Option<u64>) -> Option<String> {
