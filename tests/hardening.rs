@@ -438,3 +438,82 @@ fn a_stage_setting_the_server_refuses_stops_the_start_naming_the_stage() {
     );
     assert_eq!(thinking.requests(), 0);
 }
+
+/// Low item: two engines started on one group. The newer one's claim fences the older one, which
+/// stops with an error naming the cause, and the newer one goes on reading: every document
+/// produced after the takeover is processed, and the run ends with every offset committed.
+#[test]
+fn a_second_engine_on_the_group_fences_the_first() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use webscale_rl_dataflow::cluster::ClusterOptions;
+    use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
+    use webscale_rl_dataflow::{Funnel, PipelineConfig};
+    let kafka = crate::support::Kafka::start(2, "e2e-fenced");
+    let lines = sample_lines();
+    kafka.produce_lines(lines[..10].to_vec());
+    let engine = |until_caught_up: bool| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cfg = PipelineConfig {
+            kafka: kafka.cfg.clone(),
+            ..Default::default()
+        };
+        let control = RunControl {
+            stop: stop.clone(),
+            until_caught_up,
+            ..Default::default()
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = run_kafka(
+                cfg,
+                ClusterOptions::default().timely_config().unwrap(),
+                control,
+                Funnel::default(),
+                Default::default(),
+            );
+            let _ = tx.send(r.map_err(|e| format!("{e:#}")));
+        });
+        (stop, rx)
+    };
+    let (_first_stop, first) = engine(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while kafka.committed().values().sum::<i64>() < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first engine commits"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (second_stop, second) = engine(false);
+    let error = first
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the first engine stops once fenced")
+        .expect_err("a fenced engine fails");
+    assert!(error.contains("fenced"), "{error}");
+    assert!(error.contains("claimed by another engine"), "{error}");
+    assert!(error.contains("e2e-fenced"), "names the group: {error}");
+    kafka.produce_lines(lines[10..30].to_vec());
+    while kafka.committed().values().sum::<i64>() < 30 {
+        assert!(
+            std::time::Instant::now() < deadline + Duration::from_secs(30),
+            "the second engine goes on: {:?}",
+            kafka.committed()
+        );
+        assert!(
+            second.try_recv().is_err(),
+            "the second engine keeps running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    second_stop.store(true, Ordering::Relaxed);
+    second
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the second engine stops when asked")
+        .expect("and ends cleanly");
+    let accounted = kafka.outputs().len() + kafka.dead_letters().len();
+    assert!(
+        accounted >= 30,
+        "every document is accounted for: {accounted}"
+    );
+}

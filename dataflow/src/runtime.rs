@@ -19,7 +19,8 @@ use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::core::{Concat, Probe};
 use timely::dataflow::operators::vec::Map;
 use webscale_rl_connectors::kafka::{
-    KafkaSink, SourceProgress, assign_partitions, commit_offsets, kafka_sink, kafka_source, tools,
+    Claim, Fence, KafkaSink, SourceProgress, assign_partitions, commit_offsets, kafka_sink,
+    kafka_source, tools,
 };
 use webscale_rl_connectors::llm::LlmHealth;
 
@@ -217,6 +218,13 @@ fn kafka_worker(
         assign_partitions(&consumer, &cfg.kafka, index, peers, control.until_caught_up)?;
     let topic = assignment.topic.clone();
     tracing::info!(worker = index, partitions = ?assignment.partitions, topic = %topic, "assigned input partitions");
+    // Before anything is read: a newer engine on this group stops this one (see `fence`).
+    let mut fence = Fence::claim(
+        &cfg.kafka,
+        &topic,
+        &assignment.partitions,
+        Claim::new(index, peers),
+    )?;
     let live = funnel.live().clone();
     live.partitions_assigned(&topic, &assignment.partitions);
 
@@ -269,6 +277,7 @@ fn kafka_worker(
             }
         }
         report_delivered(funnel, &mut reported, &output, &dead_letter);
+        fence.check()?;
         let frontier = durable.with_frontier(|f| f.first().copied());
         let commits = progress.borrow_mut().take_durable(frontier);
         if !commits.is_empty() {
@@ -280,6 +289,7 @@ fn kafka_worker(
             .or_else(|| watchdog.check(control, frontier))
         {
             // What is durable stays committed; nothing past it is.
+            fence.check_now()?;
             commit_offsets(&consumer, &topic, &committed, CommitMode::Sync)?;
             return Err(anyhow!("{reason}"));
         }
@@ -295,6 +305,7 @@ fn kafka_worker(
         }
     }
     // Everything is acknowledged; make the last commit synchronous so that exit means committed.
+    fence.check_now()?;
     commit_offsets(&consumer, &topic, &committed, CommitMode::Sync)?;
     report_delivered(funnel, &mut reported, &output, &dead_letter);
     report_positions(&live, &consumer, &topic, &committed);
