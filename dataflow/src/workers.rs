@@ -53,7 +53,9 @@ where
                 .unwrap_or_else(|panic| Err(anyhow!("worker panicked: {}", panic_text(&*panic))));
             if let Err(e) = &result {
                 let text = format!("{e:#}");
-                if text != ABORTED {
+                // A quiet error is a worker that stops along with worker 0 (an interrupt), which
+                // must get to say why itself, not find the abort set and echo it.
+                if text != ABORTED && !quiet.contains(&text.as_str()) {
                     abort.fail(&text);
                 }
             }
