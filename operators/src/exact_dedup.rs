@@ -49,6 +49,13 @@ pub struct ExactDedupConfig {
     /// Not a setting: set by a run that syncs the index itself ([`crate::lsh_index::IndexSync`]).
     #[serde(skip)]
     pub index_sync: Option<crate::lsh_index::IndexSync>,
+    /// Not a setting: set by a Kafka run whose state has changelog topics ([`crate::changelog`]).
+    #[serde(skip)]
+    pub changelog: Option<crate::changelog::Changelog>,
+    /// Not a setting: set by a Kafka run without changelogs whose group has history; a
+    /// partition this process would create empty is then an error with this cause.
+    #[serde(skip)]
+    pub refuse_new_partitions: Option<String>,
 }
 
 impl Default for ExactDedupConfig {
@@ -61,6 +68,8 @@ impl Default for ExactDedupConfig {
             max_documents: 100_000_000,
             sync_interval_ms: 5000,
             index_sync: None,
+            changelog: None,
+            refuse_new_partitions: None,
         }
     }
 }
@@ -92,6 +101,8 @@ impl ExactDedupConfig {
             sync_interval: Duration::from_millis(self.sync_interval_ms),
             cache_bytes: (16 << 20) / partitions as usize,
             on_demand: self.index_sync.clone(),
+            changelog: self.changelog.clone(),
+            refuse_new: self.refuse_new_partitions.clone(),
         }
     }
 

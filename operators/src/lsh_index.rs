@@ -40,6 +40,7 @@ use redb::{
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::changelog::{Change, Changelog, Restored};
 use crate::minhash::{MinHasher, NearDedupConfig, sketch_len};
 
 /// The log: the number of a chunk's first record → the chunk ([`push_record`]'s encoding).
@@ -50,6 +51,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// `meta` key of the first record number still in use (records before it are evicted, though
 /// their chunk may remain until all its records are).
 const OLDEST: &str = "oldest";
+/// `meta` key of the changelog offset after the last one this partition holds (0: none).
+const CHANGELOG_NEXT: &str = "changelog_next";
+/// Records restored from a changelog per write transaction.
+const RESTORE_BATCH: usize = 16 * CHUNK_RECORDS;
 const FORMAT_VERSION: u64 = 3;
 /// Records per stored chunk (see the module doc).
 pub const CHUNK_RECORDS: usize = 64;
@@ -388,6 +393,13 @@ pub struct IndexParams {
     pub cache_bytes: usize,
     /// Set: commits are never synced here, only through it ([`IndexSync`]).
     pub on_demand: Option<IndexSync>,
+    /// Set: every stored record and eviction is also written here, and a partition restores
+    /// itself from it when opened ([`crate::changelog`]).
+    pub changelog: Option<Changelog>,
+    /// Set (changelogs off, a group with history): a partition that has to be created is an
+    /// error, with this as its cause — its state is elsewhere, and starting it empty would
+    /// silently forget.
+    pub refuse_new: Option<String>,
 }
 
 impl IndexParams {
@@ -413,6 +425,8 @@ impl IndexParams {
             // The budget is per process, which holds every partition once over its workers.
             cache_bytes: (cfg.cache_mb << 20) / partitions as usize,
             on_demand: cfg.index_sync.clone(),
+            changelog: cfg.changelog.clone(),
+            refuse_new: cfg.refuse_new_partitions.clone(),
         }
     }
 }
@@ -465,6 +479,19 @@ pub struct Partition {
     params: IndexParams,
     last_sync: Instant,
     dirty: bool,
+    /// With a changelog: this epoch's changes, in the order made (an eviction and a new record
+    /// of the same key must reach the compacted topic in that order).
+    changes: Vec<(u64, Option<Vec<u8>>)>,
+    partition: u32,
+}
+
+/// What a record is in the changelog: the index's fingerprint (keys made with other parameters
+/// must not be mixed in), then the record.
+fn changelog_value(fingerprint: u64, record: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + record.len());
+    v.extend_from_slice(&fingerprint.to_le_bytes());
+    v.extend_from_slice(record);
+    v
 }
 
 fn db_err(path: &str) -> impl Fn(redb::Error) -> IndexError + '_ {
@@ -503,6 +530,15 @@ impl Partition {
             Some(dir) => {
                 let path = partition_path_in(dir, params.name, partition, params.partitions);
                 let shown = path.display().to_string();
+                if let Some(cause) = &params.refuse_new
+                    && !path.exists()
+                {
+                    return Err(IndexError::Layout(format!(
+                        "partition {partition} of {partitions} is not on this disk ({shown} does \
+                         not exist): {cause}",
+                        partitions = params.partitions
+                    )));
+                }
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(|source| IndexError::Io {
                         path: shown.clone(),
@@ -568,7 +604,7 @@ impl Partition {
             let table = stored_keys(&chunks, oldest, next - oldest).map_err(&err)?;
             (table, oldest, next)
         };
-        Ok(Partition {
+        let mut part = Partition {
             db,
             on_demand,
             path,
@@ -581,7 +617,172 @@ impl Partition {
             last_sync: Instant::now(),
             // The metadata commit is not durable yet.
             dirty: true,
-        })
+            changes: Vec::new(),
+            partition,
+        };
+        if let Some(changelog) = params.changelog.clone() {
+            part.restore(&changelog)?;
+        }
+        Ok(part)
+    }
+
+    /// Replays the changelog from the offset after the last one this partition holds (from the
+    /// beginning for a new one), before anything is judged. A record whose key is stored is
+    /// skipped (a replay after a crash may repeat records the disk kept); a tombstone is skipped
+    /// too, since the size cap evicts oldest first here as it did where the record was evicted,
+    /// and expiry reads the epochs kept in the records.
+    fn restore(&mut self, changelog: &Changelog) -> Result<Restored, IndexError> {
+        let path = self.path.clone();
+        let err = db_err(&path);
+        let from = {
+            let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+            let meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            meta.get(CHANGELOG_NEXT)
+                .map_err(|e| err(e.into()))?
+                .map_or(0, |v| v.value())
+        };
+        let (name, partition) = (self.params.name, self.partition);
+        changelog.0.restore_started(name, partition);
+        let mut batch: Vec<(i64, Option<Vec<u8>>)> = Vec::new();
+        let mut failure: Option<IndexError> = None;
+        let fingerprint = self.params.fingerprint;
+        let restored = changelog
+            .0
+            .restore(name, partition, from as i64, &mut |c: Change<'_>| {
+                let record = match c.value {
+                    None => None,
+                    Some(v) if v.len() >= 8 + RECORD_HEADER => {
+                        let written_with = le_u64(v, 0).unwrap_or_default();
+                        if written_with != fingerprint {
+                            return Err(format!(
+                                "record {} of the changelog was written with other parameters \
+                             (fingerprint {written_with:#x}, this configuration has \
+                             {fingerprint:#x}): MinHash parameters, normalization or partitions \
+                             changed; use a new group, or the old parameters",
+                                c.offset
+                            ));
+                        }
+                        Some(v[8..].to_vec())
+                    }
+                    Some(_) => {
+                        return Err(format!("record {} of the changelog is malformed", c.offset));
+                    }
+                };
+                batch.push((c.offset, record));
+                if batch.len() >= RESTORE_BATCH
+                    && let Err(e) = self.apply_restored(std::mem::take(&mut batch))
+                {
+                    failure = Some(e);
+                    return Err("stopped".into());
+                }
+                Ok(())
+            });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let restored = restored.map_err(|e| {
+            IndexError::Layout(format!("{path}: restoring from the changelog: {e}"))
+        })?;
+        self.apply_restored(batch)?;
+        changelog.0.restore_finished(name, partition, restored);
+        Ok(restored)
+    }
+
+    /// Stores restored records (offset, record; `None` a tombstone) in one transaction, with the
+    /// offset after the last as the partition's changelog position.
+    fn apply_restored(&mut self, batch: Vec<(i64, Option<Vec<u8>>)>) -> Result<(), IndexError> {
+        let Some(&(last, _)) = batch.last() else {
+            return Ok(());
+        };
+        let path = self.path.clone();
+        let err = db_err(&path);
+        let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        set_durability(&mut txn, false).map_err(&err)?;
+        let mut stats = EpochStats::default();
+        let mut earlier_record = Vec::new();
+        {
+            let mut chunks = txn.open_table(CHUNKS).map_err(|e| err(e.into()))?;
+            for (_, record) in &batch {
+                let Some(record) = record else { continue };
+                let Some(key) = record_key(record) else {
+                    continue;
+                };
+                if self
+                    .stored_number(&chunks, key, &mut earlier_record)
+                    .map_err(&err)?
+                    .is_some()
+                {
+                    continue;
+                }
+                self.append(&mut chunks, key, record, &mut stats)
+                    .map_err(&err)?;
+            }
+            self.flush(&mut chunks, &mut stats).map_err(&err)?;
+            if self.entries() > self.params.max_keys {
+                let mut excess = self.entries() - self.params.max_keys;
+                self.evict(&mut chunks, |_| {
+                    let more = excess > 0;
+                    excess = excess.saturating_sub(1);
+                    more
+                })
+                .map_err(&err)?;
+            }
+        }
+        {
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            meta.insert(OLDEST, self.oldest)
+                .map_err(|e| err(e.into()))?;
+            meta.insert(CHANGELOG_NEXT, last as u64 + 1)
+                .map_err(|e| err(e.into()))?;
+        }
+        txn.commit().map_err(|e| err(e.into()))?;
+        // What a restore evicted was evicted where the records were written: no tombstones.
+        self.changes.clear();
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// The number of the stored record with `key`, if any (its bytes left in `into`).
+    fn stored_number(
+        &self,
+        chunks: &Chunks<'_>,
+        key: u64,
+        into: &mut Vec<u8>,
+    ) -> Result<Option<u64>, redb::Error> {
+        for slot in self.table.candidates(key) {
+            let number = self.resolve(slot);
+            if self.read_record(chunks, number, into)? && record_key(into) == Some(key) {
+                return Ok(Some(number));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Appends `record` (whose key is `key`) as the next record.
+    fn append(
+        &mut self,
+        chunks: &mut Chunks<'_>,
+        key: u64,
+        record: &[u8],
+        stats: &mut EpochStats,
+    ) -> Result<(), redb::Error> {
+        if self.entries() >= MAX_KEYS_PER_PARTITION {
+            // Record numbers must stay within a 2^24 window even inside an epoch.
+            let mut one = true;
+            stats.evicted += self.evict(chunks, |_| std::mem::take(&mut one))?;
+        }
+        if self.table.needs_rebuild() {
+            self.rebuild_table(chunks)?;
+        }
+        let number = self.next;
+        self.pending_at.push(push_record(&mut self.pending, record));
+        self.table.insert(key, number);
+        self.next += 1;
+        stats.inserted += 1;
+        if self.pending_at.len() == CHUNK_RECORDS {
+            self.flush(chunks, stats)?;
+        }
+        Ok(())
     }
 
     /// Keys stored.
@@ -645,6 +846,12 @@ impl Partition {
                     found = true;
                     if origin == q.origin {
                         stats.replays += 1;
+                        if self.params.changelog.is_some() {
+                            // A replay after a crash: the disk may have kept a record whose
+                            // changelog write was never acknowledged. Written again (the same
+                            // key and value, which compaction collapses), the changelog has it.
+                            self.changes.push((key, Some(earlier_record.clone())));
+                        }
                     } else {
                         stats.collisions += 1;
                         on_hit(i, earlier);
@@ -654,25 +861,11 @@ impl Partition {
                 if found {
                     continue;
                 }
-                if self.entries() >= MAX_KEYS_PER_PARTITION {
-                    // Record numbers must stay within a 2^24 window even inside an epoch.
-                    let mut one = true;
-                    stats.evicted += self
-                        .evict(&mut chunks, |_| std::mem::take(&mut one))
-                        .map_err(&err)?;
-                }
-                if self.table.needs_rebuild() {
-                    self.rebuild_table(&chunks).map_err(&err)?;
-                }
-                let number = self.next;
                 encode_into(&mut record, q, epoch);
-                self.pending_at
-                    .push(push_record(&mut self.pending, &record));
-                self.table.insert(q.key, number);
-                self.next += 1;
-                stats.inserted += 1;
-                if self.pending_at.len() == CHUNK_RECORDS {
-                    self.flush(&mut chunks, &mut stats).map_err(&err)?;
+                self.append(&mut chunks, q.key, &record, &mut stats)
+                    .map_err(&err)?;
+                if self.params.changelog.is_some() {
+                    self.changes.push((q.key, Some(record.clone())));
                 }
             }
             self.flush(&mut chunks, &mut stats).map_err(&err)?;
@@ -687,12 +880,35 @@ impl Partition {
                     .map_err(&err)?;
             }
         }
-        if self.oldest != oldest_before {
+        // Every changelog record acknowledged so far was stored here by an earlier commit (a
+        // change is written to the changelog after its commit), so this commit may say the
+        // partition holds them: if it survives a crash, so do they.
+        let changelog_next = self.params.changelog.as_ref().and_then(|c| {
+            c.0.acknowledged(self.params.name, self.partition)
+                .map(|o| o as u64 + 1)
+        });
+        if self.oldest != oldest_before || changelog_next.is_some() {
             let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
             meta.insert(OLDEST, self.oldest)
                 .map_err(|e| err(e.into()))?;
+            if let Some(next) = changelog_next {
+                meta.insert(CHANGELOG_NEXT, next)
+                    .map_err(|e| err(e.into()))?;
+            }
         }
         txn.commit().map_err(|e| err(e.into()))?;
+        if let Some(changelog) = &self.params.changelog {
+            for (key, record) in self.changes.drain(..) {
+                let value = record.map(|r| changelog_value(self.params.fingerprint, &r));
+                changelog.0.write(
+                    self.params.name,
+                    self.partition,
+                    epoch,
+                    &key.to_be_bytes(),
+                    value.as_deref(),
+                );
+            }
+        }
         if durable {
             self.last_sync = Instant::now();
             self.dirty = false;
@@ -811,6 +1027,10 @@ impl Partition {
                 }
                 if let Some(key) = record_key(record) {
                     self.table.remove(key, number);
+                    if self.params.changelog.is_some() {
+                        // A tombstone, so that compaction drops the record from the changelog.
+                        self.changes.push((key, None));
+                    }
                 }
                 self.oldest = number + 1;
                 evicted += 1;
@@ -1167,6 +1387,137 @@ mod tests {
             id,
             sketch: &SKETCH,
         }
+    }
+
+    /// The ids `queries` collide with, in order (`None`: new).
+    fn verdicts(p: &mut Partition, epoch: u64, keys: &[(u64, u64)]) -> Vec<Option<String>> {
+        let ids: Vec<String> = keys.iter().map(|(k, _)| format!("doc-{k}")).collect();
+        let queries: Vec<Query<'_>> = keys
+            .iter()
+            .zip(&ids)
+            .map(|((k, origin), id)| query(key(*k), *origin, id))
+            .collect();
+        let mut found = vec![None; keys.len()];
+        p.apply_epoch(epoch, &queries, |i, earlier| {
+            found[i] = Some(earlier.id.to_string())
+        })
+        .unwrap();
+        found
+    }
+
+    #[test]
+    fn a_partition_on_an_empty_disk_is_restored_from_its_changelog() {
+        let log = crate::changelog::MemoryChangelog::default();
+        let first = tempfile::tempdir().unwrap();
+        let with_log = |dir: &Path| IndexParams {
+            changelog: Some(log.handle()),
+            ..params(Some(dir))
+        };
+        {
+            let mut p = Partition::open(0, &with_log(first.path())).unwrap();
+            let keys: Vec<(u64, u64)> = (0..300).map(|i| (i, i)).collect();
+            assert!(verdicts(&mut p, 5, &keys).iter().all(Option::is_none));
+        }
+        assert_eq!(log.len("near_dedup", 0), 300);
+        // Another machine: nothing on its disk, the same changelog.
+        let second = tempfile::tempdir().unwrap();
+        let mut p = Partition::open(0, &with_log(second.path())).unwrap();
+        assert_eq!(p.entries(), 300);
+        let copies: Vec<(u64, u64)> = (0..300).map(|i| (i, 1000 + i)).collect();
+        let found = verdicts(&mut p, 6, &copies);
+        assert!(
+            found
+                .iter()
+                .enumerate()
+                .all(|(i, f)| f.as_deref() == Some(format!("doc-{i}").as_str())),
+            "every copy names the document it copies"
+        );
+        // The same message replayed is itself, and its record is logged again (the disk that
+        // kept it may have lost the changelog write).
+        assert!(verdicts(&mut p, 7, &[(3, 3)])[0].is_none());
+        assert_eq!(log.len("near_dedup", 0), 301);
+        drop(p);
+        // Reopened on its own disk: only what it does not hold is read again.
+        let p = Partition::open(0, &with_log(second.path())).unwrap();
+        assert_eq!(p.entries(), 300);
+    }
+
+    #[test]
+    fn evictions_are_tombstones_and_a_restore_keeps_the_same_newest_keys() {
+        let log = crate::changelog::MemoryChangelog::default();
+        let capped = |dir: &Path| IndexParams {
+            changelog: Some(log.handle()),
+            max_keys: 100,
+            ..params(Some(dir))
+        };
+        let first = tempfile::tempdir().unwrap();
+        {
+            let mut p = Partition::open(0, &capped(first.path())).unwrap();
+            for e in 0..3u64 {
+                let keys: Vec<(u64, u64)> = (e * 80..(e + 1) * 80).map(|i| (i, i)).collect();
+                verdicts(&mut p, 10 + e, &keys);
+            }
+            assert_eq!(p.entries(), 100);
+        }
+        assert_eq!(log.tombstones("near_dedup", 0), 140);
+        let second = tempfile::tempdir().unwrap();
+        let mut p = Partition::open(0, &capped(second.path())).unwrap();
+        assert_eq!(p.entries(), 100);
+        // The newest 100 (140..240) are remembered, the oldest forgotten, as on the first disk.
+        let found = verdicts(&mut p, 20, &[(139, 9000), (140, 9001), (239, 9002)]);
+        assert_eq!(
+            found,
+            vec![None, Some("doc-140".into()), Some("doc-239".into())]
+        );
+    }
+
+    #[test]
+    fn a_changelog_of_other_parameters_is_refused() {
+        let log = crate::changelog::MemoryChangelog::default();
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut p = Partition::open(
+                0,
+                &IndexParams {
+                    changelog: Some(log.handle()),
+                    ..params(Some(dir.path()))
+                },
+            )
+            .unwrap();
+            verdicts(&mut p, 1, &[(1, 1)]);
+        }
+        let other = tempfile::tempdir().unwrap();
+        let err = Partition::open(
+            0,
+            &IndexParams {
+                changelog: Some(log.handle()),
+                fingerprint: 42,
+                ..params(Some(other.path()))
+            },
+        )
+        .err()
+        .expect("refused");
+        assert!(err.to_string().contains("other parameters"), "{err}");
+    }
+
+    #[test]
+    fn a_partition_not_on_this_disk_is_refused_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Partition::open(
+            0,
+            &IndexParams {
+                refuse_new: Some("the group has committed offsets".into()),
+                ..params(Some(dir.path()))
+            },
+        )
+        .err()
+        .expect("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("partition 0 of 1 is not on this disk"),
+            "{text}"
+        );
+        assert!(text.contains("the group has committed offsets"), "{text}");
     }
 
     #[test]

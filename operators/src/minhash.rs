@@ -62,6 +62,13 @@ pub struct NearDedupConfig {
     /// Not a setting: set by a run that syncs the index itself ([`crate::lsh_index::IndexSync`]).
     #[serde(skip)]
     pub index_sync: Option<crate::lsh_index::IndexSync>,
+    /// Not a setting: set by a Kafka run whose state has changelog topics ([`crate::changelog`]).
+    #[serde(skip)]
+    pub changelog: Option<crate::changelog::Changelog>,
+    /// Not a setting: set by a Kafka run without changelogs whose group has history; a
+    /// partition this process would create empty is then an error with this cause.
+    #[serde(skip)]
+    pub refuse_new_partitions: Option<String>,
 }
 
 impl Default for NearDedupConfig {
@@ -81,6 +88,8 @@ impl Default for NearDedupConfig {
             sync_interval_ms: 5000,
             cache_mb: 64,
             index_sync: None,
+            changelog: None,
+            refuse_new_partitions: None,
         }
     }
 }
