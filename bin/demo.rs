@@ -78,6 +78,29 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
             .create_topic(topic, args.partitions, 1)
             .with_context(|| format!("creating topic '{topic}'"))?;
     }
+    // The dedup state's changelog topics, one partition per index partition (the mock cluster
+    // does not implement CreateTopics, which the engine would otherwise use).
+    let cfg = &run.cfg;
+    for (on, index, partitions) in [
+        (
+            cfg.exact_dedup.enabled,
+            "exact_dedup",
+            cfg.exact_dedup.partitions(),
+        ),
+        (
+            cfg.near_dedup.enabled,
+            "near_dedup",
+            cfg.near_dedup.partitions(),
+        ),
+    ] {
+        if on && cfg.state.changelog {
+            let topic =
+                webscale_rl_connectors::kafka::changelog::changelog_topic(&cfg.kafka.group, index);
+            cluster
+                .create_topic(&topic, partitions.max(1) as i32, 1)
+                .with_context(|| format!("creating topic '{topic}'"))?;
+        }
+    }
     let say = |s: String| {
         if !cli.quiet {
             eprintln!("{s}");

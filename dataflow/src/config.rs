@@ -36,6 +36,8 @@ pub struct PipelineConfig {
     pub classify: ClassifyConfig,
     pub generate: GenerateConfig,
     pub verify: VerifyConfig,
+    /// Where the dedup state lives in Kafka mode: changelog topics (`[state]`).
+    pub state: webscale_rl_connectors::kafka::StateConfig,
 }
 
 impl PipelineConfig {

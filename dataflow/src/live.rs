@@ -99,6 +99,10 @@ pub struct Live {
     mode: Mutex<Option<&'static str>>,
     /// Someone reads the metrics: worth refreshing the Kafka end offsets.
     watched: AtomicBool,
+    /// Kafka mode with changelogs: the restores of this process's state partitions.
+    restore: std::sync::OnceLock<
+        std::sync::Arc<webscale_rl_connectors::kafka::changelog::RestoreProgress>,
+    >,
 }
 
 impl Default for Live {
@@ -114,6 +118,7 @@ impl Default for Live {
             sinks: Mutex::default(),
             mode: Mutex::default(),
             watched: AtomicBool::new(false),
+            restore: std::sync::OnceLock::new(),
         }
     }
 }
@@ -318,6 +323,21 @@ impl Live {
 
     pub fn source_ready(&self) -> bool {
         self.source_ready.load(Ordering::Relaxed)
+    }
+
+    /// The restores of this process's state partitions (Kafka mode with changelogs).
+    pub fn set_restore_progress(
+        &self,
+        progress: std::sync::Arc<webscale_rl_connectors::kafka::changelog::RestoreProgress>,
+    ) {
+        let _ = self.restore.set(progress);
+    }
+
+    /// The restores, once started.
+    pub fn restore_progress(
+        &self,
+    ) -> Option<&webscale_rl_connectors::kafka::changelog::RestoreProgress> {
+        self.restore.get().map(|p| &**p)
     }
 
     /// A metrics endpoint reads this state from now on.

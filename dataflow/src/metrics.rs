@@ -215,6 +215,30 @@ impl Collector for EngineCollector {
             "Wall-clock time minus the durable frontier (Kafka mode, while running).",
             live.frontier_lag_secs().map(|s| (vec![], s)),
         )?;
+        if let Some(restore) = live.restore_progress() {
+            use std::sync::atomic::Ordering::Relaxed;
+            gauges(
+                e,
+                "webscale_state_restore_partitions",
+                "State partitions of this process: expected to restore, and restored.",
+                [
+                    (
+                        vec![("state", "expected".to_string())],
+                        restore.expected.load(Relaxed) as i64,
+                    ),
+                    (
+                        vec![("state", "restored".to_string())],
+                        restore.finished.load(Relaxed) as i64,
+                    ),
+                ],
+            )?;
+            counters(
+                e,
+                "webscale_state_restored_records",
+                "Changelog records replayed into this process's state partitions.",
+                [(vec![], restore.records.load(Relaxed))],
+            )?;
+        }
         let partitions = live.partitions();
         let tp = |(topic, p): &(String, i32)| {
             vec![("topic", topic.clone()), ("partition", p.to_string())]
@@ -253,6 +277,9 @@ fn readiness(funnel: &Funnel, llm: Option<&LlmHandle>) -> Result<(), Vec<String>
     let mut missing = Vec::new();
     if !funnel.live().source_ready() {
         missing.push("source: not connected (Kafka partitions not assigned yet)".to_string());
+    }
+    if let Some((done, of)) = funnel.live().restore_progress().and_then(|p| p.restoring()) {
+        missing.push(format!("state: restoring state: {done} of {of} partitions"));
     }
     if let Some(llm) = llm
         && !llm.up()

@@ -18,11 +18,13 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::core::{Concat, Probe};
 use timely::dataflow::operators::vec::Map;
+use webscale_rl_connectors::kafka::changelog::{self, changelog_topic};
 use webscale_rl_connectors::kafka::{
-    Claim, Fence, KafkaSink, SourceProgress, assign_partitions, commit_offsets, kafka_sink,
-    kafka_source, tools,
+    Claim, Fence, KafkaChangelog, KafkaSink, SourceProgress, assign_partitions, commit_offsets,
+    kafka_sink, kafka_source, tools,
 };
 use webscale_rl_connectors::llm::LlmHealth;
+use webscale_rl_records::changelog::{Changelog, StateChangelog};
 
 use crate::config::PipelineConfig;
 use crate::funnel::{DEAD_LETTERED, EMITTED, Funnel};
@@ -164,6 +166,7 @@ pub fn run_kafka(
     drop(probe);
     let mut cfg = cfg;
     cfg.source.resolve(resources.llm.is_some());
+    let changelog = attach_state(&mut cfg, funnel.live())?;
     funnel.live().set_run(
         "kafka",
         &cfg.kafka.output_topic,
@@ -177,11 +180,84 @@ pub fn run_kafka(
     };
     let abort = control.abort.clone();
     let result = crate::workers::execute(timely_config, abort, &[], move |worker| {
-        kafka_worker(worker, &cfg, &control, &funnel, &resources)
+        kafka_worker(
+            worker,
+            &cfg,
+            &control,
+            &funnel,
+            &resources,
+            changelog.as_deref(),
+        )
     });
     // A last refresh of the end offsets, so the final lag reads what was left unread.
     drop(watermarks);
     result
+}
+
+/// The dedup stages' state in Kafka mode: with `[state] changelog` (the default) their changelog
+/// topics are made sure of and every partition writes to and restores from them; without, a
+/// partition this process would start empty while the group has committed offsets is refused
+/// (its state is on another disk). Before any worker starts, so a missing topic is one error.
+fn attach_state(
+    cfg: &mut PipelineConfig,
+    live: &crate::live::Live,
+) -> anyhow::Result<Option<Arc<KafkaChangelog>>> {
+    let indexes: Vec<(&'static str, u32)> = [
+        (
+            cfg.exact_dedup.enabled,
+            "exact_dedup",
+            cfg.exact_dedup.partitions(),
+        ),
+        (
+            cfg.near_dedup.enabled,
+            "near_dedup",
+            cfg.near_dedup.partitions(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(on, _, _)| *on)
+    .map(|(_, name, partitions)| (name, partitions.max(1)))
+    .collect();
+    if indexes.is_empty() {
+        return Ok(None);
+    }
+    if !cfg.state.changelog {
+        if tools::group_has_commits(&cfg.kafka, &cfg.kafka.input_topic)? {
+            let cause = format!(
+                "consumer group '{}' has committed input offsets, so this state was written \
+                 before, on another machine or by a cluster of another shape (-n, -w), and \
+                 changelogs are off (`[state] changelog = false`). Starting it empty would \
+                 silently forget what was deduplicated: run this process where its state is, \
+                 with the same -n and -w, or switch changelogs on",
+                cfg.kafka.group
+            );
+            cfg.exact_dedup.refuse_new_partitions = Some(cause.clone());
+            cfg.near_dedup.refuse_new_partitions = Some(cause);
+        }
+        return Ok(None);
+    }
+    let topics: Vec<(String, u32)> = indexes
+        .iter()
+        .map(|(name, partitions)| (changelog_topic(&cfg.kafka.group, name), *partitions))
+        .collect();
+    changelog::ensure_topics(&cfg.kafka, &cfg.state, &topics)?;
+    let log = Arc::new(KafkaChangelog::new(&cfg.kafka)?);
+    live.set_restore_progress(log.progress());
+    let handle = Changelog(log.clone());
+    cfg.exact_dedup.changelog = Some(handle.clone());
+    cfg.near_dedup.changelog = Some(handle);
+    Ok(Some(log))
+}
+
+/// The epoch before which input offsets may be committed: the sinks' durable frontier, held
+/// back to the first epoch with a changelog record not yet acknowledged.
+fn commit_frontier(durable: Option<u64>, changelog: Option<&KafkaChangelog>) -> Option<u64> {
+    let waiting = changelog.and_then(|c| c.unacknowledged_from());
+    match (durable, waiting) {
+        (Some(d), Some(w)) => Some(d.min(w)),
+        (None, w) => w,
+        (d, None) => d,
+    }
 }
 
 fn kafka_worker(
@@ -190,6 +266,7 @@ fn kafka_worker(
     control: &RunControl,
     funnel: &Funnel,
     resources: &Resources,
+    changelog: Option<&KafkaChangelog>,
 ) -> anyhow::Result<()> {
     let (index, peers) = (worker.index(), worker.peers());
     let consumer: BaseConsumer = cfg
@@ -276,9 +353,14 @@ fn kafka_worker(
                 ));
             }
         }
+        if let Some(failure) = changelog.and_then(KafkaChangelog::failure) {
+            return Err(anyhow!(
+                "{failure}; stopping without committing the affected offsets"
+            ));
+        }
         report_delivered(funnel, &mut reported, &output, &dead_letter);
         fence.check()?;
-        let frontier = durable.with_frontier(|f| f.first().copied());
+        let frontier = commit_frontier(durable.with_frontier(|f| f.first().copied()), changelog);
         let commits = progress.borrow_mut().take_durable(frontier);
         if !commits.is_empty() {
             commit_offsets(&consumer, &topic, &commits, CommitMode::Async)?;

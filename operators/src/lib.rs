@@ -10,7 +10,6 @@
 #![allow(clippy::result_large_err)]
 
 pub mod benchmarks;
-pub mod changelog;
 pub mod classify;
 pub mod decontaminate;
 pub mod epoch;

@@ -40,8 +40,8 @@ use redb::{
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::changelog::{Change, Changelog, Restored};
 use crate::minhash::{MinHasher, NearDedupConfig, sketch_len};
+use webscale_rl_records::changelog::{Change, Changelog, Restored};
 
 /// The log: the number of a chunk's first record → the chunk ([`push_record`]'s encoding).
 const CHUNKS: TableDefinition<u64, &[u8]> = TableDefinition::new("chunks");
@@ -111,6 +111,12 @@ pub fn partition_path_in(state_dir: &Path, name: &str, partition: u32, partition
 pub fn open_owned(params: &IndexParams, worker: u32, peers: u32) -> (Vec<usize>, Vec<Partition>) {
     let mut slot = vec![usize::MAX; params.partitions as usize];
     let mut parts = Vec::new();
+    if let Some(changelog) = &params.changelog {
+        let owned = (0..params.partitions)
+            .filter(|p| p % peers == worker)
+            .count();
+        changelog.0.restore_expected(owned);
+    }
     for p in (0..params.partitions).filter(|p| p % peers == worker) {
         slot[p as usize] = parts.len();
         parts.push(
@@ -394,7 +400,7 @@ pub struct IndexParams {
     /// Set: commits are never synced here, only through it ([`IndexSync`]).
     pub on_demand: Option<IndexSync>,
     /// Set: every stored record and eviction is also written here, and a partition restores
-    /// itself from it when opened ([`crate::changelog`]).
+    /// itself from it when opened ([`webscale_rl_records::changelog`]).
     pub changelog: Option<Changelog>,
     /// Set (changelogs off, a group with history): a partition that has to be created is an
     /// error, with this as its cause — its state is elsewhere, and starting it empty would
@@ -1407,7 +1413,7 @@ mod tests {
 
     #[test]
     fn a_partition_on_an_empty_disk_is_restored_from_its_changelog() {
-        let log = crate::changelog::MemoryChangelog::default();
+        let log = webscale_rl_records::changelog::MemoryChangelog::default();
         let first = tempfile::tempdir().unwrap();
         let with_log = |dir: &Path| IndexParams {
             changelog: Some(log.handle()),
@@ -1444,7 +1450,7 @@ mod tests {
 
     #[test]
     fn evictions_are_tombstones_and_a_restore_keeps_the_same_newest_keys() {
-        let log = crate::changelog::MemoryChangelog::default();
+        let log = webscale_rl_records::changelog::MemoryChangelog::default();
         let capped = |dir: &Path| IndexParams {
             changelog: Some(log.handle()),
             max_keys: 100,
@@ -1473,7 +1479,7 @@ mod tests {
 
     #[test]
     fn a_changelog_of_other_parameters_is_refused() {
-        let log = crate::changelog::MemoryChangelog::default();
+        let log = webscale_rl_records::changelog::MemoryChangelog::default();
         let dir = tempfile::tempdir().unwrap();
         {
             let mut p = Partition::open(

@@ -62,9 +62,9 @@ pub struct NearDedupConfig {
     /// Not a setting: set by a run that syncs the index itself ([`crate::lsh_index::IndexSync`]).
     #[serde(skip)]
     pub index_sync: Option<crate::lsh_index::IndexSync>,
-    /// Not a setting: set by a Kafka run whose state has changelog topics ([`crate::changelog`]).
+    /// Not a setting: set by a Kafka run whose state has changelog topics ([`webscale_rl_records::changelog`]).
     #[serde(skip)]
-    pub changelog: Option<crate::changelog::Changelog>,
+    pub changelog: Option<webscale_rl_records::changelog::Changelog>,
     /// Not a setting: set by a Kafka run without changelogs whose group has history; a
     /// partition this process would create empty is then an error with this cause.
     #[serde(skip)]

@@ -8,6 +8,8 @@
 //! stages (`webscale-rl-operators`), the graph (`webscale-rl-dataflow`) — the way Materialize keeps
 //! its rows in `mz_repr`: so a sink does not pull in MinHash, and a stage does not pull in Kafka.
 
+pub mod changelog;
+
 use serde::{Deserialize, Serialize};
 
 /// Version stamped on every emitted record, so consumers can tell outputs of different builds apart.

@@ -46,6 +46,12 @@ impl Kafka {
             .unwrap();
         cluster.create_topic(&cfg.output_topic, 2, 1).unwrap();
         cluster.create_topic(&cfg.dead_letter_topic, 2, 1).unwrap();
+        // The dedup state's changelogs at the default partition count (the mock cluster does not
+        // implement CreateTopics).
+        for index in ["exact_dedup", "near_dedup"] {
+            let topic = webscale_rl_connectors::kafka::changelog::changelog_topic(group, index);
+            cluster.create_topic(&topic, 32, 1).unwrap();
+        }
         Kafka { cluster, cfg }
     }
 

@@ -56,6 +56,30 @@ pub fn topic_partitions<C: ConsumerContext>(
     }
 }
 
+/// Whether the consumer group has committed an offset on any partition of `topic`: a group with
+/// history, whose state was built before.
+pub fn group_has_commits(cfg: &KafkaConfig, topic: &str) -> anyhow::Result<bool> {
+    let consumer: BaseConsumer<Quiet> = cfg
+        .client_config_with(&[
+            ("group.id", cfg.group.as_str()),
+            ("enable.auto.commit", "false"),
+        ])?
+        .create_with_context(Quiet)
+        .context("creating the Kafka client")?;
+    let partitions = topic_partitions(&consumer, cfg, topic)?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, cfg.connect_timeout())
+        .context("reading the group's committed offsets")?;
+    Ok(committed
+        .elements()
+        .iter()
+        .any(|e| matches!(e.offset(), rdkafka::Offset::Offset(_))))
+}
+
 /// What to say about a topic the brokers do not have: the engine never creates topics (their
 /// partition count and retention are the operator's choice), so say how to.
 pub fn missing_topic(topic: &str, brokers: &str) -> String {

@@ -14,7 +14,7 @@
 //! records ([`StateChangelog::unacknowledged_from`]), as behind its outputs.
 //!
 //! ```
-//! use webscale_rl_operators::changelog::{Change, MemoryChangelog, StateChangelog};
+//! use webscale_rl_records::changelog::{Change, MemoryChangelog, StateChangelog};
 //!
 //! let log = MemoryChangelog::default();
 //! log.write("exact_dedup", 3, 7, b"key", Some(b"record"));
@@ -74,6 +74,8 @@ pub trait StateChangelog: Send + Sync {
         None
     }
 
+    /// A worker is about to open (and restore) this many partitions (for progress reports).
+    fn restore_expected(&self, _partitions: usize) {}
     /// A partition is about to be restored, or has been (for progress reports).
     fn restore_started(&self, _index: &str, _partition: u32) {}
     fn restore_finished(&self, _index: &str, _partition: u32, _restored: Restored) {}
