@@ -474,3 +474,209 @@ fn a_dead_peer_stops_the_cluster_with_a_clear_error_and_nothing_is_lost() {
     );
     assert_eq!(kafka.committed(), kafka.end_offsets());
 }
+
+/// Ports for a cluster of `n` processes on this host, as a host file.
+fn hostfile(dir: &std::path::Path, name: &str, n: usize) -> std::path::PathBuf {
+    let hosts: String = (0..n)
+        .map(|_| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            format!("127.0.0.1:{port}\n")
+        })
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, hosts).unwrap();
+    path
+}
+
+/// Runs the cluster with one process per state home (`--until-caught-up`, 2 workers each) and
+/// returns each process's stderr, insisting that every one succeeded.
+fn run_cluster(
+    kafka: &Kafka,
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    homes: &[std::path::PathBuf],
+) -> Vec<String> {
+    let n = homes.len().to_string();
+    let hosts = hostfile(dir, &format!("hosts-{}", homes.len()), homes.len());
+    let children: Vec<_> = homes
+        .iter()
+        .enumerate()
+        .map(|(p, home)| {
+            engine(
+                kafka,
+                config,
+                &["--until-caught-up", "-n", &n, "-p", &p.to_string(), "-h"],
+            )
+            .arg(&hosts)
+            .env("XDG_STATE_HOME", home)
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "{stderr}");
+            stderr
+        })
+        .collect()
+}
+
+/// Documents that reach the dedup stages, under new ids: exact copies and near copies (one word
+/// in 100 changed) of `docs`.
+fn copies(docs: &[Value], tag: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for d in docs {
+        let id = d["id"].as_str().unwrap();
+        let text = d["text"].as_str().unwrap();
+        let near: Vec<String> = text
+            .split_whitespace()
+            .enumerate()
+            .map(|(i, w)| {
+                if i % 100 == 7 {
+                    format!("zebra{tag}")
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect();
+        out.push(
+            serde_json::to_vec(
+                &serde_json::json!({"id": format!("{id}-{tag}-exact"), "text": text}),
+            )
+            .unwrap(),
+        );
+        out.push(
+            serde_json::to_vec(
+                &serde_json::json!({"id": format!("{id}-{tag}-near"), "text": near.join(" ")}),
+            )
+            .unwrap(),
+        );
+    }
+    out
+}
+
+/// Dedup verdicts by document id: (stage, reason, the id it copies).
+fn dedup_verdicts(kafka: &Kafka) -> BTreeMap<String, (String, String, String)> {
+    kafka
+        .dead_letters()
+        .iter()
+        .filter(|d| {
+            matches!(
+                d["stage"].as_str(),
+                Some("exact_dedup") | Some("near_dedup")
+            )
+        })
+        .map(|d| {
+            (
+                d["doc_id"].as_str().unwrap_or_default().to_string(),
+                (
+                    d["stage"].as_str().unwrap_or_default().to_string(),
+                    d["reason"].as_str().unwrap_or_default().to_string(),
+                    d["detail"].as_str().unwrap_or_default().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Issue 24: the dedup state belongs to the cluster. A batch is judged by 2 processes, then
+/// copies of it by 3 (the third on an empty disk), then by 1 on another empty disk: the state
+/// is restored from the changelog topics by each partition's new owner, and the verdicts are
+/// those of a cluster that never changed shape — every exact and near copy caught.
+#[test]
+fn rescaling_and_new_disks_forget_nothing_that_was_deduplicated() {
+    let originals: Vec<Value> = crate::support::good_articles().take(24).collect();
+    let batch1: Vec<Vec<u8>> = originals
+        .iter()
+        .map(|d| serde_json::to_vec(d).unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("default.toml");
+    std::fs::write(&config, "").unwrap();
+    let home = |name: &str| dir.path().join(name);
+
+    // The reference: one process on one disk throughout.
+    let reference = Kafka::start(8, "e2e-rescale-reference");
+    reference.produce_lines(batch1.clone());
+    run_cluster(&reference, dir.path(), &config, &[home("ref")]);
+    for tag in ["b", "c"] {
+        reference.produce_lines(copies(&originals, tag));
+        run_cluster(&reference, dir.path(), &config, &[home("ref")]);
+    }
+    let expected = dedup_verdicts(&reference);
+    // Every exact copy is caught; near copies as MinHash LSH finds them (deterministically:
+    // the same ones in every run).
+    let mut near = 0;
+    for d in &originals {
+        let id = d["id"].as_str().unwrap();
+        for tag in ["b", "c"] {
+            assert_eq!(expected[&format!("{id}-{tag}-exact")].2, id);
+            if let Some(v) = expected.get(&format!("{id}-{tag}-near")) {
+                // (A change the normalization drops leaves an exact copy.)
+                // The original, or the earlier near copy (itself a copy of the original).
+                let copied = v.2.split(' ').next().unwrap();
+                assert!(copied == id || copied == format!("{id}-b-near"), "{v:?}");
+                near += 1;
+            }
+        }
+    }
+    assert!(
+        near * 10 >= 2 * originals.len() * 9,
+        "{near} near copies caught"
+    );
+
+    let kafka = Kafka::start(8, "e2e-rescale");
+    kafka.produce_lines(batch1);
+    run_cluster(&kafka, dir.path(), &config, &[home("a"), home("b")]);
+    kafka.produce_lines(copies(&originals, "b"));
+    // 2 -> 3 processes, the third on an empty disk: most partitions move.
+    run_cluster(
+        &kafka,
+        dir.path(),
+        &config,
+        &[home("a"), home("b"), home("c")],
+    );
+    kafka.produce_lines(copies(&originals, "c"));
+    // 3 -> 1 process, on yet another empty disk.
+    run_cluster(&kafka, dir.path(), &config, &[home("d")]);
+    assert_eq!(
+        dedup_verdicts(&kafka),
+        expected,
+        "the verdicts of a cluster that never changed"
+    );
+    assert_eq!(kafka.committed(), kafka.end_offsets());
+}
+
+/// Issue 24: with changelogs off, a process that would start a partition empty while its group
+/// has committed offsets stops, naming the partitions and the cause, and commits nothing.
+#[test]
+fn without_changelogs_a_partition_missing_from_disk_stops_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("local.toml");
+    std::fs::write(&config, "[state]\nchangelog = false\n").unwrap();
+    let kafka = Kafka::start(4, "e2e-no-changelog");
+    kafka.produce_lines(sample_lines()[..20].to_vec());
+    run_cluster(&kafka, dir.path(), &config, &[dir.path().join("a")]);
+    // Its own disk again: fine.
+    kafka.produce_lines(sample_lines()[20..30].to_vec());
+    run_cluster(&kafka, dir.path(), &config, &[dir.path().join("a")]);
+    let committed = kafka.committed();
+    kafka.produce_lines(sample_lines()[30..40].to_vec());
+    let out = engine(&kafka, &config, &["--until-caught-up"])
+        .env("XDG_STATE_HOME", dir.path().join("new"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("is not on this disk"), "{stderr}");
+    assert!(stderr.contains("e2e-no-changelog"), "{stderr}");
+    assert!(stderr.contains("changelog = false"), "{stderr}");
+    assert_eq!(kafka.committed(), committed, "nothing is committed");
+}
