@@ -89,6 +89,7 @@ impl Setup {
             llm: llm.as_ref().map(|l| l.service()),
             benchmarks: load_benchmarks(&mut cfg, &args.benchmarks, cli.quiet)?,
             operator_times: args.operator_times.then(OperatorTimes::default),
+            llm_client: llm.as_ref().map(|l| l.backend.client.clone()),
         };
         let funnel = Funnel::default();
         let metrics = crate::monitoring::start(

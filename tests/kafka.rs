@@ -276,6 +276,40 @@ fn a_crash_mid_stream_loses_nothing_and_the_replay_adds_no_new_ids() {
         "replay produced the same dead-letter ids"
     );
     assert_eq!(kafka.committed(), kafka.end_offsets());
+
+    // Each run had a disk of its own (`engine` gives each a fresh state home), so the restart
+    // restored the state the killed run left in the changelog. One more process on an empty
+    // disk must know every accepted document: their copies, under new ids, are all duplicates.
+    let accepted = kafka.outputs();
+    let copies: Vec<Vec<u8>> = accepted
+        .iter()
+        .map(|o| {
+            serde_json::to_vec(&serde_json::json!({
+                "id": format!("{}-copy", o["id"].as_str().unwrap()),
+                "text": o["text"],
+            }))
+            .unwrap()
+        })
+        .collect();
+    kafka.produce_lines(copies);
+    let out = engine(&kafka, &fast, &["--until-caught-up"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(kafka.outputs().len(), accepted.len(), "no copy is accepted");
+    let caught = kafka
+        .dead_letters()
+        .iter()
+        .filter(|d| {
+            d["doc_id"].as_str().is_some_and(|id| id.ends_with("-copy"))
+                && d["stage"] == "exact_dedup"
+        })
+        .count();
+    assert_eq!(caught, accepted.len(), "every copy is an exact duplicate");
 }
 
 #[test]

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use timely::dataflow::StreamVec;
+use timely::dataflow::operators::Exchange;
 use timely::dataflow::operators::core::{Concat, Concatenate, Inspect};
 use timely::dataflow::operators::vec::Map;
 use webscale_rl_operators::Verdicts;
@@ -73,6 +74,8 @@ pub struct Resources {
     pub benchmarks: Option<Arc<Benchmarks>>,
     /// Set by `--operator-times`: every worker logs its operators' busy time here.
     pub operator_times: Option<crate::operator_times::OperatorTimes>,
+    /// The LLM client behind `llm`, whose response cache Kafka mode changelogs and restores.
+    pub llm_client: Option<webscale_rl_connectors::llm::LlmClient>,
 }
 
 /// Wires stages one way: a stage switched off in the config passes its input through; a stage's
@@ -193,6 +196,13 @@ pub fn build<'s>(
             )
         }
         Some(llm) => {
+            // Each document to the worker owning its response-cache partition (Kafka mode
+            // restores that partition there), so its calls are cached where a replay of it
+            // will look, whatever machine the partition lives on now.
+            let peers = docs.scope().peers() as u64;
+            let docs = docs.exchange(move |d: &Document| {
+                u64::from(webscale_rl_records::changelog::cache_partition(&d.id)) % peers
+            });
             let pairs = qa_stages(docs, cfg, &mut stages, llm, index)?;
             Output::QaPairs(count(pairs, funnel, QA_PAIRS.0, QA_PAIRS.1))
         }

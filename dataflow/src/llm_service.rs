@@ -34,6 +34,7 @@ impl LlmService for HttpLlm {
         if let Some((name, schema)) = request.schema {
             chat = chat.schema(ResponseSchema::new(name, schema));
         }
+        chat.cache_partition = request.cache_partition;
         self.client.submit(stage, chat, move |result| {
             if !result.as_ref().is_ok_and(|r| r.cached) {
                 latency.observe(stage, &model, started.elapsed().as_secs_f64());

@@ -24,7 +24,7 @@ use webscale_rl_connectors::kafka::{
     kafka_sink, kafka_source, tools,
 };
 use webscale_rl_connectors::llm::LlmHealth;
-use webscale_rl_records::changelog::{Changelog, StateChangelog};
+use webscale_rl_records::changelog::{Changelog, LLM_CACHE, LLM_CACHE_PARTITIONS, StateChangelog};
 
 use crate::config::PipelineConfig;
 use crate::funnel::{DEAD_LETTERED, EMITTED, Funnel};
@@ -166,7 +166,7 @@ pub fn run_kafka(
     drop(probe);
     let mut cfg = cfg;
     cfg.source.resolve(resources.llm.is_some());
-    let changelog = attach_state(&mut cfg, funnel.live())?;
+    let (changelog, cache_changelog) = attach_state(&mut cfg, funnel.live(), &resources)?;
     funnel.live().set_run(
         "kafka",
         &cfg.kafka.output_topic,
@@ -187,6 +187,7 @@ pub fn run_kafka(
             &funnel,
             &resources,
             changelog.as_deref(),
+            cache_changelog.as_deref(),
         )
     });
     // A last refresh of the end offsets, so the final lag reads what was left unread.
@@ -198,10 +199,34 @@ pub fn run_kafka(
 /// topics are made sure of and every partition writes to and restores from them; without, a
 /// partition this process would start empty while the group has committed offsets is refused
 /// (its state is on another disk). Before any worker starts, so a missing topic is one error.
+///
+/// With changelogs on and a response cache, the cache gets its own changelog topic
+/// (`GROUP.llm_cache.changelog`, [`LLM_CACHE_PARTITIONS`] partitions, keyed by the request hash):
+/// documents are routed to the worker owning their cache partition, which restores it before it
+/// starts, so a document replayed on another machine finds the answers the cluster paid for.
+/// Its writes do not hold back the input offsets: losing a cache entry costs a call, not data.
 fn attach_state(
     cfg: &mut PipelineConfig,
     live: &crate::live::Live,
-) -> anyhow::Result<Option<Arc<KafkaChangelog>>> {
+    resources: &Resources,
+) -> anyhow::Result<Attached> {
+    let cache = resources
+        .llm_client
+        .as_ref()
+        .filter(|c| c.response_cache().is_some());
+    let mut cache_changelog = None;
+    if cfg.state.changelog
+        && let Some(client) = cache
+    {
+        let topic = changelog_topic(&cfg.kafka.group, LLM_CACHE);
+        changelog::ensure_topics(&cfg.kafka, &cfg.state, &[(topic, LLM_CACHE_PARTITIONS)])?;
+        let log = Arc::new(KafkaChangelog::new(&cfg.kafka)?);
+        live.set_restore_progress(log.progress());
+        if let Some(c) = client.response_cache() {
+            c.attach_changelog(Changelog(log.clone()));
+        }
+        cache_changelog = Some(log);
+    }
     let indexes: Vec<(&'static str, u32)> = [
         (
             cfg.exact_dedup.enabled,
@@ -219,7 +244,7 @@ fn attach_state(
     .map(|(_, name, partitions)| (name, partitions.max(1)))
     .collect();
     if indexes.is_empty() {
-        return Ok(None);
+        return Ok((None, cache_changelog));
     }
     if !cfg.state.changelog {
         if tools::group_has_commits(&cfg.kafka, &cfg.kafka.input_topic)? {
@@ -234,19 +259,53 @@ fn attach_state(
             cfg.exact_dedup.refuse_new_partitions = Some(cause.clone());
             cfg.near_dedup.refuse_new_partitions = Some(cause);
         }
-        return Ok(None);
+        return Ok((None, cache_changelog));
     }
     let topics: Vec<(String, u32)> = indexes
         .iter()
         .map(|(name, partitions)| (changelog_topic(&cfg.kafka.group, name), *partitions))
         .collect();
     changelog::ensure_topics(&cfg.kafka, &cfg.state, &topics)?;
-    let log = Arc::new(KafkaChangelog::new(&cfg.kafka)?);
+    // One restore progress for the indexes and the cache.
+    let progress = cache_changelog
+        .as_ref()
+        .map_or_else(Default::default, |c| c.progress());
+    let log = Arc::new(KafkaChangelog::with_progress(&cfg.kafka, progress)?);
     live.set_restore_progress(log.progress());
     let handle = Changelog(log.clone());
     cfg.exact_dedup.changelog = Some(handle.clone());
     cfg.near_dedup.changelog = Some(handle);
-    Ok(Some(log))
+    Ok((Some(log), cache_changelog))
+}
+
+/// The changelogs of the dedup indexes and of the response cache, if on.
+type Attached = (Option<Arc<KafkaChangelog>>, Option<Arc<KafkaChangelog>>);
+
+/// Restores the response-cache partitions worker `index` of `peers` owns (`p % peers == index`)
+/// before it reads anything: the documents of those partitions come to it.
+fn restore_cache_partitions(
+    resources: &Resources,
+    cache_changelog: Option<&KafkaChangelog>,
+    index: usize,
+    peers: usize,
+) -> anyhow::Result<()> {
+    let (Some(log), Some(cache)) = (
+        cache_changelog,
+        resources
+            .llm_client
+            .as_ref()
+            .and_then(|c| c.response_cache()),
+    ) else {
+        return Ok(());
+    };
+    let owned: Vec<u32> = (0..LLM_CACHE_PARTITIONS)
+        .filter(|p| *p as usize % peers == index)
+        .collect();
+    log.restore_expected(owned.len());
+    for p in owned {
+        cache.restore_partition(p).map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok(())
 }
 
 /// The epoch before which input offsets may be committed: the sinks' durable frontier, held
@@ -267,6 +326,7 @@ fn kafka_worker(
     funnel: &Funnel,
     resources: &Resources,
     changelog: Option<&KafkaChangelog>,
+    cache_changelog: Option<&KafkaChangelog>,
 ) -> anyhow::Result<()> {
     let (index, peers) = (worker.index(), worker.peers());
     let consumer: BaseConsumer = cfg
@@ -302,6 +362,7 @@ fn kafka_worker(
         &assignment.partitions,
         Claim::new(index, peers),
     )?;
+    restore_cache_partitions(resources, cache_changelog, index, peers)?;
     let live = funnel.live().clone();
     live.partitions_assigned(&topic, &assignment.partitions);
 

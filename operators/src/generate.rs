@@ -65,6 +65,12 @@ struct Task {
     classifier_model: String,
 }
 
+impl crate::llm_stage::AboutDocument for Task {
+    fn document_id(&self) -> &str {
+        &self.doc.id
+    }
+}
+
 /// The generate stage (an LLM stage: its calls run asynchronously, see [`crate::llm_stage`]).
 pub trait Generate<'s> {
     /// Writes, per persona of a classified document, one self-contained question with a short

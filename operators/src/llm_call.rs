@@ -27,6 +27,9 @@ pub struct LlmRequest {
     /// too long for the model's context can be retried once with the
     /// document cut ([`LlmRequest::cut_document`]).
     pub document: Option<Range<usize>>,
+    /// The response-cache partition of the document the call is about
+    /// ([`webscale_rl_records::changelog::cache_partition`]); set by [`crate::llm_stage`].
+    pub cache_partition: Option<u32>,
 }
 
 /// Below this many characters a document is not cut further.
@@ -152,6 +155,7 @@ impl StageModel {
             max_tokens: self.max_tokens,
             schema,
             document: prompt.document,
+            cache_partition: None,
         }
     }
 }

@@ -23,6 +23,40 @@ use crate::epoch::EpochStash;
 use crate::llm_call::{LlmReply, LlmRequest, LlmService};
 use crate::verdicts::{Epoch, Verdicts, judge};
 use webscale_rl_records::DeadLetter;
+use webscale_rl_records::changelog::cache_partition;
+
+/// What an LLM stage's item is about: the document whose response-cache partition its calls use
+/// (the graph routes each document to the worker owning that partition, so a replay of it finds
+/// its answers where the partition was restored).
+pub trait AboutDocument {
+    fn document_id(&self) -> &str;
+}
+
+impl AboutDocument for webscale_rl_records::Document {
+    fn document_id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl AboutDocument for webscale_rl_records::QaCandidate {
+    fn document_id(&self) -> &str {
+        &self.doc.id
+    }
+}
+
+/// A document's candidates, judged in one call.
+impl<T: AboutDocument> AboutDocument for Vec<T> {
+    fn document_id(&self) -> &str {
+        self.first().map_or("", AboutDocument::document_id)
+    }
+}
+
+/// Tests: the text is its own document.
+impl AboutDocument for String {
+    fn document_id(&self) -> &str {
+        self
+    }
+}
 
 /// What a stage makes of a reply.
 pub enum Verdict<I, O> {
@@ -42,7 +76,7 @@ pub fn llm_stage<'s, I, O, Q, R>(
     mut reply: R,
 ) -> Verdicts<'s, O>
 where
-    I: 'static,
+    I: AboutDocument + 'static,
     O: 'static,
     Q: FnMut(&I) -> Result<LlmRequest, DeadLetter> + 'static,
     R: FnMut(I, LlmReply, u32) -> Verdict<I, O> + 'static,
@@ -81,7 +115,8 @@ where
                 for batch in data {
                     for item in batch.drain(..) {
                         match request(&item) {
-                            Ok(req) => {
+                            Ok(mut req) => {
+                                req.cache_partition = Some(cache_partition(item.document_id()));
                                 *epochs.entry(&cap).1 += 1;
                                 let ticket = next_ticket;
                                 next_ticket += 1;
@@ -121,7 +156,8 @@ where
                         output.session(cap).give_iterator(results.into_iter());
                         *in_flight -= 1;
                     }
-                    Verdict::Retry(item, req) => {
+                    Verdict::Retry(item, mut req) => {
+                        req.cache_partition = Some(cache_partition(item.document_id()));
                         let keep = req.document.is_some().then(|| req.clone());
                         waiting.insert(ticket, (epoch, item, attempt + 1, keep));
                         submit(ticket, req);

@@ -1449,6 +1449,81 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_cut_short_by_a_crash_is_completed_by_the_next_open() {
+        use webscale_rl_records::changelog::{Change, MemoryChangelog, Restored, StateChangelog};
+        struct Cut {
+            log: MemoryChangelog,
+            limit: u64,
+        }
+        impl StateChangelog for Cut {
+            fn write(&self, i: &str, p: u32, e: u64, k: &[u8], v: Option<&[u8]>) {
+                self.log.write(i, p, e, k, v)
+            }
+            fn acknowledged(&self, i: &str, p: u32) -> Option<i64> {
+                self.log.acknowledged(i, p)
+            }
+            fn restore(
+                &self,
+                i: &str,
+                p: u32,
+                from: i64,
+                apply: &mut dyn FnMut(Change<'_>) -> Result<(), String>,
+            ) -> Result<Restored, String> {
+                let mut n = 0;
+                self.log.restore(i, p, from, &mut |c| {
+                    n += 1;
+                    if n > self.limit {
+                        return Err("killed".into());
+                    }
+                    apply(c)
+                })
+            }
+        }
+        let log = MemoryChangelog::default();
+        let first = tempfile::tempdir().unwrap();
+        {
+            let mut p = Partition::open(
+                0,
+                &IndexParams {
+                    changelog: Some(log.handle()),
+                    ..params(Some(first.path()))
+                },
+            )
+            .unwrap();
+            // More than one restore transaction's worth.
+            let keys: Vec<(u64, u64)> = (0..3000).map(|i| (i, i)).collect();
+            verdicts(&mut p, 5, &keys);
+        }
+        let second = tempfile::tempdir().unwrap();
+        let cut = Changelog(std::sync::Arc::new(Cut {
+            log: log.clone(),
+            limit: 2500,
+        }));
+        let err = Partition::open(
+            0,
+            &IndexParams {
+                changelog: Some(cut),
+                ..params(Some(second.path()))
+            },
+        )
+        .err()
+        .expect("the restore is cut");
+        assert!(err.to_string().contains("killed"), "{err}");
+        // Restarted: the restore goes on from what the disk kept, and nothing is missing.
+        let mut p = Partition::open(
+            0,
+            &IndexParams {
+                changelog: Some(log.handle()),
+                ..params(Some(second.path()))
+            },
+        )
+        .unwrap();
+        assert_eq!(p.entries(), 3000);
+        let copies: Vec<(u64, u64)> = (0..3000).map(|i| (i, 10_000 + i)).collect();
+        assert!(verdicts(&mut p, 6, &copies).iter().all(Option::is_some));
+    }
+
+    #[test]
     fn evictions_are_tombstones_and_a_restore_keeps_the_same_newest_keys() {
         let log = webscale_rl_records::changelog::MemoryChangelog::default();
         let capped = |dir: &Path| IndexParams {

@@ -32,6 +32,25 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+/// The LLM response cache's name as a changelogged state.
+pub const LLM_CACHE: &str = "llm_cache";
+
+/// Partitions of the LLM response cache: fixed, so that a document's partition never changes.
+pub const LLM_CACHE_PARTITIONS: u32 = 32;
+
+/// The response-cache partition of the document `doc_id`: every LLM call about the document is
+/// cached there, and the document is routed to the worker that owns it (partition `p` to worker
+/// `p % peers`), so a replay of it finds its answers wherever the partition was restored.
+///
+/// ```
+/// use webscale_rl_records::changelog::{LLM_CACHE_PARTITIONS, cache_partition};
+/// assert_eq!(cache_partition("doc-1"), cache_partition("doc-1"));
+/// assert!(cache_partition("doc-2") < LLM_CACHE_PARTITIONS);
+/// ```
+pub fn cache_partition(doc_id: &str) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(doc_id.as_bytes()) % LLM_CACHE_PARTITIONS as u64) as u32
+}
+
 /// One record of a changelog partition, as a restore hands it over.
 #[derive(Clone, Copy, Debug)]
 pub struct Change<'a> {

@@ -249,8 +249,9 @@ impl ProducerContext for AckContext {
                     }
                 }
             }
-            Err((e, _)) => {
+            Err((e, m)) => {
                 // The idempotent producer retried already: this is permanent.
+                tracing::warn!(topic = m.topic(), partition = m.partition(), error = %e, "a changelog record was not delivered");
                 acks.failure
                     .get_or_insert_with(|| format!("changelog delivery failed: {e}"));
             }
@@ -268,6 +269,15 @@ pub struct KafkaChangelog {
 
 impl KafkaChangelog {
     pub fn new(cfg: &KafkaConfig) -> anyhow::Result<KafkaChangelog> {
+        Self::with_progress(cfg, Arc::default())
+    }
+
+    /// A changelog whose restores count into `progress` (shared with another changelog of the
+    /// same process, so that `/readyz` says how far all the restores are).
+    pub fn with_progress(
+        cfg: &KafkaConfig,
+        progress: Arc<RestoreProgress>,
+    ) -> anyhow::Result<KafkaChangelog> {
         let acks = AckContext::default();
         let producer = cfg
             .client_config_with(&[
@@ -282,7 +292,7 @@ impl KafkaChangelog {
             producer,
             acks,
             cfg: cfg.clone(),
-            progress: Arc::default(),
+            progress,
         })
     }
 

@@ -21,16 +21,19 @@
 //! bound counts key and value bytes; redb's own overhead comes on top (the
 //! file stays within about twice the bound).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use webscale_rl_records::changelog::{
+    Change, Changelog, LLM_CACHE, LLM_CACHE_PARTITIONS, Restored,
+};
 
 /// Table of answers: key = xxh3-128 of the canonical request, value = JSON of
 /// a [`CachedAnswer`].
@@ -59,6 +62,10 @@ pub struct CachedAnswer {
     #[serde(default)]
     pub cached_prompt_tokens: u64,
     pub finish_reason: Option<String>,
+    /// The response-cache partition of the document the call was about, when known: where the
+    /// entry is changelogged, and tombstoned when evicted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
 }
 
 /// Failure to open, read or write the cache file.
@@ -92,6 +99,31 @@ pub struct ResponseCache {
     pending: Pending,
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    changelog: Logged,
+}
+
+/// Kafka mode: the changelog the entries of this process's partitions are written to, and the
+/// partitions it owns (restored by it); shared with the writer thread.
+#[derive(Clone, Default)]
+struct Logged(Arc<(OnceLock<Changelog>, Mutex<BTreeSet<u32>>)>);
+
+impl Logged {
+    fn changelog(&self) -> Option<&Changelog> {
+        self.0.0.get()
+    }
+
+    /// Whether `partition` is one this process owns: only those are written and tombstoned
+    /// (an entry of a partition another process owns now is a local leftover).
+    fn owns(&self, partition: Option<u32>) -> Option<(&Changelog, u32)> {
+        let (log, p) = (self.changelog()?, partition?);
+        let owned = self.0.1.lock().unwrap_or_else(|e| e.into_inner());
+        owned.contains(&p).then_some((log, p))
+    }
+}
+
+/// `meta` key of the changelog offset after the last one partition `p`'s entries hold.
+fn changelog_next_key(p: u32) -> String {
+    format!("changelog_next/{p}")
 }
 
 impl std::fmt::Debug for ResponseCache {
@@ -139,13 +171,15 @@ impl ResponseCache {
         txn.commit().map_err(|e| err("opening", e))?;
         let db = Arc::new(db);
         let pending: Pending = Arc::default();
+        let changelog = Logged::default();
         let (tx, rx) = mpsc::channel();
         let writer = {
             let db = Arc::clone(&db);
             let pending = Arc::clone(&pending);
+            let changelog = changelog.clone();
             std::thread::Builder::new()
                 .name("llm-cache-writer".to_owned())
-                .spawn(move || writer_loop(&db, &pending, &rx, max_bytes))
+                .spawn(move || writer_loop(&db, &pending, &rx, max_bytes, &changelog))
                 .map_err(|e| err("starting the writer thread", e))?
         };
         Ok(ResponseCache {
@@ -155,7 +189,75 @@ impl ResponseCache {
             pending,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
+            changelog,
         })
+    }
+
+    /// Kafka mode: from now on, the entries of the partitions this process restores
+    /// ([`ResponseCache::restore_partition`]) are written to `changelog` after their commit, and
+    /// tombstoned when evicted.
+    pub fn attach_changelog(&self, changelog: Changelog) {
+        let _ = self.changelog.0.0.set(changelog);
+    }
+
+    /// Takes partition `partition` of the cache (one of [`LLM_CACHE_PARTITIONS`]) into this
+    /// process's care: replays its changelog from the offset this file holds (from the beginning
+    /// on a new disk), so that the answers the cluster paid for are here before the documents of
+    /// that partition are; then owns it (its new entries are changelogged).
+    pub fn restore_partition(&self, partition: u32) -> Result<Restored, CacheError> {
+        let Some(log) = self.changelog.changelog().cloned() else {
+            return Ok(Restored::default());
+        };
+        debug_assert!(partition < LLM_CACHE_PARTITIONS);
+        // What is queued goes first, so the restore's commits are ordered after it.
+        self.flush()?;
+        let from = {
+            let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
+            let meta = txn.open_table(META).map_err(|e| err("reading", e))?;
+            meta.get(changelog_next_key(partition).as_str())
+                .map_err(|e| err("reading", e))?
+                .map_or(0, |v| v.value())
+        };
+        log.0.restore_started(LLM_CACHE, partition);
+        let mut batch: Vec<(u128, Arc<CachedAnswer>)> = Vec::new();
+        let mut failure = None;
+        let mut next = from;
+        let db = &self.db;
+        let max_bytes = self.max_bytes;
+        let restored = log.0.restore(LLM_CACHE, partition, from as i64, &mut |c: Change<'_>| {
+            next = c.offset as u64 + 1;
+            // A tombstone: the entry was evicted where it was written; the bound evicts here.
+            if let (Some(value), Ok(key)) = (c.value, <[u8; 16]>::try_from(c.key)) {
+                match serde_json::from_slice::<CachedAnswer>(value) {
+                    Ok(a) => batch.push((u128::from_be_bytes(key), Arc::new(a))),
+                    Err(e) => tracing::warn!(offset = c.offset, error = %e, "skipping an unreadable cache changelog record"),
+                }
+            }
+            if batch.len() >= 1024 {
+                if let Err(e) = commit(db, &batch, max_bytes, Some((partition, next)), None) {
+                    failure = Some(e);
+                    return Err("stopped".into());
+                }
+                batch.clear();
+            }
+            Ok(())
+        });
+        if let Some(e) = failure {
+            return Err(err("restoring", e));
+        }
+        let restored = restored.map_err(|e| err("restoring from the changelog", e))?;
+        if next > from {
+            commit(db, &batch, max_bytes, Some((partition, next)), None)
+                .map_err(|e| err("restoring", e))?;
+        }
+        self.changelog
+            .0
+            .1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(partition);
+        log.0.restore_finished(LLM_CACHE, partition, restored);
+        Ok(restored)
     }
 
     /// Path of the cache file.
@@ -292,7 +394,13 @@ impl Drop for ResponseCache {
     }
 }
 
-fn writer_loop(db: &Database, pending: &Pending, rx: &mpsc::Receiver<Msg>, max_bytes: u64) {
+fn writer_loop(
+    db: &Database,
+    pending: &Pending,
+    rx: &mpsc::Receiver<Msg>,
+    max_bytes: u64,
+    changelog: &Logged,
+) {
     while let Ok(first) = rx.recv() {
         let mut puts: Vec<(u128, Arc<CachedAnswer>)> = Vec::new();
         let mut acks: Vec<mpsc::Sender<Result<(), String>>> = Vec::new();
@@ -307,7 +415,7 @@ fn writer_loop(db: &Database, pending: &Pending, rx: &mpsc::Receiver<Msg>, max_b
         let result = if puts.is_empty() {
             Ok(())
         } else {
-            commit(db, &puts, max_bytes)
+            commit(db, &puts, max_bytes, None, Some(changelog))
         };
         if let Err(e) = &result {
             tracing::warn!(entries = puts.len(), "llm response cache: {e}");
@@ -327,8 +435,32 @@ fn writer_loop(db: &Database, pending: &Pending, rx: &mpsc::Receiver<Msg>, max_b
     }
 }
 
-fn commit(db: &Database, puts: &[(u128, Arc<CachedAnswer>)], max_bytes: u64) -> Result<(), String> {
+/// Commits `puts`, evicting beyond `max_bytes`. A restore passes `restored` (partition, the
+/// changelog offset after its last record) to keep in the same commit. The writer passes the
+/// changelog: after the commit, the new entries of owned partitions are written to it and the
+/// evicted ones tombstoned. The offset each owned partition holds is the one after its highest
+/// acknowledged, read before the commit: a record is written only after the commit that stores
+/// it, so every acknowledged one is in an earlier commit.
+fn commit(
+    db: &Database,
+    puts: &[(u128, Arc<CachedAnswer>)],
+    max_bytes: u64,
+    restored: Option<(u32, u64)>,
+    changelog: Option<&Logged>,
+) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
+    let acknowledged: Vec<(u32, u64)> = match changelog.and_then(Logged::changelog) {
+        Some(log) => {
+            let owned = changelog
+                .map(|c| c.0.1.lock().unwrap_or_else(|e| e.into_inner()).clone())
+                .unwrap_or_default();
+            owned
+                .into_iter()
+                .filter_map(|p| Some((p, log.0.acknowledged(LLM_CACHE, p)? as u64 + 1)))
+                .collect()
+        }
+        None => Vec::new(),
+    };
     {
         let mut table = txn.open_table(ANSWERS).map_err(|e| e.to_string())?;
         let mut order = txn.open_table(ORDER).map_err(|e| e.to_string())?;
@@ -357,26 +489,57 @@ fn commit(db: &Database, puts: &[(u128, Arc<CachedAnswer>)], max_bytes: u64) -> 
         }
         meta.insert("next_seq", seq).map_err(|e| e.to_string())?;
         meta.insert("bytes", total).map_err(|e| e.to_string())?;
+        for (p, next) in restored.into_iter().chain(acknowledged) {
+            meta.insert(changelog_next_key(p).as_str(), next)
+                .map_err(|e| e.to_string())?;
+        }
     }
-    evict(&txn, max_bytes).map_err(|e| e.to_string())?;
-    txn.commit().map_err(|e| e.to_string())
+    let evicted = evict_keys(&txn, max_bytes).map_err(|e| e.to_string())?;
+    txn.commit().map_err(|e| e.to_string())?;
+    if let Some(logged) = changelog {
+        for (key, answer) in puts {
+            if let Some((log, p)) = logged.owns(answer.partition) {
+                let value = serde_json::to_vec(&**answer).map_err(|e| e.to_string())?;
+                log.0
+                    .write(LLM_CACHE, p, 0, &key.to_be_bytes(), Some(&value));
+            }
+        }
+        for (key, partition) in evicted {
+            if let Some((log, p)) = logged.owns(partition) {
+                log.0.write(LLM_CACHE, p, 0, &key.to_be_bytes(), None);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes the oldest entries until the counted bytes are within `max_bytes`.
 fn evict(txn: &redb::WriteTransaction, max_bytes: u64) -> Result<u64, redb::Error> {
+    Ok(evict_keys(txn, max_bytes)?.len() as u64)
+}
+
+/// [`evict`], returning the keys removed with their entries' partitions.
+fn evict_keys(
+    txn: &redb::WriteTransaction,
+    max_bytes: u64,
+) -> Result<Vec<(u128, Option<u32>)>, redb::Error> {
     let mut table = txn.open_table(ANSWERS)?;
     let mut order = txn.open_table(ORDER)?;
     let mut meta = txn.open_table(META)?;
     let mut total = meta.get("bytes")?.map_or(0, |v| v.value());
-    let mut evicted = 0;
+    let mut evicted = Vec::new();
     while total > max_bytes {
         let Some((_, key)) = order.pop_first()?.map(|(s, k)| (s.value(), k.value())) else {
             break;
         };
+        let mut partition = None;
         if let Some(v) = table.remove(key)? {
             total = total.saturating_sub(v.value().len() as u64 + ENTRY_OVERHEAD);
+            partition = serde_json::from_slice::<CachedAnswer>(v.value())
+                .ok()
+                .and_then(|a| a.partition);
         }
-        evicted += 1;
+        evicted.push((key, partition));
     }
     meta.insert("bytes", total)?;
     Ok(evicted)
@@ -442,6 +605,7 @@ mod tests {
             completion_tokens: 4,
             cached_prompt_tokens: 0,
             finish_reason: Some("stop".to_owned()),
+            partition: None,
         }
     }
 

@@ -510,6 +510,11 @@ impl LlmClient {
         self.inner.cooldown.remaining()
     }
 
+    /// The response cache, if on (Kafka mode attaches its changelog and restores its partitions).
+    pub fn response_cache(&self) -> Option<&ResponseCache> {
+        self.inner.cache.as_ref()
+    }
+
     /// Blocks until every answer stored so far is committed to the cache file
     /// (no-op without a cache).
     pub fn flush_cache(&self) -> Result<(), LlmError> {
@@ -667,6 +672,7 @@ impl Inner {
                                                 completion_tokens: usage.completion_tokens,
                                                 cached_prompt_tokens: usage.cached_prompt_tokens,
                                                 finish_reason: finish_reason.clone(),
+                                                partition: req.cache_partition,
                                             },
                                         );
                                     }

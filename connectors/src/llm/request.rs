@@ -80,6 +80,9 @@ pub struct ChatRequest {
     /// Other body parameters (e.g. `presence_penalty`, vLLM's `top_k`),
     /// sent as given and part of the cache key.
     pub extra: Map<String, Value>,
+    /// The response-cache partition of the document the call is about: where its answer is
+    /// changelogged (Kafka mode). Not sent, not part of the cache key.
+    pub cache_partition: Option<u32>,
 }
 
 impl ChatRequest {
