@@ -92,6 +92,11 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
             "near_dedup",
             cfg.near_dedup.partitions(),
         ),
+        (
+            run.llm.is_some(),
+            webscale_rl_records::changelog::LLM_CACHE,
+            webscale_rl_records::changelog::LLM_CACHE_PARTITIONS,
+        ),
     ] {
         if on && cfg.state.changelog {
             let topic =

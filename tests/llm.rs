@@ -109,6 +109,7 @@ fn run_with(s: &Setup, group: &str, tweak: impl Fn(&mut PipelineConfig)) -> Funn
     };
     tweak(&mut cfg);
     cfg.kafka.group = group.to_string();
+    s.kafka.state_topics(group);
     let llm = LlmConfig {
         endpoints: vec![s.server.base_url()],
         model: Some("scripted".into()),

@@ -229,6 +229,7 @@ fn kafka_run_with(
         ..Default::default()
     };
     cfg.kafka.group = group.to_string();
+    kafka.state_topics(group);
     cfg.kafka.output_topic = output_topic.to_string();
     let _ = kafka.cluster.create_topic(output_topic, 2, 1);
     let llm = LlmConfig {

@@ -46,13 +46,19 @@ impl Kafka {
             .unwrap();
         cluster.create_topic(&cfg.output_topic, 2, 1).unwrap();
         cluster.create_topic(&cfg.dead_letter_topic, 2, 1).unwrap();
-        // The dedup state's changelogs at the default partition count (the mock cluster does not
-        // implement CreateTopics).
-        for index in ["exact_dedup", "near_dedup"] {
+        let kafka = Kafka { cluster, cfg };
+        kafka.state_topics(group);
+        kafka
+    }
+
+    /// The state's changelog topics of `group` at the default partition count (the mock
+    /// cluster does not implement CreateTopics, which the engine would use).
+    pub fn state_topics(&self, group: &str) {
+        for index in ["exact_dedup", "near_dedup", "llm_cache"] {
             let topic = webscale_rl_connectors::kafka::changelog::changelog_topic(group, index);
-            cluster.create_topic(&topic, 32, 1).unwrap();
+            // Created once; a second call for the group finds them.
+            let _ = self.cluster.create_topic(&topic, 32, 1);
         }
-        Kafka { cluster, cfg }
     }
 
     /// Produces messages as given: `None` payloads are empty messages.
