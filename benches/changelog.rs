@@ -25,55 +25,12 @@ use webscale_rl_dataflow::cluster::ClusterOptions;
 use webscale_rl_dataflow::runtime::{RunControl, run_kafka};
 use webscale_rl_dataflow::{Funnel, PipelineConfig};
 
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// The sample, `copies` times, each copy after the first varied (see the module doc).
+/// The sample, `copies` times, varied as in `cpu_stages` ([`common::varied_sample`]).
 fn corpus(copies: usize) -> Vec<Vec<u8>> {
-    let sample = common::shared("WEBSCALE_SAMPLE", "web/sample.jsonl");
-    let text = std::fs::read_to_string(&sample)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", sample.display()));
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("sample is JSONL"))
-        .collect();
-    let mut vocab: Vec<&str> = lines
+    common::varied_sample(copies)
         .iter()
-        .flat_map(|v| v["text"].as_str().unwrap_or("").split(' '))
-        .filter(|w| (3..=9).contains(&w.len()) && w.bytes().all(|b| b.is_ascii_lowercase()))
-        .collect();
-    vocab.sort_unstable();
-    vocab.dedup();
-    let mut out = Vec::new();
-    for copy in 0..copies {
-        for (i, v) in lines.iter().enumerate() {
-            let mut v = v.clone();
-            if copy > 0 {
-                let text = v["text"].as_str().unwrap_or("");
-                let varied: Vec<&str> = text
-                    .split(' ')
-                    .enumerate()
-                    .map(|(j, w)| {
-                        let r = mix(((copy as u64) << 48) ^ ((i as u64) << 24) ^ j as u64);
-                        let plain = !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase());
-                        if plain && r.is_multiple_of(7) {
-                            vocab[(r >> 8) as usize % vocab.len()]
-                        } else {
-                            w
-                        }
-                    })
-                    .collect();
-                v["text"] = varied.join(" ").into();
-                v["id"] = format!("{}#{copy}", v["id"].as_str().unwrap_or("")).into();
-            }
-            out.push(serde_json::to_vec(&v).unwrap());
-        }
-    }
-    out
+        .map(|v| serde_json::to_vec(v).unwrap())
+        .collect()
 }
 
 /// A config for group `group` whose indexes live under `state`.

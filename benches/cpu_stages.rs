@@ -62,58 +62,14 @@ fn parse_args() -> Args {
     args
 }
 
-/// splitmix64, for a reproducible choice of words.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// Writes the corpus (see the module doc) to `path`; returns its documents and bytes.
 fn build_corpus(path: &Path, copies: usize) -> (usize, u64) {
-    let sample = common::shared("WEBSCALE_SAMPLE", "web/sample.jsonl");
-    let text = std::fs::read_to_string(&sample)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", sample.display()));
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("sample is JSONL"))
-        .collect();
-    // The vocabulary: the sample's lowercase alphabetic words of 3 to 9 letters, sorted.
-    let mut vocab: Vec<&str> = lines
-        .iter()
-        .flat_map(|v| v["text"].as_str().unwrap_or("").split(' '))
-        .filter(|w| (3..=9).contains(&w.len()) && w.bytes().all(|b| b.is_ascii_lowercase()))
-        .collect();
-    vocab.sort_unstable();
-    vocab.dedup();
     let mut out = String::new();
     let mut docs = 0;
-    for copy in 0..copies {
-        for (i, v) in lines.iter().enumerate() {
-            let mut v = v.clone();
-            if copy > 0 {
-                let text = v["text"].as_str().unwrap_or("");
-                let varied: Vec<&str> = text
-                    .split(' ')
-                    .enumerate()
-                    .map(|(j, w)| {
-                        let r = mix(((copy as u64) << 48) ^ ((i as u64) << 24) ^ j as u64);
-                        let plain = !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase());
-                        if plain && r.is_multiple_of(7) {
-                            vocab[(r >> 8) as usize % vocab.len()]
-                        } else {
-                            w
-                        }
-                    })
-                    .collect();
-                v["text"] = varied.join(" ").into();
-                v["id"] = format!("{}#{copy}", v["id"].as_str().unwrap_or("")).into();
-            }
-            out.push_str(&serde_json::to_string(&v).unwrap());
-            out.push('\n');
-            docs += 1;
-        }
+    for v in common::varied_sample(copies) {
+        out.push_str(&serde_json::to_string(&v).unwrap());
+        out.push('\n');
+        docs += 1;
     }
     std::fs::write(path, &out).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     (docs, out.len() as u64)

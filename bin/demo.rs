@@ -80,29 +80,13 @@ pub fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     }
     // The dedup state's changelog topics, one partition per index partition (the mock cluster
     // does not implement CreateTopics, which the engine would otherwise use).
-    let cfg = &run.cfg;
-    for (on, index, partitions) in [
-        (
-            cfg.exact_dedup.enabled,
-            "exact_dedup",
-            cfg.exact_dedup.partitions(),
-        ),
-        (
-            cfg.near_dedup.enabled,
-            "near_dedup",
-            cfg.near_dedup.partitions(),
-        ),
-        (
-            run.llm.is_some(),
-            webscale_rl_records::changelog::LLM_CACHE,
-            webscale_rl_records::changelog::LLM_CACHE_PARTITIONS,
-        ),
-    ] {
-        if on && cfg.state.changelog {
-            let topic =
-                webscale_rl_connectors::kafka::changelog::changelog_topic(&cfg.kafka.group, index);
+    if run.cfg.state.changelog {
+        let with_cache = run.llm.is_some();
+        for (_, topic, partitions) in
+            webscale_rl_dataflow::runtime::changelog_topics(&run.cfg, with_cache)
+        {
             cluster
-                .create_topic(&topic, partitions.max(1) as i32, 1)
+                .create_topic(&topic, partitions as i32, 1)
                 .with_context(|| format!("creating topic '{topic}'"))?;
         }
     }

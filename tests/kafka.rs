@@ -292,14 +292,7 @@ fn a_crash_mid_stream_loses_nothing_and_the_replay_adds_no_new_ids() {
         })
         .collect();
     kafka.produce_lines(copies);
-    let out = engine(&kafka, &fast, &["--until-caught-up"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::succeed(&mut engine(&kafka, &fast, &["--until-caught-up"]));
     assert_eq!(kafka.outputs().len(), accepted.len(), "no copy is accepted");
     let caught = kafka
         .dead_letters()
@@ -364,21 +357,7 @@ fn two_processes_split_the_partitions_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let kafka = Kafka::start(4, "e2e-cluster");
     let produced = kafka.produce_lines(sample_lines()) as i64;
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    let hostfile = dir.path().join("hosts");
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
-    )
-    .unwrap();
+    let (hostfile, _) = hostfile(dir.path(), "hosts", 2);
     let config = dir.path().join("default.toml");
     std::fs::write(&config, "").unwrap();
     let children: Vec<_> = (0..2)
@@ -434,21 +413,7 @@ fn a_dead_peer_stops_the_cluster_with_a_clear_error_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let kafka = Kafka::start(4, "e2e-peer-loss");
     let produced = kafka.produce_lines(sample_lines()) as usize;
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    let hostfile = dir.path().join("hosts");
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
-    )
-    .unwrap();
+    let (hostfile, ports) = hostfile(dir.path(), "hosts", 2);
     let config = slow_config(dir.path());
     let start = |p: usize, config: &std::path::Path, extra: &[&str]| {
         let mut args = vec!["-n", "2", "-p"];
@@ -509,21 +474,21 @@ fn a_dead_peer_stops_the_cluster_with_a_clear_error_and_nothing_is_lost() {
     assert_eq!(kafka.committed(), kafka.end_offsets());
 }
 
-/// Ports for a cluster of `n` processes on this host, as a host file.
-fn hostfile(dir: &std::path::Path, name: &str, n: usize) -> std::path::PathBuf {
-    let hosts: String = (0..n)
+/// A host file `dir/name` for a cluster of `n` processes on this host, and their ports.
+fn hostfile(dir: &std::path::Path, name: &str, n: usize) -> (std::path::PathBuf, Vec<u16>) {
+    let ports: Vec<u16> = (0..n)
         .map(|_| {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
+            std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap()
-                .port();
-            format!("127.0.0.1:{port}\n")
+                .port()
         })
         .collect();
+    let hosts: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
     let path = dir.join(name);
     std::fs::write(&path, hosts).unwrap();
-    path
+    (path, ports)
 }
 
 /// Runs the cluster with one process per state home (`--until-caught-up`, 2 workers each) and
@@ -535,7 +500,7 @@ fn run_cluster(
     homes: &[std::path::PathBuf],
 ) -> Vec<String> {
     let n = homes.len().to_string();
-    let hosts = hostfile(dir, &format!("hosts-{}", homes.len()), homes.len());
+    let (hosts, _) = hostfile(dir, &format!("hosts-{}", homes.len()), homes.len());
     let children: Vec<_> = homes
         .iter()
         .enumerate()

@@ -565,6 +565,37 @@ mod tests {
     }
 
     #[test]
+    fn restoring_state_shows_on_readiness_and_the_metrics() {
+        use std::sync::atomic::Ordering;
+        let funnel = Funnel::default();
+        funnel.live().set_source_ready();
+        let progress = std::sync::Arc::new(
+            webscale_rl_connectors::kafka::changelog::RestoreProgress::default(),
+        );
+        progress.expected.store(4, Ordering::Release);
+        progress.finished.store(1, Ordering::Release);
+        progress.records.store(42, Ordering::Relaxed);
+        funnel.live().set_restore_progress(progress.clone());
+        let metrics = EngineMetrics::new(&funnel);
+        let missing = metrics.readiness().unwrap_err();
+        assert!(
+            missing.contains(&"state: restoring state: 1 of 4 partitions".to_string()),
+            "{missing:?}"
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains("webscale_state_restore_partitions{state=\"restored\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("webscale_state_restored_records_total 42"),
+            "{text}"
+        );
+        progress.finished.store(4, Ordering::Release);
+        assert!(metrics.readiness().is_ok());
+    }
+
+    #[test]
     fn a_long_retry_after_shows_on_readiness() {
         use std::io::{Read, Write};
         // A server that answers every request with a 429 asking for 60 s.

@@ -213,41 +213,11 @@ fn attach_state(
     let cache = resources
         .llm_client
         .as_ref()
-        .filter(|c| c.response_cache().is_some());
-    let mut cache_changelog = None;
-    if cfg.state.changelog
-        && let Some(client) = cache
-    {
-        let topic = changelog_topic(&cfg.kafka.group, LLM_CACHE);
-        changelog::ensure_topics(&cfg.kafka, &cfg.state, &[(topic, LLM_CACHE_PARTITIONS)])?;
-        let log = Arc::new(KafkaChangelog::new(&cfg.kafka)?);
-        live.set_restore_progress(log.progress());
-        if let Some(c) = client.response_cache() {
-            c.attach_changelog(Changelog(log.clone()));
-        }
-        cache_changelog = Some(log);
-    }
-    let indexes: Vec<(&'static str, u32)> = [
-        (
-            cfg.exact_dedup.enabled,
-            "exact_dedup",
-            cfg.exact_dedup.partitions(),
-        ),
-        (
-            cfg.near_dedup.enabled,
-            "near_dedup",
-            cfg.near_dedup.partitions(),
-        ),
-    ]
-    .into_iter()
-    .filter(|(on, _, _)| *on)
-    .map(|(_, name, partitions)| (name, partitions.max(1)))
-    .collect();
-    if indexes.is_empty() {
-        return Ok((None, cache_changelog));
-    }
+        .and_then(|c| c.response_cache());
+    let topics = changelog_topics(cfg, cache.is_some());
     if !cfg.state.changelog {
-        if tools::group_has_commits(&cfg.kafka, &cfg.kafka.input_topic)? {
+        let dedup = topics.iter().any(|(index, _, _)| *index != LLM_CACHE);
+        if dedup && tools::group_has_commits(&cfg.kafka, &cfg.kafka.input_topic)? {
             let cause = format!(
                 "consumer group '{}' has committed input offsets, so this state was written \
                  before, on another machine or by a cluster of another shape (-n, -w), and \
@@ -259,23 +229,70 @@ fn attach_state(
             cfg.exact_dedup.refuse_new_partitions = Some(cause.clone());
             cfg.near_dedup.refuse_new_partitions = Some(cause);
         }
-        return Ok((None, cache_changelog));
+        return Ok((None, None));
     }
-    let topics: Vec<(String, u32)> = indexes
+    if topics.is_empty() {
+        return Ok((None, None));
+    }
+    let wanted: Vec<(String, u32)> = topics
         .iter()
-        .map(|(name, partitions)| (changelog_topic(&cfg.kafka.group, name), *partitions))
+        .map(|(_, topic, partitions)| (topic.clone(), *partitions))
         .collect();
-    changelog::ensure_topics(&cfg.kafka, &cfg.state, &topics)?;
+    changelog::ensure_topics(&cfg.kafka, &cfg.state, &wanted)?;
     // One restore progress for the indexes and the cache.
-    let progress = cache_changelog
-        .as_ref()
-        .map_or_else(Default::default, |c| c.progress());
-    let log = Arc::new(KafkaChangelog::with_progress(&cfg.kafka, progress)?);
-    live.set_restore_progress(log.progress());
-    let handle = Changelog(log.clone());
-    cfg.exact_dedup.changelog = Some(handle.clone());
-    cfg.near_dedup.changelog = Some(handle);
-    Ok((Some(log), cache_changelog))
+    let progress = Arc::default();
+    let open = || KafkaChangelog::with_progress(&cfg.kafka, Arc::clone(&progress)).map(Arc::new);
+    let cache_changelog = match cache {
+        Some(c) => {
+            let log = open()?;
+            c.attach_changelog(Changelog(log.clone()));
+            Some(log)
+        }
+        None => None,
+    };
+    let changelog = if topics.iter().any(|(index, _, _)| *index != LLM_CACHE) {
+        let log = open()?;
+        let handle = Changelog(log.clone());
+        cfg.exact_dedup.changelog = Some(handle.clone());
+        cfg.near_dedup.changelog = Some(handle);
+        Some(log)
+    } else {
+        None
+    };
+    live.set_restore_progress(progress);
+    Ok((changelog, cache_changelog))
+}
+
+/// The state's changelog topics for `cfg`: (state name, topic, partitions) for each enabled
+/// dedup index and, `with_cache`, the response cache. Both the runtime (which makes sure of them)
+/// and the demo (whose in-process cluster cannot create topics on request) list them here.
+pub fn changelog_topics(
+    cfg: &PipelineConfig,
+    with_cache: bool,
+) -> Vec<(&'static str, String, u32)> {
+    [
+        (
+            cfg.exact_dedup.enabled,
+            "exact_dedup",
+            cfg.exact_dedup.partitions(),
+        ),
+        (
+            cfg.near_dedup.enabled,
+            "near_dedup",
+            cfg.near_dedup.partitions(),
+        ),
+        (with_cache, LLM_CACHE, LLM_CACHE_PARTITIONS),
+    ]
+    .into_iter()
+    .filter(|(on, _, _)| *on)
+    .map(|(_, index, partitions)| {
+        (
+            index,
+            changelog_topic(&cfg.kafka.group, index),
+            partitions.max(1),
+        )
+    })
+    .collect()
 }
 
 /// The changelogs of the dedup indexes and of the response cache, if on.

@@ -648,7 +648,6 @@ impl Partition {
                 .map_or(0, |v| v.value())
         };
         let (name, partition) = (self.params.name, self.partition);
-        changelog.0.restore_started(name, partition);
         let mut batch: Vec<(i64, Option<Vec<u8>>)> = Vec::new();
         let mut failure: Option<IndexError> = None;
         let fingerprint = self.params.fingerprint;

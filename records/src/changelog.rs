@@ -67,6 +67,14 @@ pub struct Restored {
     pub bytes: u64,
 }
 
+impl Restored {
+    /// Counts `change` (its key and value bytes).
+    pub fn count(&mut self, change: &Change<'_>) {
+        self.records += 1;
+        self.bytes += (change.key.len() + change.value.map_or(0, <[u8]>::len)) as u64;
+    }
+}
+
 /// Where the partitions of the stateful stages log their changes.
 pub trait StateChangelog: Send + Sync {
     /// Appends a change of partition `partition` of the index `index`, made while judging
@@ -95,8 +103,7 @@ pub trait StateChangelog: Send + Sync {
 
     /// A worker is about to open (and restore) this many partitions (for progress reports).
     fn restore_expected(&self, _partitions: usize) {}
-    /// A partition is about to be restored, or has been (for progress reports).
-    fn restore_started(&self, _index: &str, _partition: u32) {}
+    /// A partition has been restored (for progress reports).
     fn restore_finished(&self, _index: &str, _partition: u32, _restored: Restored) {}
 }
 
@@ -184,13 +191,13 @@ impl StateChangelog for MemoryChangelog {
         };
         let mut restored = Restored::default();
         for (offset, (key, value)) in log.iter().enumerate().skip(from.max(0) as usize) {
-            restored.records += 1;
-            restored.bytes += (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
-            apply(Change {
+            let change = Change {
                 offset: offset as i64,
                 key,
                 value: value.as_deref(),
-            })?;
+            };
+            restored.count(&change);
+            apply(change)?;
         }
         Ok(restored)
     }

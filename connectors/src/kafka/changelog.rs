@@ -23,7 +23,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -218,11 +218,9 @@ impl RestoreProgress {
 struct Acks {
     /// Epoch -> changelog records written and not yet acknowledged.
     pending: BTreeMap<u64, usize>,
-    /// (topic, partition) -> the highest offset acknowledged.
-    acked: HashMap<(String, i32), i64>,
+    /// Topic -> partition -> the highest offset acknowledged.
+    acked: HashMap<String, HashMap<i32, i64>>,
     failure: Option<String>,
-    written: u64,
-    written_bytes: u64,
 }
 
 #[derive(Clone, Default)]
@@ -237,10 +235,12 @@ impl ProducerContext for AckContext {
         let mut acks = self.0.lock().expect("changelog acks");
         match result {
             Ok(m) => {
-                let at = acks
-                    .acked
-                    .entry((m.topic().to_string(), m.partition()))
-                    .or_insert(-1);
+                // The topic's name is allocated once, not per acknowledgement.
+                if !acks.acked.contains_key(m.topic()) {
+                    acks.acked.insert(m.topic().to_string(), HashMap::new());
+                }
+                let topic = acks.acked.get_mut(m.topic()).expect("inserted");
+                let at = topic.entry(m.partition()).or_insert(-1);
                 *at = (*at).max(m.offset());
                 if let Some(n) = acks.pending.get_mut(&(epoch as u64)) {
                     *n -= 1;
@@ -265,6 +265,8 @@ pub struct KafkaChangelog {
     acks: AckContext,
     cfg: KafkaConfig,
     progress: Arc<RestoreProgress>,
+    /// Restore consumers handed back, for the next restores of this process.
+    restorers: Mutex<Vec<BaseConsumer>>,
 }
 
 impl KafkaChangelog {
@@ -293,6 +295,7 @@ impl KafkaChangelog {
             acks,
             cfg: cfg.clone(),
             progress,
+            restorers: Mutex::default(),
         })
     }
 
@@ -303,19 +306,6 @@ impl KafkaChangelog {
     /// The first permanent delivery failure: the engine stops, committing nothing past it.
     pub fn failure(&self) -> Option<String> {
         self.acks.0.lock().expect("changelog acks").failure.clone()
-    }
-
-    /// Records and bytes written so far.
-    pub fn written(&self) -> (u64, u64) {
-        let acks = self.acks.0.lock().expect("changelog acks");
-        (acks.written, acks.written_bytes)
-    }
-
-    /// Waits for every record written to be acknowledged (the end of a run).
-    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
-        self.producer
-            .flush(timeout)
-            .context("flushing the changelog producer")
     }
 
     fn topic(&self, index: &str) -> String {
@@ -329,8 +319,6 @@ impl StateChangelog for KafkaChangelog {
         {
             let mut acks = self.acks.0.lock().expect("changelog acks");
             *acks.pending.entry(epoch).or_default() += 1;
-            acks.written += 1;
-            acks.written_bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
         }
         let mut record = BaseRecord::with_opaque_to(&topic, epoch as usize)
             .partition(partition as i32)
@@ -360,7 +348,8 @@ impl StateChangelog for KafkaChangelog {
     fn acknowledged(&self, index: &str, partition: u32) -> Option<i64> {
         let acks = self.acks.0.lock().expect("changelog acks");
         acks.acked
-            .get(&(self.topic(index), partition as i32))
+            .get(&self.topic(index))
+            .and_then(|t| t.get(&(partition as i32)))
             .copied()
             .filter(|o| *o >= 0)
     }
@@ -401,10 +390,26 @@ impl StateChangelog for KafkaChangelog {
         from: i64,
         apply: &mut dyn FnMut(Change<'_>) -> Result<(), String>,
     ) -> Result<Restored, String> {
-        let topic = self.topic(index);
-        let p = partition as i32;
-        let consumer: BaseConsumer = self
-            .cfg
+        let consumer = self.restore_consumer().map_err(|e| format!("{e:#}"))?;
+        let result = self.restore_with(&consumer, index, partition, from, apply);
+        // Handed back for the next partition's restore, reading nothing meanwhile.
+        let _ = consumer.unassign();
+        self.restorers
+            .lock()
+            .expect("restore consumers")
+            .push(consumer);
+        result
+    }
+}
+
+impl KafkaChangelog {
+    /// A consumer for a restore: one a previous restore handed back, or a new one (each worker
+    /// restores several partitions, and creating a consumer costs a connection).
+    fn restore_consumer(&self) -> anyhow::Result<BaseConsumer> {
+        if let Some(c) = self.restorers.lock().expect("restore consumers").pop() {
+            return Ok(c);
+        }
+        self.cfg
             .client_config_with(&[
                 // Never commits: the position is the local partition's.
                 ("group.id", &format!("{}.restore", self.cfg.group)),
@@ -412,9 +417,21 @@ impl StateChangelog for KafkaChangelog {
                 ("enable.auto.offset.store", "false"),
                 ("enable.partition.eof", "true"),
                 ("fetch.message.max.bytes", "16777216"),
-            ])
-            .and_then(|c| c.create().context("creating the restore consumer"))
-            .map_err(|e| format!("{e:#}"))?;
+            ])?
+            .create()
+            .context("creating the restore consumer")
+    }
+
+    fn restore_with(
+        &self,
+        consumer: &BaseConsumer,
+        index: &str,
+        partition: u32,
+        from: i64,
+        apply: &mut dyn FnMut(Change<'_>) -> Result<(), String>,
+    ) -> Result<Restored, String> {
+        let topic = self.topic(index);
+        let p = partition as i32;
         let timeout = self.cfg.connect_timeout();
         // The end to reach: what was written before this worker started judging. A broker
         // that does not answer is waited for (a fault of the world, not of the state).
@@ -443,14 +460,13 @@ impl StateChangelog for KafkaChangelog {
                     if m.offset() >= high {
                         break;
                     }
-                    let key = m.key().unwrap_or_default();
-                    restored.records += 1;
-                    restored.bytes += (key.len() + m.payload().map_or(0, <[u8]>::len)) as u64;
-                    apply(Change {
+                    let change = Change {
                         offset: m.offset(),
-                        key,
+                        key: m.key().unwrap_or_default(),
                         value: m.payload(),
-                    })?;
+                    };
+                    restored.count(&change);
+                    apply(change)?;
                     if m.offset() + 1 >= high {
                         break;
                     }

@@ -97,6 +97,7 @@ fn host_name() -> String {
 /// One worker's claim on its input partitions, and the check that nobody took them since.
 pub struct Fence {
     consumer: BaseConsumer,
+    /// The engine's consumer group; the claims live in its [`fence_group`].
     group: String,
     topic: String,
     partitions: Vec<i32>,
@@ -116,10 +117,10 @@ impl Fence {
         partitions: &[i32],
         claim: Claim,
     ) -> anyhow::Result<Fence> {
-        let group = fence_group(&cfg.group);
+        let group = cfg.group.clone();
         let consumer: BaseConsumer = cfg
             .client_config_with(&[
-                ("group.id", group.as_str()),
+                ("group.id", fence_group(&group).as_str()),
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
             ])?
@@ -155,7 +156,12 @@ impl Fence {
         }
         self.consumer
             .commit(&tpl, CommitMode::Sync)
-            .with_context(|| format!("claiming the input partitions in group '{}'", self.group))?;
+            .with_context(|| {
+                format!(
+                    "claiming the input partitions in group '{}'",
+                    fence_group(&self.group)
+                )
+            })?;
         self.claimed = Instant::now();
         Ok(())
     }
@@ -183,7 +189,7 @@ impl Fence {
             Err(e) => {
                 // A broker fault is the world's, not a rival's: look again at the next check
                 // (the commits themselves wait for the broker meanwhile).
-                tracing::warn!(group = %self.group, error = %e, "cannot read the partition claims; checking again soon");
+                tracing::warn!(group = %fence_group(&self.group), error = %e, "cannot read the partition claims; checking again soon");
                 return Ok(());
             }
         };
@@ -210,7 +216,7 @@ impl Fence {
                  the other, or give each deployment its own [kafka] group",
                 e.partition(),
                 self.topic,
-                self.group.trim_end_matches(".fence"),
+                self.group,
             );
         }
         let rewrite = if self.claimed.elapsed() >= CLAIM_REFRESH {
@@ -222,7 +228,7 @@ impl Fence {
         if !rewrite.is_empty()
             && let Err(e) = self.write_claim(&rewrite)
         {
-            tracing::warn!(group = %self.group, error = %format!("{e:#}"), "cannot write the partition claims; trying again soon");
+            tracing::warn!(group = %fence_group(&self.group), error = %format!("{e:#}"), "cannot write the partition claims; trying again soon");
         }
         Ok(())
     }

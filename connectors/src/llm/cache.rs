@@ -218,7 +218,6 @@ impl ResponseCache {
                 .map_err(|e| err("reading", e))?
                 .map_or(0, |v| v.value())
         };
-        log.0.restore_started(LLM_CACHE, partition);
         let mut batch: Vec<(u128, Arc<CachedAnswer>)> = Vec::new();
         let mut failure = None;
         let mut next = from;
