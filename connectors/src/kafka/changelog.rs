@@ -265,7 +265,7 @@ pub struct KafkaChangelog {
     acks: AckContext,
     cfg: KafkaConfig,
     progress: Arc<RestoreProgress>,
-    /// Restore consumers handed back, for the next restores of this process.
+    /// Consumers for the watermark look-ups of restores, handed back after each.
     restorers: Mutex<Vec<BaseConsumer>>,
 }
 
@@ -390,65 +390,17 @@ impl StateChangelog for KafkaChangelog {
         from: i64,
         apply: &mut dyn FnMut(Change<'_>) -> Result<(), String>,
     ) -> Result<Restored, String> {
-        let consumer = self.restore_consumer().map_err(|e| format!("{e:#}"))?;
-        let result = self.restore_with(&consumer, index, partition, from, apply);
-        // Handed back for the next partition's restore, reading nothing meanwhile.
-        let _ = consumer.unassign();
-        self.restorers
-            .lock()
-            .expect("restore consumers")
-            .push(consumer);
-        result
-    }
-}
-
-impl KafkaChangelog {
-    /// A consumer for a restore: one a previous restore handed back, or a new one (each worker
-    /// restores several partitions, and creating a consumer costs a connection).
-    fn restore_consumer(&self) -> anyhow::Result<BaseConsumer> {
-        if let Some(c) = self.restorers.lock().expect("restore consumers").pop() {
-            return Ok(c);
-        }
-        self.cfg
-            .client_config_with(&[
-                // Never commits: the position is the local partition's.
-                ("group.id", &format!("{}.restore", self.cfg.group)),
-                ("enable.auto.commit", "false"),
-                ("enable.auto.offset.store", "false"),
-                ("enable.partition.eof", "true"),
-                ("fetch.message.max.bytes", "16777216"),
-            ])?
-            .create()
-            .context("creating the restore consumer")
-    }
-
-    fn restore_with(
-        &self,
-        consumer: &BaseConsumer,
-        index: &str,
-        partition: u32,
-        from: i64,
-        apply: &mut dyn FnMut(Change<'_>) -> Result<(), String>,
-    ) -> Result<Restored, String> {
         let topic = self.topic(index);
         let p = partition as i32;
-        let timeout = self.cfg.connect_timeout();
-        // The end to reach: what was written before this worker started judging. A broker
-        // that does not answer is waited for (a fault of the world, not of the state).
-        let (low, high) = loop {
-            match consumer.fetch_watermarks(&topic, p, timeout) {
-                Ok(w) => break w,
-                Err(e) => {
-                    tracing::warn!(%topic, partition, error = %e, "cannot read the changelog's end offset; retrying");
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-        };
+        let (low, high) = self.watermarks(&topic, p).map_err(|e| format!("{e:#}"))?;
         let mut restored = Restored::default();
         let start = from.max(low);
         if start >= high {
             return Ok(restored);
         }
+        // A consumer of its own for the reading: one reused after another partition's reading
+        // was measured slower (64 partitions, 116,489 records: 17.9 s against 5.1 s).
+        let consumer = self.new_consumer().map_err(|e| format!("{e:#}"))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&topic, p, Offset::Offset(start))
             .map_err(|e| e.to_string())?;
@@ -484,5 +436,47 @@ impl KafkaChangelog {
             }
         }
         Ok(restored)
+    }
+}
+
+impl KafkaChangelog {
+    /// The partition's low and high watermarks, through a consumer kept for these look-ups:
+    /// most partitions of a new group are empty, and a consumer created for each cost the start
+    /// of a run about 3 s (`benches/changelog.rs`: changelogs on 4.41 s, 1.46 s with the reuse).
+    /// A broker that does not answer is waited for (a fault of the world, not of the state).
+    fn watermarks(&self, topic: &str, partition: i32) -> anyhow::Result<(i64, i64)> {
+        let consumer = match self.restorers.lock().expect("restore consumers").pop() {
+            Some(c) => c,
+            None => self.new_consumer()?,
+        };
+        let timeout = self.cfg.connect_timeout();
+        let marks = loop {
+            match consumer.fetch_watermarks(topic, partition, timeout) {
+                Ok(w) => break w,
+                Err(e) => {
+                    tracing::warn!(%topic, partition, error = %e, "cannot read the changelog's end offset; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        };
+        self.restorers
+            .lock()
+            .expect("restore consumers")
+            .push(consumer);
+        Ok(marks)
+    }
+
+    fn new_consumer(&self) -> anyhow::Result<BaseConsumer> {
+        self.cfg
+            .client_config_with(&[
+                // Never commits: the position is the local partition's.
+                ("group.id", &format!("{}.restore", self.cfg.group)),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("enable.partition.eof", "true"),
+                ("fetch.message.max.bytes", "16777216"),
+            ])?
+            .create()
+            .context("creating the restore consumer")
     }
 }
